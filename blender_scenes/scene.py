@@ -1,0 +1,313 @@
+"""Build a Blender scene from a scene spec (plain JSON, made by datagen.spec) and render it.
+
+This is the only module that talks to bpy. It takes no decisions of its own: every number (sizes,
+colours, light directions, per-frame poses, render settings) comes from the spec.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import bpy
+
+OBJECT_PASS_INDEX = 1  # the moving object's index in the Object Index pass; everything else is 0
+GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")  # preference order for --device auto|gpu
+MESH_SEGMENTS = 32
+
+
+class RenderSetupError(RuntimeError):
+    """A setting the spec asks for cannot be honoured on this machine (e.g. a GPU that isn't there)."""
+
+
+# --- devices -------------------------------------------------------------------------------------
+
+def select_cycles_device(device: str) -> dict:
+    """Point Cycles at the best available compute backend.
+
+    device: 'auto' (GPU when one is found, else CPU with a notice), 'cpu', or 'gpu' (error without one).
+    Returns {"device": "CPU" | backend name, "devices": [names], "notice": str | None}.
+    """
+    if device not in ("auto", "cpu", "gpu"):
+        raise RenderSetupError(f"unknown device {device!r}; allowed: auto, cpu, gpu")
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    if device != "cpu":
+        for backend in GPU_BACKENDS:
+            try:
+                prefs.compute_device_type = backend
+            except TypeError:  # backend not compiled into this build
+                continue
+            prefs.refresh_devices()
+            gpus = [d for d in prefs.devices if d.type == backend]
+            if gpus:
+                for d in prefs.devices:
+                    d.use = d.type == backend
+                return {"device": backend, "devices": [d.name for d in gpus], "notice": None}
+        if device == "gpu":
+            raise RenderSetupError("--device gpu: no GPU found for Cycles (tried OPTIX, CUDA, HIP, ONEAPI, METAL); "
+                                   "use --device cpu or auto")
+        prefs.compute_device_type = "NONE"
+        return {"device": "CPU", "devices": [], "notice": "no GPU found for Cycles; rendering on the CPU"}
+    prefs.compute_device_type = "NONE"
+    return {"device": "CPU", "devices": [], "notice": None}
+
+
+# --- scene construction --------------------------------------------------------------------------
+
+def _mesh_vertices_faces(shape: str, dims):
+    """Vertices centred on the bounding-box centre (the object's origin) and faces for a primitive."""
+    sx, sy, sz = (d / 2 for d in dims)
+    if shape == "cube":
+        v = [(x * sx, y * sy, z * sz) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
+        f = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+        return v, f
+    n = MESH_SEGMENTS
+    ring = [(sx * math.cos(2 * math.pi * i / n), sy * math.sin(2 * math.pi * i / n)) for i in range(n)]
+    if shape == "cylinder":
+        v = [(x, y, -sz) for x, y in ring] + [(x, y, sz) for x, y in ring]
+        f = [(i, (i + 1) % n, n + (i + 1) % n, n + i) for i in range(n)]
+        f += [tuple(reversed(range(n))), tuple(range(n, 2 * n))]
+        return v, f
+    if shape == "cone":
+        v = [(x, y, -sz) for x, y in ring] + [(0.0, 0.0, sz)]
+        f = [(i, (i + 1) % n, n) for i in range(n)] + [tuple(reversed(range(n)))]
+        return v, f
+    raise RenderSetupError(f"unknown shape {shape!r}; allowed: cube, cylinder, cone")
+
+
+def _texture_node(nodes, kind: str, scale: float):
+    """A procedural texture node whose Fac output drives a two-colour mix."""
+    node_types = {
+        "checker": "ShaderNodeTexChecker", "noise": "ShaderNodeTexNoise", "bricks": "ShaderNodeTexBrick",
+        "wave": "ShaderNodeTexWave", "voronoi": "ShaderNodeTexVoronoi", "magic": "ShaderNodeTexMagic",
+    }
+    if kind not in node_types:
+        raise RenderSetupError(f"unknown texture {kind!r}; allowed: {', '.join(node_types)}")
+    tex = nodes.new(node_types[kind])
+    tex.inputs["Scale"].default_value = scale
+    if kind == "bricks":
+        tex.inputs["Mortar Size"].default_value = 0.04
+    if kind == "noise":
+        tex.inputs["Detail"].default_value = 3.0
+    fac = tex.outputs["Distance"] if kind == "voronoi" else tex.outputs["Fac"]
+    return tex, fac
+
+
+def _textured_material(name: str, mat_spec: dict, coords: str):
+    """Principled BSDF whose base colour mixes two colours by a procedural texture in `coords` space."""
+    mat = bpy.data.materials.new(name)
+    mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = nodes["Principled BSDF"]
+    coord = nodes.new("ShaderNodeTexCoord")
+    tex, fac = _texture_node(nodes, mat_spec["texture"], mat_spec["scale"])
+    links.new(coord.outputs[coords], tex.inputs["Vector"])
+    ramp = nodes.new("ShaderNodeMix")
+    ramp.data_type = "RGBA"
+    links.new(fac, ramp.inputs["Factor"])
+    ramp.inputs["A"].default_value = (*mat_spec["color_a"], 1.0)
+    ramp.inputs["B"].default_value = (*mat_spec["color_b"], 1.0)
+    links.new(ramp.outputs["Result"], bsdf.inputs["Base Color"])
+    bsdf.inputs["Roughness"].default_value = mat_spec["roughness"]
+    bsdf.inputs["Metallic"].default_value = mat_spec.get("metallic", 0.0)
+    return mat
+
+
+def _link(obj):
+    bpy.context.scene.collection.objects.link(obj)
+    return obj
+
+
+def _key_pose(obj, locations, rotations):
+    """Key location and quaternion rotation (wxyz) on frames 0..T-1, constant interpolation."""
+    obj.rotation_mode = "QUATERNION"
+    for f, (loc, rot) in enumerate(zip(locations, rotations)):
+        obj.location = loc
+        obj.rotation_quaternion = rot
+        obj.keyframe_insert("location", frame=f)
+        obj.keyframe_insert("rotation_quaternion", frame=f)
+    # Poses are exact per frame; constant interpolation keeps motion blur or sub-frame evaluation
+    # from ever blending two frames.
+    action = obj.animation_data.action if obj.animation_data else None
+    if action is not None:
+        for fc in _fcurves(action):
+            for kp in fc.keyframe_points:
+                kp.interpolation = "CONSTANT"
+
+
+def _fcurves(action):
+    if hasattr(action, "fcurves"):  # Blender < 4.4
+        return list(action.fcurves)
+    curves = []
+    for layer in action.layers:  # layered actions (Blender >= 4.4)
+        for strip in layer.strips:
+            for bag in strip.channelbags:
+                curves.extend(bag.fcurves)
+    return curves
+
+
+def build_scene(spec: dict, device: str = "CPU", threads: int = 0) -> dict:
+    """Reset Blender and build the spec's scene for a Cycles `device` ('CPU' or a GPU backend name, as
+    returned by select_cycles_device) and `threads` render threads (0 = all cores).
+    Returns {view name: camera object}."""
+    # A fresh empty file per sample keeps memory flat; unlike read_factory_settings it keeps the
+    # preferences, where the Cycles compute device lives.
+    bpy.ops.wm.read_homefile(use_empty=True, use_factory_startup=True)
+    scene = bpy.context.scene
+    r = spec["render"]
+
+    # ground plane with its own procedural texture (world coordinates, so it doesn't move)
+    g = spec["ground"]
+    half = g["size"] / 2
+    mesh = bpy.data.meshes.new("ground")
+    mesh.from_pydata([(-half, -half, 0), (half, -half, 0), (half, half, 0), (-half, half, 0)], [], [(0, 1, 2, 3)])
+    ground = _link(bpy.data.objects.new("ground", mesh))
+    ground.data.materials.append(_textured_material("ground", g["material"], "Object"))
+
+    # the moving object
+    o = spec["object"]
+    verts, faces = _mesh_vertices_faces(o["shape"], o["dimensions"])
+    mesh = bpy.data.meshes.new(o["shape"])
+    mesh.from_pydata(verts, [], faces)
+    mesh.update()
+    obj = _link(bpy.data.objects.new("object", mesh))
+    obj.pass_index = OBJECT_PASS_INDEX
+    obj.data.materials.append(_textured_material("object", o["material"], "Object"))
+    _key_pose(obj, o["location"], o["rotation"])
+
+    # lights: key sun with shadows, fill sun without, world colour for ambient
+    for L in spec["lights"]:
+        light = bpy.data.lights.new(L["name"], "SUN")
+        light.energy = L["strength"]
+        light.angle = math.radians(L["angle_deg"])
+        light.use_shadow = L["cast_shadow"]
+        light.color = L["color"]
+        lo = _link(bpy.data.objects.new(L["name"], light))
+        lo.rotation_mode = "QUATERNION"
+        lo.rotation_quaternion = L["rotation"]
+    world = bpy.data.worlds.new("world")
+    world.use_nodes = True
+    bg = world.node_tree.nodes["Background"]
+    bg.inputs["Color"].default_value = (*spec["world"]["color"], 1.0)
+    bg.inputs["Strength"].default_value = spec["world"]["strength"]
+    scene.world = world
+
+    # cameras, keyed per frame
+    cameras = {}
+    for c in spec["cameras"]:
+        cam = bpy.data.cameras.new(c["name"])
+        cam.lens = c["lens_mm"]
+        cam.sensor_width = c["sensor_mm"]
+        cam.sensor_fit = "AUTO"
+        cam.clip_start, cam.clip_end = 0.01, 100.0
+        co = _link(bpy.data.objects.new(c["name"], cam))
+        _key_pose(co, c["location"], c["rotation"])
+        cameras[c["name"]] = co
+
+    _configure_render(scene, r, device)
+    if threads > 0:
+        scene.render.threads_mode = "FIXED"
+        scene.render.threads = threads
+    return cameras
+
+
+def _configure_render(scene, r: dict, device: str):
+    scene.render.resolution_x, scene.render.resolution_y = r["width"], r["height"]
+    scene.render.resolution_percentage = 100
+    scene.render.fps = r["fps"]
+    scene.frame_start, scene.frame_end = 0, r["frames"] - 1
+    scene.render.use_motion_blur = False
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGB"
+    scene.render.image_settings.color_depth = "8"
+    scene.render.image_settings.compression = 15  # PNG zlib level: small files, cheap to write
+    # 'Standard' keeps colours as specified (AgX, the default, desaturates textures).
+    scene.view_settings.view_transform = "Standard"
+    scene.view_settings.look = "None"
+    scene.render.use_persistent_data = True  # keep the BVH between frames and views of one sample
+
+    if r["engine"] == "cycles":
+        scene.render.engine = "CYCLES"
+        cy = scene.cycles
+        cy.device = "CPU" if device == "CPU" else "GPU"
+        cy.samples = r["samples"]
+        cy.use_adaptive_sampling = False
+        cy.seed = r["seed"]
+        cy.max_bounces = r["max_bounces"]
+        cy.diffuse_bounces = min(cy.diffuse_bounces, r["max_bounces"])
+        cy.glossy_bounces = min(cy.glossy_bounces, r["max_bounces"])
+        cy.transparent_max_bounces = 2
+        cy.caustics_reflective = cy.caustics_refractive = False
+        cy.use_denoising = r["denoiser"] == "oidn"
+        if cy.use_denoising:
+            cy.denoiser = "OPENIMAGEDENOISE"
+            cy.denoising_input_passes = "RGB_ALBEDO_NORMAL"
+            cy.denoising_prefilter = r.get("denoise_prefilter", "NONE")
+            cy.denoising_quality = r.get("denoise_quality", "FAST")
+    elif r["engine"] == "eevee":
+        scene.render.engine = "BLENDER_EEVEE"
+        scene.eevee.taa_render_samples = r["samples"]
+    else:
+        raise RenderSetupError(f"unknown engine {r['engine']!r}; allowed: cycles, eevee")
+
+    # Compositor: the RGB goes out unchanged, the object's ID mask (and depth) to extra file outputs.
+    view_layer = scene.view_layers[0]
+    view_layer.use_pass_object_index = True
+    view_layer.use_pass_z = bool(r.get("depth"))
+    tree = bpy.data.node_groups.new("compositor", "CompositorNodeTree")
+    scene.compositing_node_group = tree
+    tree.interface.new_socket(name="Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    out = tree.nodes.new("NodeGroupOutput")
+    tree.links.new(layers.outputs["Image"], out.inputs["Image"])
+    id_mask = tree.nodes.new("CompositorNodeIDMask")
+    id_mask.inputs["Index"].default_value = OBJECT_PASS_INDEX
+    id_mask.inputs["Anti-Alias"].default_value = False
+    tree.links.new(layers.outputs["Object Index"], id_mask.inputs["ID value"])
+    mask_out = tree.nodes.new("CompositorNodeOutputFile")
+    mask_out.format.media_type = "IMAGE"
+    mask_out.format.file_format = "PNG"
+    mask_out.format.color_mode = "BW"
+    mask_out.format.color_depth = "8"
+    mask_out.format.compression = 15
+    mask_out.file_output_items.new("FLOAT", "mask")
+    tree.links.new(id_mask.outputs[0], mask_out.inputs["mask"])
+
+    if r.get("depth"):
+        # depth as 16-bit PNG in millimetres: value / 65535 * 65.535 m
+        scale = tree.nodes.new("CompositorNodeMath")
+        scale.operation = "DIVIDE"
+        scale.inputs[1].default_value = 65.535
+        tree.links.new(layers.outputs["Depth"], scale.inputs[0])
+        depth_out = tree.nodes.new("CompositorNodeOutputFile")
+        depth_out.format.media_type = "IMAGE"
+        depth_out.format.file_format = "PNG"
+        depth_out.format.color_mode = "BW"
+        depth_out.format.color_depth = "16"
+        depth_out.file_output_items.new("FLOAT", "depth")
+        tree.links.new(scale.outputs[0], depth_out.inputs["depth"])
+
+
+def render_views(spec: dict, cameras: dict, out_dir: str) -> dict:
+    """Render every view's clip into out_dir/<view>/{rgb,mask[,depth]}/NNNN.png; returns timings."""
+    scene = bpy.context.scene
+    tree = scene.compositing_node_group
+    file_nodes = {n.file_output_items[0].name: n for n in tree.nodes if n.bl_idname == "CompositorNodeOutputFile"}
+    timings = {}
+    for name, cam in cameras.items():
+        t0 = time.perf_counter()
+        scene.camera = cam
+        view_dir = os.path.join(out_dir, name)
+        scene.render.filepath = os.path.join(view_dir, "rgb", "####")
+        for kind, node in file_nodes.items():
+            node.directory = os.path.join(view_dir, kind)
+            node.file_name = "####"
+        bpy.ops.render.render(animation=True)
+        # the file-output node appends its item name ("0007mask.png"); give every kind the RGB's names
+        for kind in file_nodes:
+            folder = os.path.join(view_dir, kind)
+            for fname in os.listdir(folder):
+                if fname.endswith(f"{kind}.png"):
+                    os.replace(os.path.join(folder, fname), os.path.join(folder, fname[:-len(kind) - 4] + ".png"))
+        timings[name] = time.perf_counter() - t0
+    return timings

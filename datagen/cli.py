@@ -1,0 +1,172 @@
+"""`magvit3d`: the toolkit's one command line (click).
+
+Bad input (an unknown option or preset, a config key that doesn't exist, a value out of range) is reported
+as one line on stderr with exit status 2, and nothing is written.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from datagen.config import UserError
+
+PROG = "magvit3d"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _dataset_config(config: str, overrides: list[str], flags: dict):
+    """Load a dataset config from a preset name or TOML path, then --set overrides, then explicit flags."""
+    from datagen.config import load_config
+    from datagen.spec import DatasetConfig
+
+    flag_map = {"num_samples": "dataset.num_samples", "seed": "dataset.seed", "resolution": "render.resolution",
+                "frames": "render.frames", "samples": "render.samples", "engine": "render.engine"}
+    items = list(overrides) + [f"{flag_map[k]}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    return load_config(DatasetConfig, "dataset", config, items)
+
+
+CONFIG_HELP = ("Preset name (tiny, demo, full: configs/dataset/<name>.toml) or a path to a TOML file. "
+               "Flags and --set override it.")
+SET_HELP = "Override any config key, e.g. --set render.samples=16 --set 'objects.shapes=[\"cube\"]'. Repeatable."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="magvit3d", prog_name=PROG)
+def cli():
+    """Synthetic multi-view 3D-motion videos with Blender, a MAGVIT-style tokenizer and masked transformer,
+    and evaluation. Run `magvit3d COMMAND --help` for each command's options."""
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--config", "-c", default="demo", show_default=True, help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--num-samples", "-n", type=int, help="Number of clips in the dataset (all shards together).")
+@click.option("--resolution", type=int, help="Image width = height in pixels; a multiple of 8.")
+@click.option("--frames", type=int, help="Frames per clip (>= 2).")
+@click.option("--samples", type=int, help="Cycles samples per pixel.")
+@click.option("--engine", type=click.Choice(["cycles", "eevee"]), help="Render engine (EEVEE needs a GPU).")
+@click.option("--seed", type=int, help="Dataset seed; each sample's seed derives from it and the sample id.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Cycles device. auto: OPTIX > CUDA > HIP > ONEAPI > METAL, else CPU with a notice; "
+                   "gpu: error when no GPU is found.")
+@click.option("--workers", "-j", type=click.IntRange(min=1), help="Blender worker processes [default: one per core].")
+@click.option("--shard", metavar="I/N", help="Render only samples with id % N == I (for job arrays); "
+                                            "run `pack` once all shards are done.")
+@click.option("--allow-software-eevee", is_flag=True,
+              help="Let EEVEE render without a GPU through software GL (~20 s per 128x128 frame).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def render(dataset, config, overrides, num_samples, resolution, frames, samples, engine, seed, device, workers,
+           shard, allow_software_eevee, no_progress):
+    """Render a dataset of textured cubes, cylinders and cones on 3D trajectories, seen by a keyed camera rig.
+
+    Complete samples already in DATASET are skipped, so an interrupted render resumes where it stopped.
+    Writes DATASET/dataset.json, DATASET/samples/NNNNNN/{meta.json,spec.json,viewK/rgb|mask/FFFF.png} and a
+    render_summary.json with timings.
+    """
+    from datagen.render import parse_shard, render_dataset
+
+    cfg = _dataset_config(config, overrides, dict(num_samples=num_samples, resolution=resolution, frames=frames,
+                                                   samples=samples, engine=engine, seed=seed))
+    summary = render_dataset(cfg, dataset, device=device, workers=workers, shard=parse_shard(shard),
+                             allow_software_eevee=allow_software_eevee, progress=not no_progress,
+                             log=lambda m: click.echo(m, err=True))
+    if summary["rendered"]:
+        click.echo(f"rendered {summary['rendered']} clips in {summary['seconds']:.1f} s "
+                   f"({summary['clips_per_s']:.2f} clips/s, {summary['camera_frames_per_s']:.1f} camera-frames/s) "
+                   f"on {summary['device']} into {dataset}")
+    if summary["failed"]:
+        ids = [f["sample_id"] for f in summary["failed"]]
+        click.echo(f"{PROG}: error: {len(ids)} sample(s) failed twice: {ids}; see {dataset}/logs and rerun to retry",
+                   err=True)
+        return 1
+    return 0
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tolerance", type=float, default=1.5, show_default=True,
+              help="Pixels by which a mask's box may exceed the projected 3D box.")
+@click.option("--no-images", is_flag=True, help="Skip decoding PNGs (schema, counts and meta only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def verify(dataset, tolerance, no_images, as_json, no_progress):
+    """Check a rendered dataset: schema, file counts, image sizes, decodable PNGs, and that every exported
+    camera projects the object's 3D box onto its mask. Exits 1 listing the failing sample ids."""
+    from datagen.verify import verify_dataset
+
+    report = verify_dataset(dataset, tolerance_px=tolerance, check_images=not no_images, progress=not no_progress)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    if report["ok"]:
+        click.echo(f"ok: {report['samples_checked']} samples in {dataset} verified")
+        return 0
+    bad = sorted({e["sample_id"] for e in report["errors"] if e["sample_id"] is not None})
+    for e in report["errors"][:20]:
+        click.echo(f"  sample {e['sample_id']}: {e['error']}", err=True)
+    more = len(report["errors"]) - 20
+    if more > 0:
+        click.echo(f"  ... and {more} more", err=True)
+    click.echo(f"{PROG}: verify failed: {len(report['errors'])} problem(s); failing sample ids: {bad}", err=True)
+    return 1
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def pack(dataset, no_progress):
+    """Pack every split into uint8 arrays DATASET/packed/<split>_rgb.npy (N, V, T, H, W, 3), opened with mmap
+    by training, plus <split>_index.json (ids, labels, 3D positions, 2D centres, cameras). Splits are fixed by
+    sample id in dataset.json, so shards rendered separately pack into the same splits."""
+    from datagen.pack import pack_dataset
+
+    summary = pack_dataset(dataset, progress=not no_progress)
+    for split, info in summary["splits"].items():
+        click.echo(f"{split}: {info['num_samples']} clips -> {info['rgb']} {tuple(info['shape'])}")
+    return 0
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--sample", "sample_id", type=int, required=True, help="Sample id to show.")
+@click.option("--out", "out_prefix", type=click.Path(path_type=Path),
+              help="Output path prefix (writes PREFIX.png and PREFIX.gif) [default: DATASET/previews/NNNNNN].")
+@click.option("--scale", type=click.IntRange(min=1), help="Integer upscaling of each frame [default: to >= 128 px].")
+def preview(dataset, sample_id, out_prefix, scale):
+    """Contact sheet (views x frames) with the projected 3D centre drawn on every frame, and a GIF."""
+    from datagen.preview import write_preview
+
+    png, gif = write_preview(dataset, sample_id, out_prefix=out_prefix, scale=scale)
+    click.echo(f"wrote {png} and {gif}")
+    return 0
+
+
+def main(argv=None) -> None:
+    """Entry point: run the click group, turning bad input into one line on stderr and exit status 2."""
+    try:
+        code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.UsageError as e:
+        click.echo(f"{PROG}: error: {_one_line(e.format_message())}", err=True)
+        sys.exit(2)
+    except click.exceptions.ClickException as e:
+        click.echo(f"{PROG}: error: {_one_line(e.format_message())}", err=True)
+        sys.exit(e.exit_code if e.exit_code else 2)
+    except UserError as e:
+        click.echo(f"{PROG}: error: {_one_line(e)}", err=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo(f"{PROG}: interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

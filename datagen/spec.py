@@ -1,0 +1,328 @@
+"""Dataset config and the scene spec builder: config + sample id -> one plain-JSON scene spec.
+
+The spec holds every number the Blender renderer needs (no bpy here, Kubric-style): object shape, size,
+material, per-frame pose; lights; world; per-frame camera poses; render settings. The same spec also yields
+the ground truth written to meta.json (datagen.dataset).
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from datagen import camera as cam
+from datagen.config import UserError
+from datagen.trajectories import FAMILIES, draw_params, positions
+
+SHAPES = ("cube", "cylinder", "cone")
+TEXTURES = ("checker", "noise", "bricks", "wave", "voronoi", "magic")
+ENGINES = ("cycles", "eevee")
+DENOISERS = ("none", "oidn")
+CAMERA_MOTIONS = ("static", "orbit", "jitter")
+SPEC_VERSION = 1
+
+Range = tuple[float, float]
+
+
+@dataclass
+class DatasetSection:
+    num_samples: int = 256
+    seed: int = 0
+    # fractions of the samples per split; ids are assigned by a seeded permutation (datagen.dataset.split_ids)
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+
+
+@dataclass
+class RenderSection:
+    resolution: int = 64          # square images, divisible by 8
+    frames: int = 16
+    fps: int = 12
+    engine: str = "cycles"        # cycles | eevee
+    samples: int = 8              # path-tracing samples per pixel (TAA samples for eevee)
+    denoiser: str = "oidn"        # oidn | none
+    denoise_prefilter: str = "NONE"   # OIDN prefilter: NONE | FAST | ACCURATE
+    denoise_quality: str = "FAST"     # OIDN quality: FAST | BALANCED | HIGH
+    max_bounces: int = 4
+    depth: bool = False           # also write 16-bit depth PNGs (millimetres)
+
+
+@dataclass
+class ObjectsSection:
+    shapes: list[str] = field(default_factory=lambda: list(SHAPES))
+    size_range: Range = (0.25, 0.5)          # largest extent of the object, world units
+    aspect_range: Range = (0.6, 1.5)         # height / diameter for cylinder and cone
+    textures: list[str] = field(default_factory=lambda: list(TEXTURES))
+    texture_scale_range: Range = (3.0, 7.0)   # pattern frequency in object space, per world unit
+    roughness_range: Range = (0.3, 0.8)
+    spin_speed_range: Range = (0.0, 2.5)      # rad/s about a random axis
+
+
+@dataclass
+class GroundSection:
+    textures: list[str] = field(default_factory=lambda: ["checker", "bricks", "noise", "voronoi"])
+    texture_scale_range: Range = (0.6, 1.5)  # pattern frequency per world unit
+    size: float = 20.0
+
+
+@dataclass
+class LightsSection:
+    key_strength_range: Range = (2.0, 3.5)       # sun irradiance, W/m^2
+    key_elevation_deg_range: Range = (40.0, 70.0)
+    key_angle_deg_range: Range = (1.0, 5.0)      # sun disc size: shadow softness
+    fill_strength_range: Range = (0.2, 0.5)
+    world_strength_range: Range = (0.15, 0.35)
+
+
+@dataclass
+class TrajectoriesSection:
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    center_xy_range: Range = (-0.25, 0.25)
+    center_z_range: Range = (0.35, 0.65)
+    speed_range: Range = (0.3, 0.7)              # m/s along the path (linear, circular, helical)
+    linear_elevation_deg_range: Range = (-20.0, 20.0)
+    radius_range: Range = (0.2, 0.45)            # circular, helical
+    climb_rate_range: Range = (0.1, 0.25)        # helical vertical speed, m/s (sign drawn)
+    gravity: float = 1.6                         # parabolic; a miniature scene, so scaled-down gravity
+    launch_horizontal_speed_range: Range = (0.2, 0.5)
+    apex_time_fraction_range: Range = (0.35, 0.65)
+    apex_z_range: Range = (0.55, 0.85)
+    margin_px: float = 1.0                       # the object's box stays this far inside every image
+    max_tries: int = 1000
+
+
+@dataclass
+class CameraSpec:
+    name: str
+    position: tuple[float, float, float]
+    target: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def _seed_rig() -> list[CameraSpec]:
+    return [CameraSpec("view0", (2.0, 0.0, 1.0)), CameraSpec("view1", (0.0, 2.0, 1.0)),
+            CameraSpec("view2", (-2.0, 0.0, 1.0))]
+
+
+@dataclass
+class CamerasSection:
+    rig: list[CameraSpec] = field(default_factory=_seed_rig)
+    lens_mm: float = 35.0
+    sensor_mm: float = 36.0
+    motion: str = "static"        # static | orbit | jitter
+    orbit_deg_per_frame: float = 1.0
+    jitter_m: float = 0.005
+
+
+@dataclass
+class DatasetConfig:
+    dataset: DatasetSection = field(default_factory=DatasetSection)
+    render: RenderSection = field(default_factory=RenderSection)
+    objects: ObjectsSection = field(default_factory=ObjectsSection)
+    ground: GroundSection = field(default_factory=GroundSection)
+    lights: LightsSection = field(default_factory=LightsSection)
+    trajectories: TrajectoriesSection = field(default_factory=TrajectoriesSection)
+    cameras: CamerasSection = field(default_factory=CamerasSection)
+
+    def validate(self) -> None:
+        """Raise UserError (one line, naming the value and what is allowed) for any invalid setting."""
+        def choices(name, values, allowed):
+            if not values:
+                raise UserError(f"{name} is empty; allowed: {', '.join(allowed)}")
+            for v in values:
+                if v not in allowed:
+                    raise UserError(f"unknown {name.split('.')[-1].rstrip('s')} {v!r} in {name}; allowed: {', '.join(allowed)}")
+
+        def positive_range(name, r, allow_zero=False):
+            lo, hi = r
+            if lo > hi or (lo < 0 if allow_zero else lo <= 0):
+                raise UserError(f"{name} = {list(r)} must be [low, high] with {'0 <=' if allow_zero else '0 <'} low <= high")
+
+        d, r = self.dataset, self.render
+        if d.num_samples <= 0:
+            raise UserError(f"dataset.num_samples = {d.num_samples}: must be a positive integer")
+        if not d.splits or any(f < 0 for f in d.splits.values()) or abs(sum(d.splits.values()) - 1) > 1e-6:
+            raise UserError(f"dataset.splits = {d.splits}: fractions must be >= 0 and sum to 1")
+        if r.resolution <= 0 or r.resolution % 8:
+            raise UserError(f"render.resolution = {r.resolution}: must be a positive multiple of 8")
+        if r.frames < 2:
+            raise UserError(f"render.frames = {r.frames}: must be at least 2")
+        if r.fps <= 0:
+            raise UserError(f"render.fps = {r.fps}: must be positive")
+        if r.samples < 1:
+            raise UserError(f"render.samples = {r.samples}: must be at least 1")
+        if r.max_bounces < 0:
+            raise UserError(f"render.max_bounces = {r.max_bounces}: must be >= 0")
+        choices("render.engine", [r.engine], ENGINES)
+        choices("render.denoiser", [r.denoiser], DENOISERS)
+        choices("render.denoise_prefilter", [r.denoise_prefilter], ("NONE", "FAST", "ACCURATE"))
+        choices("render.denoise_quality", [r.denoise_quality], ("FAST", "BALANCED", "HIGH"))
+        choices("objects.shapes", self.objects.shapes, SHAPES)
+        choices("objects.textures", self.objects.textures, TEXTURES)
+        choices("ground.textures", self.ground.textures, TEXTURES)
+        choices("trajectories.families", self.trajectories.families, FAMILIES)
+        choices("cameras.motion", [self.cameras.motion], CAMERA_MOTIONS)
+        for name in ("size_range", "aspect_range", "texture_scale_range"):
+            positive_range(f"objects.{name}", getattr(self.objects, name))
+        positive_range("objects.roughness_range", self.objects.roughness_range, allow_zero=True)
+        positive_range("objects.spin_speed_range", self.objects.spin_speed_range, allow_zero=True)
+        positive_range("ground.texture_scale_range", self.ground.texture_scale_range)
+        for name in ("speed_range", "radius_range", "launch_horizontal_speed_range", "apex_time_fraction_range",
+                     "apex_z_range", "center_z_range"):
+            positive_range(f"trajectories.{name}", getattr(self.trajectories, name))
+        positive_range("trajectories.climb_rate_range", self.trajectories.climb_rate_range, allow_zero=True)
+        if self.trajectories.gravity <= 0:
+            raise UserError(f"trajectories.gravity = {self.trajectories.gravity}: must be positive")
+        if self.trajectories.max_tries < 1:
+            raise UserError(f"trajectories.max_tries = {self.trajectories.max_tries}: must be at least 1")
+        if len(self.cameras.rig) < 2:
+            raise UserError(f"cameras.rig has {len(self.cameras.rig)} camera(s); at least 2 are needed to triangulate")
+        names = [c.name for c in self.cameras.rig]
+        if len(set(names)) != len(names) or any(not n.replace("_", "").isalnum() for n in names):
+            raise UserError(f"cameras.rig names {names} must be unique and alphanumeric")
+        if self.cameras.lens_mm <= 0 or self.cameras.sensor_mm <= 0:
+            raise UserError("cameras.lens_mm and cameras.sensor_mm must be positive")
+        for c in self.cameras.rig:
+            if np.allclose(c.position, c.target):
+                raise UserError(f"camera {c.name!r} position equals its target {list(c.target)}")
+
+
+# --- spec building -------------------------------------------------------------------------------
+
+def sample_seed(dataset_seed: int, sample_id: int) -> int:
+    """The per-sample seed: independent streams per (dataset seed, sample id)."""
+    return int(np.random.SeedSequence([dataset_seed, sample_id]).generate_state(1)[0])
+
+
+def frame_times(cfg: DatasetConfig) -> np.ndarray:
+    return np.arange(cfg.render.frames, dtype=np.float64) / cfg.render.fps
+
+
+def camera_tracks(cfg: DatasetConfig, rng: np.random.Generator | None = None) -> list[cam.CameraTrack]:
+    rig = {"cameras": [{"name": c.name, "position": c.position, "target": c.target} for c in cfg.cameras.rig],
+           "lens_mm": cfg.cameras.lens_mm, "sensor_mm": cfg.cameras.sensor_mm, "motion": cfg.cameras.motion,
+           "orbit_deg_per_frame": cfg.cameras.orbit_deg_per_frame, "jitter_m": cfg.cameras.jitter_m}
+    res = cfg.render.resolution
+    return cam.rig_tracks(rig, cfg.render.frames, res, res, rng)
+
+
+def _colour_pair(rng: np.random.Generator, sat=(0.45, 0.9), val=(0.45, 0.95)) -> tuple[list, list]:
+    """Two clearly different linear-RGB colours (hues at least 60 degrees apart)."""
+    h = rng.uniform(0, 1)
+    h2 = (h + rng.uniform(1 / 6, 5 / 6)) % 1.0
+    a = colorsys.hsv_to_rgb(h, rng.uniform(*sat), rng.uniform(*val))
+    b = colorsys.hsv_to_rgb(h2, rng.uniform(*sat), rng.uniform(val[0] * 0.6, val[1] * 0.7))
+    return [round(float(x), 6) for x in a], [round(float(x), 6) for x in b]
+
+
+def object_dimensions(shape: str, size: float, aspect: float) -> list[float]:
+    """Full extents (x, y, z) of the object's bounding box; `size` is its largest extent."""
+    if shape == "cube":
+        return [size, size, size]
+    # cylinder/cone: diameter d, height h = aspect * d, max(d, h) = size
+    d = size if aspect <= 1 else size / aspect
+    return [d, d, d * aspect]
+
+
+def box_corners(dims) -> np.ndarray:
+    """The 8 corners (8, 3) of an origin-centred box with full extents dims."""
+    h = np.asarray(dims, dtype=np.float64) / 2
+    return np.array([[sx, sy, sz] for sx in (-h[0], h[0]) for sy in (-h[1], h[1]) for sz in (-h[2], h[2])])
+
+
+def world_corners(dims, location: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """Per-frame world positions (T, 8, 3) of the object's bounding-box corners."""
+    Rm = cam.quat_to_matrix(rotation)                       # (T, 3, 3)
+    return np.einsum("tij,kj->tki", Rm, box_corners(dims)) + np.asarray(location)[:, None, :]
+
+
+def _fits_all_views(corners: np.ndarray, tracks, margin: float) -> bool:
+    if corners[..., 2].min() < 0.0:  # never through the ground
+        return False
+    for tr in tracks:
+        if not cam.in_image(tr.project(corners), tr.width, tr.height, margin).all():
+            return False
+    return True
+
+
+def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
+    """The full scene spec of one sample (plain JSON data). Deterministic in (config, sample_id)."""
+    seed = sample_seed(cfg.dataset.seed, sample_id)
+    rng = np.random.default_rng(seed)
+    t = frame_times(cfg)
+    o, tc = cfg.objects, cfg.trajectories
+
+    shape = str(rng.choice(o.shapes))
+    family = str(rng.choice(tc.families))
+    tracks = camera_tracks(cfg, rng)
+    for attempt in range(tc.max_tries):
+        size = float(rng.uniform(*o.size_range))
+        dims = object_dimensions(shape, size, float(rng.uniform(*o.aspect_range)))
+        params = draw_params(family, tc, t, rng)
+        loc = positions(family, params, t)
+        axis = rng.normal(size=3)
+        q0 = rng.normal(size=4)
+        q0 = q0 / np.linalg.norm(q0)
+        spin = float(rng.uniform(*o.spin_speed_range))
+        rot = cam.quat_multiply(cam.axis_angle_quat(axis, spin * t), q0)
+        rot = rot * np.where(rot[:, :1] < 0, -1.0, 1.0)  # canonical sign: w >= 0
+        if _fits_all_views(world_corners(dims, loc, rot), tracks, tc.margin_px):
+            break
+    else:
+        raise UserError(f"sample {sample_id}: no {family} trajectory of a {shape} stayed inside all camera views "
+                        f"in {tc.max_tries} tries; widen the camera rig or shrink trajectories/objects ranges")
+
+    obj_colours = _colour_pair(rng)
+    ground_colours = _colour_pair(rng, sat=(0.15, 0.5), val=(0.3, 0.6))
+    key_el = np.deg2rad(rng.uniform(*cfg.lights.key_elevation_deg_range))
+    key_az = rng.uniform(0, 2 * np.pi)
+    fill_az = key_az + np.pi + rng.uniform(-0.6, 0.6)
+
+    def sun(name, azimuth, elevation, strength, angle, shadow, colour):
+        direction_from = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
+                                   np.sin(elevation)])
+        # a sun shines down its local -Z, exactly like a camera looks: reuse the camera pose math
+        _, rot_m = cam.blender_camera_pose(*cam.look_at(direction_from * 10, (0.0, 0.0, 0.0)))
+        return {"name": name, "strength": float(strength), "angle_deg": float(angle), "cast_shadow": shadow,
+                "color": colour, "rotation": cam.matrix_to_quat(rot_m).tolist(),
+                "azimuth_deg": float(np.rad2deg(azimuth) % 360), "elevation_deg": float(np.rad2deg(elevation))}
+
+    lights = [
+        sun("key", key_az, key_el, rng.uniform(*cfg.lights.key_strength_range),
+            rng.uniform(*cfg.lights.key_angle_deg_range), True, [1.0, 0.97, 0.92]),
+        sun("fill", fill_az, np.deg2rad(rng.uniform(20, 45)), rng.uniform(*cfg.lights.fill_strength_range),
+            10.0, False, [0.9, 0.95, 1.0]),
+    ]
+
+    cameras = []
+    for tr in tracks:
+        poses = [cam.blender_camera_pose(tr.R[f], tr.t[f]) for f in range(len(t))]
+        cameras.append({"name": tr.name, "lens_mm": cfg.cameras.lens_mm, "sensor_mm": cfg.cameras.sensor_mm,
+                        "location": [p[0].tolist() for p in poses],
+                        "rotation": [cam.matrix_to_quat(p[1]).tolist() for p in poses],
+                        "K": tr.K.tolist(), "R": tr.R.tolist(), "t": tr.t.tolist()})
+
+    r = cfg.render
+    return {
+        "spec_version": SPEC_VERSION,
+        "sample_id": int(sample_id),
+        "seed": seed,
+        "render": {"engine": r.engine, "samples": r.samples, "denoiser": r.denoiser,
+                   "denoise_prefilter": r.denoise_prefilter, "denoise_quality": r.denoise_quality,
+                   "max_bounces": r.max_bounces, "width": r.resolution, "height": r.resolution,
+                   "frames": r.frames, "fps": r.fps, "depth": r.depth, "seed": seed % (2 ** 31)},
+        "ground": {"size": cfg.ground.size,
+                   "material": {"texture": str(rng.choice(cfg.ground.textures)),
+                                "scale": float(rng.uniform(*cfg.ground.texture_scale_range)),
+                                "color_a": ground_colours[0], "color_b": ground_colours[1], "roughness": 0.9}},
+        "object": {"shape": shape, "dimensions": dims, "size": size,
+                   "material": {"texture": str(rng.choice(o.textures)),
+                                "scale": float(rng.uniform(*o.texture_scale_range)),
+                                "color_a": obj_colours[0], "color_b": obj_colours[1],
+                                "roughness": float(rng.uniform(*o.roughness_range)), "metallic": 0.0},
+                   "location": loc.tolist(), "rotation": rot.tolist(),
+                   "spin": {"axis": (axis / np.linalg.norm(axis)).tolist(), "speed": spin, "initial": q0.tolist()}},
+        "trajectory": {"family": family, "params": params, "attempts": attempt + 1},
+        "lights": lights,
+        "world": {"color": [0.55, 0.65, 0.85], "strength": float(rng.uniform(*cfg.lights.world_strength_range))},
+        "cameras": cameras,
+    }

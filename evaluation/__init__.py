@@ -1,0 +1,1 @@
+"""evaluation package (built by later issues)."""

@@ -1,0 +1,1 @@
+"""training package (built by later issues)."""
