@@ -275,7 +275,7 @@ def _configure_render(scene, r: dict, device: str):
 
     if r.get("depth"):
         # depth as 16-bit PNG in millimetres: value / 65535 * 65.535 m
-        scale = tree.nodes.new("CompositorNodeMath")
+        scale = tree.nodes.new("ShaderNodeMath")  # 5.x compositors share the shader Math node
         scale.operation = "DIVIDE"
         scale.inputs[1].default_value = 65.535
         tree.links.new(layers.outputs["Depth"], scale.inputs[0])

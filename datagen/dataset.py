@@ -173,16 +173,20 @@ def mask_stats(sample_root: Path, views: list[str], frames: int) -> dict:
     for v in views:
         vis.append([]), area.append([]), box.append([])
         for f in range(frames):
-            m = np.asarray(Image.open(frame_path(sample_root, v, "mask", f))) > 127
-            n = int(m.sum())
-            vis[-1].append(n > 0)
-            area[-1].append(n)
-            if n:
-                rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
-                box[-1].append([int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1])
-            else:
-                box[-1].append(None)
+            m = np.asarray(Image.open(frame_path(sample_root, v, "mask", f)))
+            vis[-1].append(bool((m > 127).any()))
+            area[-1].append(int((m > 127).sum()))
+            box[-1].append(mask_box(m))
     return {"visibility": vis, "mask_area": area, "mask_bbox": box}
+
+
+def mask_box(mask: np.ndarray) -> list[int] | None:
+    """[x0, y0, x1, y1] of a 0/255 mask (pixels > 127) in pixel-edge coordinates; None when empty."""
+    m = mask > 127
+    rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+    if not len(rows):
+        return None
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
 
 
 def build_meta(spec: dict, masks: dict) -> dict:
