@@ -130,14 +130,22 @@ class DatasetConfig:
                 raise UserError(f"{name} is empty; allowed: {', '.join(allowed)}")
             for v in values:
                 if v not in allowed:
-                    raise UserError(f"unknown {name.split('.')[-1].rstrip('s')} {v!r} in {name}; allowed: {', '.join(allowed)}")
+                    key = name.split(".")[-1]
+                    noun = "family" if key == "families" else key.removesuffix("s")
+                    raise UserError(f"unknown {noun} {v!r} in {name}; allowed: {', '.join(allowed)}")
 
         def positive_range(name, r, allow_zero=False):
             lo, hi = r
             if lo > hi or (lo < 0 if allow_zero else lo <= 0):
                 raise UserError(f"{name} = {list(r)} must be [low, high] with {'0 <=' if allow_zero else '0 <'} low <= high")
 
+        def ordered_range(name, r):
+            if r[0] > r[1]:
+                raise UserError(f"{name} = {list(r)} must be [low, high] with low <= high")
+
         d, r = self.dataset, self.render
+        if d.seed < 0:
+            raise UserError(f"dataset.seed = {d.seed}: must be >= 0")
         if d.num_samples <= 0:
             raise UserError(f"dataset.num_samples = {d.num_samples}: must be a positive integer")
         if not d.splits or any(f < 0 for f in d.splits.values()) or abs(sum(d.splits.values()) - 1) > 1e-6:
@@ -170,6 +178,13 @@ class DatasetConfig:
                      "apex_z_range", "center_z_range"):
             positive_range(f"trajectories.{name}", getattr(self.trajectories, name))
         positive_range("trajectories.climb_rate_range", self.trajectories.climb_rate_range, allow_zero=True)
+        ordered_range("trajectories.center_xy_range", self.trajectories.center_xy_range)
+        ordered_range("trajectories.linear_elevation_deg_range", self.trajectories.linear_elevation_deg_range)
+        ordered_range("lights.key_elevation_deg_range", self.lights.key_elevation_deg_range)
+        for name in ("key_strength_range", "key_angle_deg_range", "fill_strength_range", "world_strength_range"):
+            positive_range(f"lights.{name}", getattr(self.lights, name), allow_zero=True)
+        if self.cameras.jitter_m < 0:
+            raise UserError(f"cameras.jitter_m = {self.cameras.jitter_m}: must be >= 0")
         if self.trajectories.gravity <= 0:
             raise UserError(f"trajectories.gravity = {self.trajectories.gravity}: must be positive")
         if self.trajectories.max_tries < 1:
@@ -184,6 +199,10 @@ class DatasetConfig:
         for c in self.cameras.rig:
             if np.allclose(c.position, c.target):
                 raise UserError(f"camera {c.name!r} position equals its target {list(c.target)}")
+            try:
+                cam.look_at(c.position, c.target)
+            except ValueError as e:
+                raise UserError(f"camera {c.name!r}: {e}") from None
 
 
 # --- spec building -------------------------------------------------------------------------------

@@ -64,11 +64,9 @@ def draw_params(family: str, cfg, t: np.ndarray, rng: np.random.Generator) -> di
         h_speed = _uniform(rng, cfg.launch_horizontal_speed_range)
         # apex time as a fraction of the clip: the arc rises and falls within view
         t_apex = t[0] + _uniform(rng, cfg.apex_time_fraction_range) * (t[-1] - t[0])
-        vz = g * (t_apex - t[0])
+        vz = g * t_apex
         apex = np.array([center[0], center[1], _uniform(rng, cfg.apex_z_range)])
-        # start so that the apex lands at `center`
-        dt = t_apex - t[0]
         v = np.array([h_speed * np.cos(azimuth), h_speed * np.sin(azimuth), vz])
-        start = apex - v * dt - 0.5 * np.array([0, 0, -g]) * dt ** 2
+        start = apex - v * t_apex - 0.5 * np.array([0, 0, -g]) * t_apex ** 2  # the position at t = 0
         return {"start": start.tolist(), "velocity": v.tolist(), "gravity": g}
     raise ValueError(f"unknown trajectory family {family!r}; allowed: {', '.join(FAMILIES)}")
