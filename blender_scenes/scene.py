@@ -14,6 +14,8 @@ import bpy
 OBJECT_PASS_INDEX = 1  # the moving object's index in the Object Index pass; everything else is 0
 GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")  # preference order for --device auto|gpu
 MESH_SEGMENTS = 32
+# Multi-view finds each view's camera by suffix: view "view1" renders camera object "cam_view1".
+CAMERA_PREFIX, CAMERA_SUFFIX_SEP = "cam", "_"
 
 
 class RenderSetupError(RuntimeError):
@@ -107,7 +109,25 @@ def _textured_material(name: str, mat_spec: dict, coords: str):
     links.new(fac, ramp.inputs["Factor"])
     ramp.inputs["A"].default_value = (*mat_spec["color_a"], 1.0)
     ramp.inputs["B"].default_value = (*mat_spec["color_b"], 1.0)
-    links.new(ramp.outputs["Result"], bsdf.inputs["Base Color"])
+    colour = ramp.outputs["Result"]
+    if mat_spec.get("fade_radius"):
+        # Fade the pattern to its mean colour with distance from the origin: far ground texture is finer
+        # than a pixel, aliases, and costs many samples to converge while telling a model nothing.
+        r0, r1 = mat_spec["fade_radius"]
+        dist = nodes.new("ShaderNodeVectorMath")
+        dist.operation = "LENGTH"
+        links.new(coord.outputs[coords], dist.inputs[0])
+        ramp_dist = nodes.new("ShaderNodeMapRange")
+        ramp_dist.inputs["From Min"].default_value, ramp_dist.inputs["From Max"].default_value = r0, r1
+        links.new(dist.outputs["Value"], ramp_dist.inputs["Value"])
+        fade = nodes.new("ShaderNodeMix")
+        fade.data_type = "RGBA"
+        links.new(ramp_dist.outputs["Result"], fade.inputs["Factor"])
+        links.new(colour, fade.inputs["A"])
+        mean = [(a + b) / 2 for a, b in zip(mat_spec["color_a"], mat_spec["color_b"])]
+        fade.inputs["B"].default_value = (*mean, 1.0)
+        colour = fade.outputs["Result"]
+    links.new(colour, bsdf.inputs["Base Color"])
     bsdf.inputs["Roughness"].default_value = mat_spec["roughness"]
     bsdf.inputs["Metallic"].default_value = mat_spec.get("metallic", 0.0)
     return mat
@@ -200,7 +220,7 @@ def build_scene(spec: dict, device: str = "CPU", threads: int = 0) -> dict:
         cam.sensor_width = c["sensor_mm"]
         cam.sensor_fit = "AUTO"
         cam.clip_start, cam.clip_end = 0.01, 100.0
-        co = _link(bpy.data.objects.new(c["name"], cam))
+        co = _link(bpy.data.objects.new(CAMERA_PREFIX + CAMERA_SUFFIX_SEP + c["name"], cam))
         _key_pose(co, c["location"], c["rotation"])
         cameras[c["name"]] = co
 
@@ -238,10 +258,11 @@ def _configure_render(scene, r: dict, device: str):
         cy.glossy_bounces = min(cy.glossy_bounces, r["max_bounces"])
         cy.transparent_max_bounces = 2
         cy.caustics_reflective = cy.caustics_refractive = False
+        cy.filter_width = r.get("filter_width", 1.5)
         cy.use_denoising = r["denoiser"] == "oidn"
         if cy.use_denoising:
             cy.denoiser = "OPENIMAGEDENOISE"
-            cy.denoising_input_passes = "RGB_ALBEDO_NORMAL"
+            cy.denoising_input_passes = r.get("denoise_passes", "RGB_ALBEDO_NORMAL")
             cy.denoising_prefilter = r.get("denoise_prefilter", "NONE")
             cy.denoising_quality = r.get("denoise_quality", "FAST")
     elif r["engine"] == "eevee":
@@ -289,25 +310,48 @@ def _configure_render(scene, r: dict, device: str):
 
 
 def render_views(spec: dict, cameras: dict, out_dir: str) -> dict:
-    """Render every view's clip into out_dir/<view>/{rgb,mask[,depth]}/NNNN.png; returns timings."""
+    """Render every view's clip into out_dir/<view>/{rgb,mask[,depth]}/NNNN.png; returns timings.
+
+    All cameras render in one animation pass through Blender's multi-view: each view is a camera found by
+    its name suffix, so scene sync, BVH updates and the frame change happen once per frame, not per view.
+    """
     scene = bpy.context.scene
-    tree = scene.compositing_node_group
-    file_nodes = {n.file_output_items[0].name: n for n in tree.nodes if n.bl_idname == "CompositorNodeOutputFile"}
-    timings = {}
+    rd = scene.render
+    rd.use_multiview = True
+    rd.views_format = "MULTIVIEW"
+    for view in rd.views:  # the default stereo pair
+        view.use = False
     for name, cam in cameras.items():
-        t0 = time.perf_counter()
-        scene.camera = cam
-        view_dir = os.path.join(out_dir, name)
-        scene.render.filepath = os.path.join(view_dir, "rgb", "####")
-        for kind, node in file_nodes.items():
-            node.directory = os.path.join(view_dir, kind)
-            node.file_name = "####"
-        bpy.ops.render.render(animation=True)
-        # the file-output node appends its item name ("0007mask.png"); give every kind the RGB's names
-        for kind in file_nodes:
-            folder = os.path.join(view_dir, kind)
-            for fname in os.listdir(folder):
-                if fname.endswith(f"{kind}.png"):
-                    os.replace(os.path.join(folder, fname), os.path.join(folder, fname[:-len(kind) - 4] + ".png"))
-        timings[name] = time.perf_counter() - t0
-    return timings
+        view = rd.views.new(name)
+        view.camera_suffix = CAMERA_SUFFIX_SEP + name
+        view.use = True
+    rd.image_settings.views_format = "INDIVIDUAL"
+    scene.camera = next(iter(cameras.values()))
+
+    staging = os.path.join(out_dir, ".frames")
+    rd.filepath = os.path.join(staging, "rgb", "####")
+    file_nodes = {n.file_output_items[0].name: n for n in scene.compositing_node_group.nodes
+                  if n.bl_idname == "CompositorNodeOutputFile"}
+    for kind, node in file_nodes.items():
+        node.directory = os.path.join(staging, kind)
+        node.file_name = "####"
+    t0 = time.perf_counter()
+    bpy.ops.render.render(animation=True)
+    seconds = time.perf_counter() - t0
+
+    # Blender names files "0007_view0.png" (RGB) and "0007mask_view0.png" (file outputs): move each to
+    # <view>/<kind>/0007.png
+    for kind in ["rgb", *file_nodes]:
+        for name in cameras:
+            os.makedirs(os.path.join(out_dir, name, kind), exist_ok=True)
+        tag = "" if kind == "rgb" else kind
+        folder = os.path.join(staging, kind)
+        for fname in os.listdir(folder):
+            stem = fname[:-len(".png")]
+            frame, _, view = stem.partition(tag + CAMERA_SUFFIX_SEP) if tag else stem.partition(CAMERA_SUFFIX_SEP)
+            if view not in cameras or not frame.isdigit():
+                raise RuntimeError(f"unexpected render output {os.path.join(folder, fname)}")
+            os.replace(os.path.join(folder, fname), os.path.join(out_dir, view, kind, f"{frame}.png"))
+        os.rmdir(folder)
+    os.rmdir(staging)
+    return {"render": seconds, "frames": spec["render"]["frames"], "views": len(cameras)}

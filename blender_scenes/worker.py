@@ -5,7 +5,7 @@ Started by datagen.render (one per core):
 Requests arrive on stdin, one JSON object per line: {"spec": {...}, "out_dir": "..."}.
 Replies go to file descriptor N (stdout belongs to Blender's own log output), one JSON object per line:
     {"event": "ready", "blender": "5.0.1", "device": "CPU", "devices": [], "notice": ...}   once, at start
-    {"event": "done", "sample_id": 7, "seconds": 1.2, "views": {...}}                        per request
+    {"event": "done", "sample_id": 7, "seconds": 1.2, "render": 1.1, ...}                     per request
     {"event": "failed", "sample_id": 7, "error": "..."}                                        per request
     {"event": "error", "error": "..."}                                                          setup failed; exits 3
 The worker exits when stdin closes, and dies with its parent (Linux).
@@ -60,8 +60,8 @@ def render_request(spec: dict, out_dir: str, device: str, threads: int = 0, allo
     t0 = time.perf_counter()
     cameras = scene.build_scene(spec, device, threads)
     t1 = time.perf_counter()
-    views = scene.render_views(spec, cameras, out_dir)
-    return {"build_seconds": t1 - t0, "views": views, "seconds": time.perf_counter() - t0}
+    timings = scene.render_views(spec, cameras, out_dir)
+    return {"build_seconds": t1 - t0, **timings, "seconds": time.perf_counter() - t0}
 
 
 def main(argv=None) -> int:

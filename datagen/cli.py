@@ -56,7 +56,7 @@ def cli():
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Cycles device. auto: OPTIX > CUDA > HIP > ONEAPI > METAL, else CPU with a notice; "
                    "gpu: error when no GPU is found.")
-@click.option("--workers", "-j", type=click.IntRange(min=1), help="Blender worker processes [default: one per core].")
+@click.option("--workers", "-j", type=click.IntRange(min=1), help="Blender worker processes, each using cores/workers threads [default: one per two cores].")
 @click.option("--shard", metavar="I/N", help="Render only samples with id % N == I (for job arrays); "
                                             "run `pack` once all shards are done.")
 @click.option("--allow-software-eevee", is_flag=True,
@@ -128,7 +128,7 @@ def pack(dataset, no_progress):
 
     summary = pack_dataset(dataset, progress=not no_progress)
     for split, info in summary["splits"].items():
-        click.echo(f"{split}: {info['num_samples']} clips -> {info['rgb']} {tuple(info['shape'])}")
+        click.echo(f"{split}: {info['samples']} clips -> {info['rgb']} {tuple(info['shape'])}")
     return 0
 
 

@@ -39,11 +39,13 @@ class RenderSection:
     frames: int = 16
     fps: int = 12
     engine: str = "cycles"        # cycles | eevee
-    samples: int = 8              # path-tracing samples per pixel (TAA samples for eevee)
+    samples: int = 4              # path-tracing samples per pixel (TAA samples for eevee)
     denoiser: str = "oidn"        # oidn | none
     denoise_prefilter: str = "NONE"   # OIDN prefilter: NONE | FAST | ACCURATE
     denoise_quality: str = "FAST"     # OIDN quality: FAST | BALANCED | HIGH
+    denoise_passes: str = "RGB_ALBEDO_NORMAL"   # OIDN guide passes: RGB | RGB_ALBEDO | RGB_ALBEDO_NORMAL
     max_bounces: int = 4
+    filter_width: float = 0.75    # pixel filter width in px (Blackman-Harris); Blender's 1.5 blurs and needs more samples
     depth: bool = False           # also write 16-bit depth PNGs (millimetres)
 
 
@@ -63,6 +65,7 @@ class GroundSection:
     textures: list[str] = field(default_factory=lambda: ["checker", "bricks", "noise", "voronoi"])
     texture_scale_range: Range = (0.6, 1.5)  # pattern frequency per world unit
     size: float = 20.0
+    fade_radius: Range = (2.0, 4.0)   # the pattern fades to its mean colour between these distances from the origin
 
 
 @dataclass
@@ -164,6 +167,9 @@ class DatasetConfig:
         choices("render.denoiser", [r.denoiser], DENOISERS)
         choices("render.denoise_prefilter", [r.denoise_prefilter], ("NONE", "FAST", "ACCURATE"))
         choices("render.denoise_quality", [r.denoise_quality], ("FAST", "BALANCED", "HIGH"))
+        choices("render.denoise_passes", [r.denoise_passes], ("RGB", "RGB_ALBEDO", "RGB_ALBEDO_NORMAL"))
+        if not 0.01 <= r.filter_width <= 10:
+            raise UserError(f"render.filter_width = {r.filter_width}: must be between 0.01 and 10 px")
         choices("objects.shapes", self.objects.shapes, SHAPES)
         choices("objects.textures", self.objects.textures, TEXTURES)
         choices("ground.textures", self.ground.textures, TEXTURES)
@@ -174,6 +180,7 @@ class DatasetConfig:
         positive_range("objects.roughness_range", self.objects.roughness_range, allow_zero=True)
         positive_range("objects.spin_speed_range", self.objects.spin_speed_range, allow_zero=True)
         positive_range("ground.texture_scale_range", self.ground.texture_scale_range)
+        positive_range("ground.fade_radius", self.ground.fade_radius)
         for name in ("speed_range", "radius_range", "launch_horizontal_speed_range", "apex_time_fraction_range",
                      "apex_z_range", "center_z_range"):
             positive_range(f"trajectories.{name}", getattr(self.trajectories, name))
@@ -327,12 +334,14 @@ def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
         "seed": seed,
         "render": {"engine": r.engine, "samples": r.samples, "denoiser": r.denoiser,
                    "denoise_prefilter": r.denoise_prefilter, "denoise_quality": r.denoise_quality,
+                   "denoise_passes": r.denoise_passes, "filter_width": r.filter_width,
                    "max_bounces": r.max_bounces, "width": r.resolution, "height": r.resolution,
                    "frames": r.frames, "fps": r.fps, "depth": r.depth, "seed": seed % (2 ** 31)},
         "ground": {"size": cfg.ground.size,
                    "material": {"texture": str(rng.choice(cfg.ground.textures)),
                                 "scale": float(rng.uniform(*cfg.ground.texture_scale_range)),
-                                "color_a": ground_colours[0], "color_b": ground_colours[1], "roughness": 0.9}},
+                                "color_a": ground_colours[0], "color_b": ground_colours[1], "roughness": 0.9,
+                                "fade_radius": list(cfg.ground.fade_radius)}},
         "object": {"shape": shape, "dimensions": dims, "size": size,
                    "material": {"texture": str(rng.choice(o.textures)),
                                 "scale": float(rng.uniform(*o.texture_scale_range)),

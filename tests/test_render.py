@@ -115,7 +115,7 @@ def test_same_seed_gives_identical_meta_and_images(tmp_path):
 
 def test_sigkill_mid_render_then_rerun_completes_without_rerendering(tmp_path):
     root = tmp_path / "ds"
-    args = ["render", root, "-c", "tiny", "-n", "10", "--set", "render.frames=3", "--no-progress"]
+    args = ["render", root, "-c", "tiny", "-n", "16", "--set", "render.frames=3", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", *map(str, args)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -124,15 +124,15 @@ def test_sigkill_mid_render_then_rerun_completes_without_rerendering(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its Blender workers, no chance to clean up
     proc.wait()
     done_before = ds.complete_sample_ids(root)
-    assert 3 <= len(done_before) < 10, f"kill landed at {len(done_before)} complete samples"
+    assert 3 <= len(done_before) < 16, f"kill landed at {len(done_before)} complete samples"
     stamps = {i: (ds.sample_dir(root, i) / "meta.json").stat().st_mtime_ns for i in done_before}
 
     out = run_cli(*args)
     assert out.returncode == 0, out.stderr
     summary = json.loads((root / "render_summary.json").read_text())
     assert summary["already_complete"] == len(done_before)
-    assert summary["rendered"] == 10 - len(done_before)
-    assert ds.complete_sample_ids(root) == set(range(10))
+    assert summary["rendered"] == 16 - len(done_before)
+    assert ds.complete_sample_ids(root) == set(range(16))
     assert not list((root / "samples").glob(".tmp-*"))
     assert {i: (ds.sample_dir(root, i) / "meta.json").stat().st_mtime_ns for i in done_before} == stamps
     assert verify_dataset(root, progress=False)["ok"]
@@ -211,6 +211,7 @@ BAD_INPUTS = {
     "unknown preset": (["-c", "huge"], "huge"),
     "gpu without a GPU": (["--device", "gpu"], "gpu"),
     "bad shard": (["--shard", "3/2"], "3/2"),
+    "eevee without a GPU": (["--engine", "eevee"], "eevee"),
 }
 
 
@@ -237,3 +238,23 @@ def test_output_dir_with_a_different_config_is_refused(tmp_path):
     # the same config again is a no-op resume
     again = run_cli("render", root, "-c", "tiny", "-n", "1", "--set", "render.frames=2", "--no-progress")
     assert again.returncode == 0 and "already complete" in again.stderr
+
+
+# --- shards ----------------------------------------------------------------------------------------
+
+def test_shards_render_disjoint_ids_into_one_dataset_that_packs(tmp_path):
+    from datagen.pack import load_packed, pack_dataset
+
+    root = tmp_path / "ds"
+    for shard in ("1/2", "0/2"):
+        out = run_cli("render", root, "-c", "tiny", "-n", "5", "--set", "render.frames=2", "--shard", shard, "--no-progress")
+        assert out.returncode == 0, out.stderr
+        if shard == "1/2":
+            assert ds.complete_sample_ids(root) == {1, 3}
+    assert ds.complete_sample_ids(root) == set(range(5))
+    assert (root / "render_summary.shard-0-of-2.json").exists() and (root / "render_summary.shard-1-of-2.json").exists()
+    assert verify_dataset(root, progress=False)["ok"]
+    pack_dataset(root, progress=False)
+    info = ds.load_dataset_json(root)
+    total = sum(len(load_packed(root, split)) for split in info["splits"])
+    assert total == 5
