@@ -136,12 +136,12 @@ def main() -> None:
     if args.no_write:
         return
     cmd = "python benchmarks/render.py " + " ".join(sys.argv[1:])
-    body = f"""## Rendering (`benchmarks/render.py`)
+    body = f"""## Rendering at {args.resolution}x{args.resolution} (`benchmarks/render.py`)
 
 Machine: {machine()}; no GPU. Date: {today()}. Command: `{cmd.strip()}`.
 Settings under test ({args.config} preset at {args.resolution}x{args.resolution}): Cycles {r.samples} spp,
 denoiser {r.denoiser} (prefilter {r.denoise_prefilter}, quality {r.denoise_quality}), max_bounces {r.max_bounces},
-{V} views x {T} frames per clip, {main_sum['workers']} workers x {main_sum['threads_per_worker']} thread(s).
+{V} views x {T} frames per clip, {main_sum["workers"]} worker(s) x {main_sum["threads_per_worker"]} thread(s).
 
 | measure | value |
 |---|---|

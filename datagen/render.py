@@ -171,9 +171,7 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
     summary = {"dataset": str(root), "shard": f"{shard[0]}/{shard[1]}", "requested": len(ids),
                "already_complete": len(done_before), "rendered": 0, "failed": [], "retried": [],
                "workers_replaced": 0}
-    if not todo:
-        if existing is None:
-            raise UserError(f"{root}: nothing to render and no dataset.json")  # unreachable: ids is never empty
+    if not todo:  # (a dataset.json exists here: a non-empty directory without one was refused above)
         log(f"all {len(ids)} samples of shard {shard[0]}/{shard[1]} are already complete in {root}")
         summary.update(seconds=0.0, clips_per_s=None, device=None)
         return summary
