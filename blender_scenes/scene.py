@@ -273,7 +273,8 @@ def _configure_render(scene, r: dict, device: str):
 
     # Compositor: the RGB goes out unchanged, the object's ID mask (and depth) to extra file outputs.
     view_layer = scene.view_layers[0]
-    view_layer.use_pass_object_index = True
+    view_layer.use_pass_object_index = r["engine"] == "cycles"
+    view_layer.use_pass_cryptomatte_object = r["engine"] == "eevee"  # EEVEE has no Object Index pass
     view_layer.use_pass_z = bool(r.get("depth"))
     tree = bpy.data.node_groups.new("compositor", "CompositorNodeTree")
     scene.compositing_node_group = tree
@@ -281,10 +282,23 @@ def _configure_render(scene, r: dict, device: str):
     layers = tree.nodes.new("CompositorNodeRLayers")
     out = tree.nodes.new("NodeGroupOutput")
     tree.links.new(layers.outputs["Image"], out.inputs["Image"])
-    id_mask = tree.nodes.new("CompositorNodeIDMask")
-    id_mask.inputs["Index"].default_value = OBJECT_PASS_INDEX
-    id_mask.inputs["Anti-Alias"].default_value = False
-    tree.links.new(layers.outputs["Object Index"], id_mask.inputs["ID value"])
+    if r["engine"] == "cycles":
+        id_mask = tree.nodes.new("CompositorNodeIDMask")
+        id_mask.inputs["Index"].default_value = OBJECT_PASS_INDEX
+        id_mask.inputs["Anti-Alias"].default_value = False
+        tree.links.new(layers.outputs["Object Index"], id_mask.inputs["ID value"])
+        mask = id_mask.outputs[0]
+    else:  # Cryptomatte's matte is anti-aliased: threshold it at half coverage
+        crypto = tree.nodes.new("CompositorNodeCryptomatteV2")
+        crypto.source = "RENDER"
+        crypto.scene = scene
+        crypto.matte_id = "object"
+        tree.links.new(layers.outputs["Image"], crypto.inputs["Image"])
+        half = tree.nodes.new("ShaderNodeMath")
+        half.operation = "GREATER_THAN"
+        half.inputs[1].default_value = 0.5
+        tree.links.new(crypto.outputs["Matte"], half.inputs[0])
+        mask = half.outputs[0]
     mask_out = tree.nodes.new("CompositorNodeOutputFile")
     mask_out.format.media_type = "IMAGE"
     mask_out.format.file_format = "PNG"
@@ -292,7 +306,7 @@ def _configure_render(scene, r: dict, device: str):
     mask_out.format.color_depth = "8"
     mask_out.format.compression = 15
     mask_out.file_output_items.new("FLOAT", "mask")
-    tree.links.new(id_mask.outputs[0], mask_out.inputs["mask"])
+    tree.links.new(mask, mask_out.inputs["mask"])
 
     if r.get("depth"):
         # depth as 16-bit PNG in millimetres: value / 65535 * 65.535 m
