@@ -245,6 +245,10 @@ def _configure_render(scene, r: dict, device: str):
     scene.view_settings.view_transform = "Standard"
     scene.view_settings.look = "None"
     scene.render.use_persistent_data = True  # keep the BVH between frames and views of one sample
+    # No metadata in the PNGs (date, render time, host name): the same spec gives byte-identical files.
+    for attr in dir(scene.render):
+        if attr.startswith("use_stamp"):
+            setattr(scene.render, attr, False)
 
     if r["engine"] == "cycles":
         scene.render.engine = "CYCLES"

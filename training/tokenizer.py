@@ -1,0 +1,418 @@
+"""Video tokenizer: a MAGVIT-shaped causal 3D-CNN autoencoder with a discrete bottleneck (VQ, LFQ or FSQ).
+
+Clips are (B, 3, T, H, W) in [-1, 1]; views are folded into B by the caller. The encoder maps a clip to latents
+(B, d, t, h, w), the quantizer turns each latent vector into one token, and the decoder maps (B, d, t, h, w) back to
+(B, 3, T, H, W).
+
+Temporal scheme ("T divisible by f"): with a total temporal factor f = 2 ** (number of True in temporal_downsample),
+T must be a multiple of f and latent frame j covers input frames [j*f, (j+1)*f). Causality holds both ways:
+  - encoder: latent frame j depends only on input frames < (j+1)*f (so the first k = m*f frames give the first m latent
+    frames, bit for bit, whatever follows them);
+  - decoder: output frames [j*f, (j+1)*f) depend only on latent frames <= j.
+Three ingredients make that true: every conv pads time on the left only; a temporal stride-s conv pads kernel-s frames
+so that its output j ends exactly at input frame (j+1)*s - 1; and GroupNorm normalizes each frame separately (a plain
+GroupNorm over (C, T, H, W) would leak statistics of future frames into past ones). Temporal upsampling in the decoder is
+depth-to-space: a causal conv makes s frames' worth of channels from latent frame j, which become output frames j*s..j*s+s-1.
+For 16 frames and two temporal downsamplings: 16 -> 4 latent frames (DESIGN: 128x128x16 -> 4x16x16 tokens per view).
+
+Quantizers share one interface: forward(z) -> (z_q, indices, aux), z_q straight-through (forward value = the code,
+gradient = identity to z), indices (B, t, h, w) int64, aux = dict of scalar tensors: commitment_loss, codebook_loss,
+entropy_loss, loss (their weighted sum: what the trainer adds to the reconstruction loss), perplexity, usage.
+  - vq: l2-normalized codes, nearest code by cosine similarity; the codebook is learnt by gradient (codebook loss, as in
+    VQ-VAE; ViT-VQGAN style normalized codes) which needs no buffer syncing under DDP. Dead codes (unused for
+    dead_code_threshold training steps) are re-initialized from random encoder outputs of the current batch.
+  - lfq: lookup-free: each of d = log2(codebook_size) channels is quantized to its sign; the index is the bit pattern.
+  - fsq: each of len(fsq_levels) channels is squashed with tanh and rounded to one of L_i levels; no codebook, no aux loss.
+The entropy term (vq, lfq) is MAGVIT-v2's: mean per-position entropy (want confident assignments) minus entropy of the
+batch-mean assignment (want all codes used), both from a softmax over negative distances / entropy_temperature.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+QUANTIZERS = ("vq", "lfq", "fsq")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# config
+
+@dataclass
+class TokenizerConfig:
+    channels: int = 32                             # base width; level i has channels * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 2, 2)      # one entry per level; every level but the last halves H and W
+    num_res_blocks: int = 1                        # residual blocks per level (encoder and decoder)
+    temporal_downsample: tuple[bool, ...] = (True, True)  # per downsampling level (len(channel_mult) - 1): also halve T?
+    norm_groups: int = 8                           # GroupNorm groups; every level's width must be a multiple
+    z_channels: int = 16                           # vq code dimension (lfq: log2(codebook_size), fsq: len(fsq_levels))
+    quantizer: str = "vq"                          # "vq" | "lfq" | "fsq"
+    codebook_size: int = 1024                      # vq: K; lfq: 2 ** d; fsq: must equal prod(fsq_levels)
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0                   # vq only
+    entropy_weight: float = 0.0                    # 0 skips the entropy computation (an (N, K) softmax)
+    entropy_temperature: float = 0.01
+    dead_code_threshold: int = 100                 # vq: restart codes unused for this many training steps; 0 = never
+    fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(bool(t) for t in self.temporal_downsample)
+
+    @property
+    def code_dim(self) -> int:
+        """Channels of the latent the quantizer sees."""
+        if self.quantizer == "lfq":
+            return int(math.log2(self.codebook_size))
+        if self.quantizer == "fsq":
+            return len(self.fsq_levels)
+        return self.z_channels
+
+    def validate(self, resolution: int | tuple[int, int] | None = None, frames: int | None = None) -> None:
+        """Raise ValueError (one line, naming the value and what is allowed) for a config or clip size that can't work."""
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer {self.quantizer!r}; allowed: {', '.join(QUANTIZERS)}")
+        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
+            raise ValueError(f"channel_mult {tuple(self.channel_mult)} must be a non-empty tuple of integers >= 1")
+        if len(self.temporal_downsample) != len(self.channel_mult) - 1:
+            raise ValueError(f"temporal_downsample {tuple(self.temporal_downsample)} must have "
+                             f"len(channel_mult) - 1 = {len(self.channel_mult) - 1} entries (one per downsampling level)")
+        for m in self.channel_mult:
+            if self.channels < 1 or (self.channels * m) % self.norm_groups:
+                raise ValueError(f"width channels*mult = {self.channels}*{m} is not a multiple of "
+                                 f"norm_groups = {self.norm_groups}")
+        if self.num_res_blocks < 0:
+            raise ValueError(f"num_res_blocks {self.num_res_blocks} must be >= 0")
+        if self.quantizer == "vq" and (self.z_channels < 1 or self.codebook_size < 2):
+            raise ValueError(f"vq needs z_channels >= 1 and codebook_size >= 2; got {self.z_channels}, {self.codebook_size}")
+        if self.quantizer == "lfq" and (self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1)):
+            raise ValueError(f"lfq codebook_size {self.codebook_size} must be a power of two >= 2 (2 ** bits)")
+        if self.quantizer == "fsq":
+            if not self.fsq_levels or any(lv < 2 for lv in self.fsq_levels):
+                raise ValueError(f"fsq_levels {tuple(self.fsq_levels)} must be a non-empty tuple of integers >= 2")
+            if math.prod(self.fsq_levels) != self.codebook_size:
+                raise ValueError(f"fsq codebook_size {self.codebook_size} must equal prod(fsq_levels "
+                                 f"{tuple(self.fsq_levels)}) = {math.prod(self.fsq_levels)}")
+        if self.dead_code_threshold < 0:
+            raise ValueError(f"dead_code_threshold {self.dead_code_threshold} must be >= 0 (0 disables restarts)")
+        if resolution is not None:
+            for r in ((resolution, resolution) if isinstance(resolution, int) else resolution):
+                if r < 1 or r % self.spatial_factor:
+                    raise ValueError(f"resolution {r} is not divisible by the spatial downsampling factor "
+                                     f"{self.spatial_factor} (2 ** (len(channel_mult) - 1))")
+        if frames is not None and (frames < 1 or frames % self.temporal_factor):
+            raise ValueError(f"frames {frames} is not a multiple of the temporal downsampling factor "
+                             f"{self.temporal_factor}; latent frame j covers frames [j*f, (j+1)*f)")
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of the token grid for a clip of this size."""
+        self.validate((height, width), frames)
+        return frames // self.temporal_factor, height // self.spatial_factor, width // self.spatial_factor
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# causal building blocks
+
+class CausalConv3d(nn.Module):
+    """Conv3d padded on the left in time only (replicating the first frame), zeros in space.
+
+    With temporal stride s it pads kernel - s frames, so output frame j sees input frames (j+1)*s - kernel .. (j+1)*s - 1:
+    never beyond its own group of s frames."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1)):
+        super().__init__()
+        assert kernel >= stride[0], "temporal stride larger than the kernel would skip frames"
+        self.time_pad = kernel - stride[0]
+        self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(0, kernel // 2, kernel // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_pad:
+            x = F.pad(x, (0, 0, 0, 0, self.time_pad, 0), mode="replicate")
+        return self.conv(x)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame: normalizing over T would let future frames change past outputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        x = super().forward(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(x, "(b t) c h w -> b c t h w", b=b)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__()
+        self.norm1, self.conv1 = FrameGroupNorm(groups, cin), CausalConv3d(cin, cout)
+        self.norm2, self.conv2 = FrameGroupNorm(groups, cout), CausalConv3d(cout, cout)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Strided causal conv: H, W halved; T halved too when temporal."""
+
+    def __init__(self, ch: int, temporal: bool):
+        super().__init__()
+        self.conv = CausalConv3d(ch, ch, 3, stride=(2 if temporal else 1, 2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Inverse of Downsample: time by depth-to-space (latent frame j -> frames 2j, 2j+1 only), space by nearest + conv."""
+
+    def __init__(self, ch: int, temporal: bool):
+        super().__init__()
+        self.time_conv = CausalConv3d(ch, 2 * ch) if temporal else None
+        self.conv = CausalConv3d(ch, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_conv is not None:
+            x = rearrange(self.time_conv(x), "b (c s) t h w -> b c (t s) h w", s=2)
+        x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
+        return self.conv(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# encoder / decoder
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        widths = [cfg.channels * m for m in cfg.channel_mult]
+        g = cfg.norm_groups
+        self.conv_in = CausalConv3d(3, widths[0])
+        blocks, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cin, w, g))
+                cin = w
+            if i < len(widths) - 1:
+                blocks.append(Downsample(cin, cfg.temporal_downsample[i]))
+        blocks += [ResBlock(cin, cin, g), ResBlock(cin, cin, g)]   # mid
+        self.blocks = nn.Sequential(*blocks)
+        self.norm_out = FrameGroupNorm(g, cin)
+        self.conv_out = CausalConv3d(cin, cfg.code_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.conv_in(x))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        widths = [cfg.channels * m for m in cfg.channel_mult]
+        g = cfg.norm_groups
+        cin = widths[-1]
+        self.conv_in = CausalConv3d(cfg.code_dim, cin)
+        blocks = [ResBlock(cin, cin, g), ResBlock(cin, cin, g)]   # mid
+        for i in reversed(range(len(widths))):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cin, widths[i], g))
+                cin = widths[i]
+            if i > 0:
+                blocks.append(Upsample(cin, cfg.temporal_downsample[i - 1]))
+        self.blocks = nn.Sequential(*blocks)
+        self.norm_out = FrameGroupNorm(g, cin)
+        self.conv_out = CausalConv3d(cin, 3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.conv_in(z))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# quantizers
+
+def codebook_stats(indices: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    """perplexity = exp(entropy of the batch's code histogram), in [1, size]; usage = fraction of codes used, in (0, 1]."""
+    counts = torch.bincount(indices.flatten(), minlength=size).float()
+    p = counts / counts.sum()
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
+    return {"perplexity": entropy.exp(), "usage": (counts > 0).float().mean()}
+
+
+def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+    """MAGVIT-v2: mean per-position entropy (low = confident) minus entropy of the mean distribution (high = diverse)."""
+    probs = logits.softmax(-1)
+    per_sample = -(probs * logits.log_softmax(-1)).sum(-1).mean()
+    avg = probs.mean(0)
+    return per_sample - (-(avg * torch.log(avg.clamp_min(1e-12))).sum())
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.codebook = nn.Parameter(F.normalize(torch.randn(cfg.codebook_size, cfg.z_channels), dim=-1))
+        # training steps since each code was last picked (all ranks agree: counts are all-reduced under DDP)
+        self.register_buffer("unused_steps", torch.zeros(cfg.codebook_size, dtype=torch.long))
+
+    def codes(self) -> torch.Tensor:
+        return F.normalize(self.codebook, dim=-1)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
+        dead = self.unused_steps >= self.cfg.dead_code_threshold
+        n = int(dead.sum())
+        if n == 0:
+            return
+        self.codebook.data[dead] = flat[torch.randint(len(flat), (n,), device=flat.device)].to(self.codebook.dtype)
+        self.unused_steps[dead] = 0
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(self.codebook.data, 0)   # ranks sampled different rows; keep rank 0's
+
+    @torch.no_grad()
+    def _count_usage(self, indices: torch.Tensor) -> None:
+        counts = torch.bincount(indices, minlength=self.cfg.codebook_size)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
+
+    def forward(self, z: torch.Tensor):
+        b, _, t, h, w = z.shape
+        flat = F.normalize(rearrange(z, "b d t h w -> (b t h w) d").float(), dim=-1)
+        restart = self.training and self.cfg.dead_code_threshold > 0
+        if restart:   # before the lookup, so a restarted code can be picked (and learnt) right away
+            self._restart_dead_codes(flat.detach())
+        codes = self.codes()
+        sim = flat @ codes.t()                        # cosine; distance on the sphere = 2 - 2 * sim
+        indices = sim.argmax(-1)
+        q = codes[indices]
+        if restart:
+            self._count_usage(indices)
+        zero = flat.new_zeros(())
+        aux = {"commitment_loss": F.mse_loss(flat, q.detach()),
+               "codebook_loss": F.mse_loss(q, flat.detach()),
+               "entropy_loss": (entropy_loss(-(2 - 2 * sim) / self.cfg.entropy_temperature)
+                                if self.cfg.entropy_weight > 0 else zero)}
+        aux["loss"] = (self.cfg.commitment_weight * aux["commitment_loss"] + self.cfg.codebook_weight * aux["codebook_loss"]
+                       + self.cfg.entropy_weight * aux["entropy_loss"])
+        aux.update(codebook_stats(indices, self.cfg.codebook_size))
+        q = flat + (q - flat).detach()                # straight-through
+        z_q = rearrange(q, "(b t h w) d -> b d t h w", b=b, t=t, h=h, w=w).to(z.dtype)
+        return z_q, indices.view(b, t, h, w), aux
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.codes()[indices], "b t h w d -> b d t h w")
+
+
+class LookupFreeQuantizer(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.cfg, d = cfg, cfg.code_dim
+        self.register_buffer("bit_weights", 2 ** torch.arange(d - 1, -1, -1), persistent=False)  # first channel = MSB
+        all_codes = ((torch.arange(cfg.codebook_size)[:, None] & self.bit_weights) > 0).float() * 2 - 1
+        self.register_buffer("all_codes", all_codes, persistent=False)   # (K, d) in {-1, 1}, for the entropy term
+
+    def bits_to_indices(self, q: torch.Tensor) -> torch.Tensor:
+        """(..., d) in {-1, 1} -> (...) int64."""
+        return ((q > 0).long() * self.bit_weights).sum(-1)
+
+    def forward(self, z: torch.Tensor):
+        b, _, t, h, w = z.shape
+        flat = rearrange(z, "b d t h w -> (b t h w) d").float()
+        q = torch.where(flat > 0, 1.0, -1.0)
+        indices = self.bits_to_indices(q)
+        zero = flat.new_zeros(())
+        # -||z - c||^2 = 2 z.c + const per row, and softmax ignores per-row constants
+        ent = (entropy_loss(2 * flat @ self.all_codes.t() / self.cfg.entropy_temperature)
+               if self.cfg.entropy_weight > 0 else zero)
+        aux = {"commitment_loss": F.mse_loss(flat, q), "codebook_loss": zero, "entropy_loss": ent}
+        aux["loss"] = self.cfg.commitment_weight * aux["commitment_loss"] + self.cfg.entropy_weight * ent
+        aux.update(codebook_stats(indices, self.cfg.codebook_size))
+        q = flat + (q - flat).detach()
+        z_q = rearrange(q, "(b t h w) d -> b d t h w", b=b, t=t, h=h, w=w).to(z.dtype)
+        return z_q, indices.view(b, t, h, w), aux
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        bits = (indices[..., None] & self.bit_weights) > 0
+        return rearrange(bits.float() * 2 - 1, "b t h w d -> b d t h w")
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ (Mentzer et al. 2023): channel i is bounded to L_i values by tanh and rounded; codes scaled to [-1, 1]."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        levels = torch.tensor(cfg.fsq_levels)
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("basis", torch.cumprod(torch.tensor([1] + list(cfg.fsq_levels[:-1])), 0), persistent=False)
+        self.register_buffer("half_width", levels // 2, persistent=False)
+
+    def forward(self, z: torch.Tensor):
+        b, _, t, h, w = z.shape
+        flat = rearrange(z, "b d t h w -> (b t h w) d").float()
+        # even L needs a half-step offset so that rounding yields exactly L values (-L/2 .. L/2 - 1)
+        # (shift by tan, not atanh, as in the paper's reference code: atanh saturates tanh for L = 2)
+        half_l = (self.levels - 1) * (1 + 1e-3) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)
+        bounded = torch.tanh(flat + torch.tan(offset / half_l)) * half_l - offset
+        rounded = bounded + (bounded.round() - bounded).detach()     # straight-through rounding
+        q = rounded / self.half_width
+        indices = ((rounded.detach().round().long() + self.half_width) * self.basis).sum(-1)
+        zero = flat.new_zeros(())
+        aux = {"commitment_loss": zero, "codebook_loss": zero, "entropy_loss": zero, "loss": zero}
+        aux.update(codebook_stats(indices, self.cfg.codebook_size))
+        z_q = rearrange(q, "(b t h w) d -> b d t h w", b=b, t=t, h=h, w=w).to(z.dtype)
+        return z_q, indices.view(b, t, h, w), aux
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        digits = (indices[..., None] // self.basis) % self.levels
+        return rearrange((digits - self.half_width).float() / self.half_width, "b t h w d -> b d t h w")
+
+
+def build_quantizer(cfg: TokenizerConfig) -> nn.Module:
+    if cfg.quantizer not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer {cfg.quantizer!r}; allowed: {', '.join(QUANTIZERS)}")
+    cfg.validate()
+    return {"vq": VectorQuantizer, "lfq": LookupFreeQuantizer, "fsq": FiniteScalarQuantizer}[cfg.quantizer](cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the tokenizer
+
+class VideoTokenizer(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = build_quantizer(cfg)
+        self.decoder = Decoder(cfg)
+
+    def encode(self, x: torch.Tensor):
+        """(B, 3, T, H, W) in [-1, 1] -> z_q (B, d, t, h, w), indices (B, t, h, w) int64, aux dict."""
+        self.cfg.validate(tuple(x.shape[-2:]), x.shape[2])
+        return self.quantizer(self.encoder(x))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z_q)
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, t, h, w) tokens -> (B, 3, T, H, W)."""
+        return self.decoder(self.quantizer.indices_to_codes(indices))
+
+    def forward(self, x: torch.Tensor):
+        z_q, indices, aux = self.encode(x)
+        return self.decode(z_q), indices, aux
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
