@@ -36,7 +36,25 @@ CONFIG_HELP = ("Preset name (tiny, demo, full: configs/dataset/<name>.toml) or a
 SET_HELP = "Override any config key, e.g. --set render.samples=16 --set 'objects.shapes=[\"cube\"]'. Repeatable."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class LazyGroup(click.Group):
+    """Commands of other packages are imported only when used, so `magvit3d render` never imports torch and
+    datagen does not depend on training at import time."""
+
+    lazy = {"train-tokenizer": "training.cli:train_tokenizer_cmd"}
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="magvit3d", prog_name=PROG)
 def cli():
     """Synthetic multi-view 3D-motion videos with Blender, a MAGVIT-style tokenizer and masked transformer,

@@ -240,6 +240,7 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 # quantizers
 
+@torch.no_grad()
 def codebook_stats(indices: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
     """perplexity = exp(entropy of the batch's code histogram), in [1, size]; usage = fraction of codes used, in (0, 1]."""
     counts = torch.bincount(indices.flatten(), minlength=size).float()
@@ -401,7 +402,9 @@ class VideoTokenizer(nn.Module):
     def encode(self, x: torch.Tensor):
         """(B, 3, T, H, W) in [-1, 1] -> z_q (B, d, t, h, w), indices (B, t, h, w) int64, aux dict."""
         self.cfg.validate(tuple(x.shape[-2:]), x.shape[2])
-        return self.quantizer(self.encoder(x))
+        z = self.encoder(x)
+        with torch.autocast(z.device.type, enabled=False):   # nearest-code search and entropy in fp32, even under bf16
+            return self.quantizer(z.float())
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         return self.decoder(z_q)

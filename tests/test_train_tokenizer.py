@@ -1,0 +1,108 @@
+"""The tokenizer training loop on a fake packed dataset (no Blender): learning, bit-exact resume, bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datagen.config import UserError
+from datagen.pack import pack_dataset, rgb_path
+from fakes import make_fake_dataset
+from training.train_tokenizer import load_run_config, lr_at, train_tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+QUIET = dict(progress=False, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    root = make_fake_dataset(tmp_path_factory.mktemp("tok") / "ds", num_samples=6, resolution=16, frames=4)
+    pack_dataset(root, progress=False)
+    return root
+
+
+def tiny(**overrides):
+    items = ["train.steps=12", "train.batch_size=2", "train.log_every=1", "train.val_every=6", "train.ckpt_every=3",
+             "train.val_clips=2", "train.warmup_steps=2", "model.channels=8", "model.norm_groups=4"]
+    return load_run_config("tiny", items + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(packed, tmp_path):
+    straight = train_tokenizer(tiny(), packed, tmp_path / "a", **QUIET)
+    assert straight["step"] == 12 and straight["finished"]
+    first = train_tokenizer(tiny(), packed, tmp_path / "b", max_steps_this_run=5, **QUIET)
+    assert first["step"] == 5 and not first["finished"]
+    second = train_tokenizer(tiny(), packed, tmp_path / "b", resume=True, **QUIET)
+    assert second["step"] == 12
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert [a[s] for s in range(6, 13)] == [b[s] for s in range(6, 13)]  # bit for bit on the CPU
+
+
+def test_training_lowers_the_reconstruction_loss_and_logs_validation(packed, tmp_path):
+    train_tokenizer(tiny(**{"train.steps": 30, "train.lr": 3e-3}), packed, tmp_path / "r", **QUIET)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    recon = [r["recon"] for r in rows if "recon" in r]
+    assert sum(recon[-5:]) / 5 < 0.7 * sum(recon[:5]) / 5
+    val = [r for r in rows if r.get("split") == "val"]
+    assert [r["step"] for r in val] == [6, 12, 18, 24, 30]
+    assert all(0 < r["usage"] <= 1 and r["perplexity"] >= 1 and 0 < r["psnr"] < 100 for r in val)
+    ckpt = tmp_path / "r" / "checkpoints"
+    assert json.loads((ckpt / "latest.json").read_text())["step"] == 30
+    assert {p.name for p in (ckpt / "step_000030").iterdir()} == {"model.safetensors", "ema.safetensors",
+                                                                  "config.json", "train_state.pt"}
+
+
+def test_lr_schedule_warms_up_then_decays():
+    t = tiny().train
+    assert lr_at(0, t) == pytest.approx(t.lr / 2)
+    assert lr_at(1, t) == pytest.approx(t.lr)
+    assert lr_at(t.steps, t) == pytest.approx(t.lr * t.min_lr_ratio)
+    assert lr_at(2, t) > lr_at(7, t) > lr_at(11, t)
+
+
+def test_existing_run_needs_resume_and_the_same_config(packed, tmp_path):
+    train_tokenizer(tiny(**{"train.steps": 3}), packed, tmp_path / "r", **QUIET)
+    with pytest.raises(UserError, match="pass --resume"):
+        train_tokenizer(tiny(**{"train.steps": 3}), packed, tmp_path / "r", **QUIET)
+    with pytest.raises(UserError, match=r"different model config \(codebook_size: 64 vs 32\)"):
+        train_tokenizer(tiny(**{"train.steps": 3, "model.codebook_size": 32}), packed, tmp_path / "r", resume=True, **QUIET)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "datagen.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--set", 'model.quantizer="xyz"'], "unknown quantizer 'xyz'; allowed: vq, lfq, fsq"),
+    (["--set", "model.channel_mult=[1,1,1,1,1,1]", "--set", "model.temporal_downsample=[false,false,false,false,false]"],
+     "resolution 16 is not divisible by the spatial downsampling factor 32"),
+    (["--set", "train.sptes=3"], "unknown config key 'train.sptes'"),
+])
+def test_bad_input_one_line_exit_2(packed, tmp_path, extra, needle):
+    out = cli("train-tokenizer", "--data", packed, "--out", tmp_path / "r", "-c", "tiny", "--no-progress", *extra)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("magvit3d: error:") and needle in lines[0], out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_truncated_packed_array_is_one_line_exit_2(packed, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(packed, copy)
+    path = rgb_path(copy, "train")
+    path.write_bytes(path.read_bytes()[:-100])
+    out = cli("train-tokenizer", "--data", copy, "--out", tmp_path / "r", "-c", "tiny", "--no-progress")
+    assert out.returncode == 2
+    assert "train_rgb.npy" in out.stderr and len(out.stderr.strip().splitlines()) == 1

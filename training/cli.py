@@ -1,0 +1,34 @@
+"""Training commands of `magvit3d` (registered lazily by datagen.cli so `magvit3d render` never imports torch)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+CONFIG_HELP = ("Preset name (tiny, demo, full: configs/tokenizer/<name>.toml) or a path to a TOML file. "
+               "--set overrides it.")
+
+
+@click.command("train-tokenizer")
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A rendered and packed dataset (magvit3d render + pack).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("--config", "-c", default="demo", show_default=True, help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set train.steps=500 --set model.quantizer=lfq. Repeatable.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train_tokenizer_cmd(data, out, config, overrides, resume, device, no_progress):
+    """Train the causal 3D-CNN video tokenizer on a packed dataset. Logs losses and validation PSNR, SSIM and
+    codebook usage to OUT/metrics.jsonl; checkpoints (safetensors + JSON) to OUT/checkpoints."""
+    from training.train_tokenizer import load_run_config, train_tokenizer
+
+    cfg = load_run_config(config, list(overrides))
+    summary = train_tokenizer(cfg, data, out, resume=resume, device=device, progress=not no_progress,
+                              log=lambda m: click.echo(m, err=True))
+    val = summary["last_validation"]
+    if val:
+        click.echo(f"step {summary['step']}: val PSNR {val['psnr']:.2f} dB, SSIM {val['ssim']:.3f}, "
+                   f"codebook usage {val['usage']:.1%} ({summary['view_clips_per_s']} view-clips/s) -> {out}")
+    return 0

@@ -1,0 +1,55 @@
+"""Training data: view-clips out of the packed uint8 memmaps (datagen.pack.load_packed), never PNGs.
+
+Views are folded into the batch: item i of a split with N clips and V views is view (i % V) of clip (i // V),
+returned as uint8 (3, T, H, W). Conversion to float happens on the training device, so loader workers only
+copy bytes out of the memmap.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datagen.pack import load_packed
+
+
+class PackedViewClips(Dataset):
+    """Every (clip, view) of one packed split as a uint8 tensor (3, T, H, W)."""
+
+    def __init__(self, root, split: str):
+        self.packed = load_packed(root, split)
+        self.num_clips, self.num_views, self.frames, self.height, self.width, _ = self.packed.rgb.shape
+
+    def __len__(self) -> int:
+        return self.num_clips * self.num_views
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        clip, view = divmod(int(i), self.num_views)
+        frames = np.array(self.packed.rgb[clip, view])                   # (T, H, W, 3) copied out of the memmap
+        return torch.from_numpy(frames).permute(3, 0, 1, 2)              # (3, T, H, W)
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255] (rounded, clamped)."""
+    return x.add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def infinite_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, start_step: int = 0):
+    """Yield batches forever, reshuffled every epoch from (seed, epoch), so a resumed run at step n sees exactly
+    the batches an uninterrupted run would have seen from step n on (skipped batches are never loaded)."""
+    if len(dataset) < batch_size:
+        raise ValueError(f"batch size {batch_size} is larger than the {len(dataset)} view-clips of the split")
+    per_epoch = len(dataset) // batch_size
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        batches = order[: per_epoch * batch_size].view(per_epoch, batch_size)[skip:].tolist()
+        yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                              pin_memory=torch.cuda.is_available())
+        skip = 0
+        epoch += 1

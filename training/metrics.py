@@ -1,0 +1,28 @@
+"""Image metrics shared by training (validation) and evaluation: PSNR and SSIM on uint8 clips.
+
+PSNR is computed per frame on [0, 1] and averaged over frames, then clips. SSIM is scikit-image's
+(gaussian weights, sigma 1.5, as in Wang et al.), per frame on RGB, averaged the same way.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def psnr_per_clip(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a, b: uint8 (N, T, H, W, 3) -> (N,) mean over frames of per-frame PSNR in dB (identical frames: 100 dB)."""
+    diff = (a.astype(np.float64) - b.astype(np.float64)) / 255.0
+    mse = np.mean(diff ** 2, axis=(2, 3, 4))                         # (N, T)
+    per_frame = np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-20)), 100.0)
+    return per_frame.mean(axis=1)
+
+
+def ssim_per_clip(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a, b: uint8 (N, T, H, W, 3) -> (N,) mean over frames of scikit-image SSIM."""
+    from skimage.metrics import structural_similarity
+
+    out = np.empty(a.shape[0])
+    for n in range(a.shape[0]):
+        out[n] = np.mean([structural_similarity(a[n, t], b[n, t], channel_axis=-1, data_range=255,
+                                                gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                          for t in range(a.shape[1])])
+    return out

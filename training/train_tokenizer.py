@@ -1,0 +1,257 @@
+"""Train the video tokenizer on a packed dataset: the whole loop, top to bottom.
+
+    magvit3d train-tokenizer --data DATASET --out RUN [--config tiny|demo|full|FILE] [--set KEY=VALUE] [--resume]
+
+Per step: a batch of view-clips (views folded into the batch) -> reconstruction loss (L1 or L2) + the quantizer's
+commitment / codebook / entropy terms -> AdamW with linear warm-up and cosine decay, gradient clipping, an EMA of
+the weights. Every `val_every` steps the EMA model reconstructs validation clips: PSNR, SSIM, codebook usage and
+perplexity go to RUN/metrics.jsonl next to the training losses. Checkpoints (safetensors + JSON config +
+optimizer/RNG state) go to RUN/checkpoints; `--resume` continues bit for bit on the CPU: data order, RNG state,
+optimizer and schedule all restart where they stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datagen.config import UserError, load_config, to_dict
+from datagen.dataset import load_dataset_json, write_json_atomic
+from training import checkpoint as ckpt
+from training.data import PackedViewClips, infinite_loader, to_model_range, to_uint8
+from training.metrics import psnr_per_clip, ssim_per_clip
+from training.tokenizer import TokenizerConfig, VideoTokenizer
+
+
+@dataclass
+class TrainSection:
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 4e-4
+    min_lr_ratio: float = 0.1         # cosine decays to lr * min_lr_ratio at the last step
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0            # max gradient norm; 0 = off
+    ema_decay: float = 0.99           # 0 = no EMA (validation and checkpoints then use the raw weights)
+    recon_loss: str = "l1"            # l1 | l2
+    val_every: int = 200
+    val_clips: int = 16               # view-clips reconstructed per validation
+    ckpt_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 1                  # DataLoader worker processes
+    compile: bool = False             # torch.compile the model (CUDA recommended)
+
+
+@dataclass
+class TokenizerRunConfig:
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def validate(self) -> None:
+        t = self.train
+        try:
+            self.model.validate()
+        except ValueError as e:
+            raise UserError(f"model: {e}") from None
+        if t.recon_loss not in ("l1", "l2"):
+            raise UserError(f"train.recon_loss = {t.recon_loss!r}; allowed: l1, l2")
+        for name in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "val_clips"):
+            if getattr(t, name) < 1:
+                raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
+        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.workers < 0:
+            raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and workers >= 0")
+        if not 0 <= t.ema_decay < 1:
+            raise UserError(f"train.ema_decay = {t.ema_decay}: must be in [0, 1)")
+
+
+def load_run_config(source, overrides=None) -> TokenizerRunConfig:
+    return load_config(TokenizerRunConfig, "tokenizer", source, overrides)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available; use --device auto or cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}; allowed: auto, cpu, cuda, mps")
+    return torch.device(name)
+
+
+def lr_at(step: int, t: TrainSection) -> float:
+    """Linear warm-up to lr, then cosine decay to lr * min_lr_ratio at the last step."""
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+@torch.no_grad()
+def validate(model: VideoTokenizer, clips: torch.Tensor, device: torch.device, batch_size: int) -> dict:
+    """Reconstruct uint8 view-clips (N, 3, T, H, W): PSNR, SSIM, codebook usage and perplexity over all of them."""
+    model.eval()
+    recon, indices = [], []
+    for i in range(0, len(clips), batch_size):
+        x = to_model_range(clips[i:i + batch_size].to(device))
+        x_hat, idx, _ = model(x)
+        recon.append(to_uint8(x_hat.float()).cpu())
+        indices.append(idx.cpu())
+    model.train()
+    a = clips.permute(0, 2, 3, 4, 1).numpy()                      # (N, T, H, W, 3)
+    b = torch.cat(recon).permute(0, 2, 3, 4, 1).numpy()
+    idx = torch.cat(indices).flatten()
+    counts = torch.bincount(idx, minlength=model.cfg.codebook_size).double()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    return {"psnr": float(psnr_per_clip(a, b).mean()), "ssim": float(ssim_per_clip(a, b).mean()),
+            "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(entropy))}
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: bool = False, device: str = "auto",
+                    progress: bool = True, max_steps_this_run: int | None = None, log=print) -> dict:
+    """Train (or resume) a tokenizer run; returns the summary also written to RUN/summary.json.
+    max_steps_this_run stops early after that many steps (a checkpoint is saved), as an interruption would."""
+    from tqdm import tqdm
+
+    data, out = Path(data), Path(out)
+    t = cfg.train
+    info = load_dataset_json(data)
+    W, H = info["image_size"]
+    try:
+        cfg.model.validate((H, W), info["frames"])
+    except ValueError as e:
+        raise UserError(f"dataset {data} ({W}x{H}, {info['frames']} frames) does not fit the tokenizer: {e}") from None
+    train_set = PackedViewClips(data, "train")
+    val_set = PackedViewClips(data, "val") if info["counts"].get("val") else train_set
+    if len(train_set) < t.batch_size:
+        raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_set)} training view-clips of {data}")
+    run_config = {"model": to_dict(cfg.model), "train": to_dict(cfg.train),
+                  "data": {"path": str(data), "config_hash": info["config_hash"], "image_size": [W, H],
+                           "frames": info["frames"]}, "kind": "tokenizer"}
+
+    latest = ckpt.latest_checkpoint(out) if out.exists() else None
+    if latest is not None and not resume:
+        raise UserError(f"{out} already holds a tokenizer run (step {ckpt.load_config_json(latest)['step']}); "
+                        f"pass --resume to continue it or choose another --out")
+    if resume and latest is None:
+        log(f"--resume: no checkpoint in {out} yet; starting from step 0")
+
+    dev = pick_device(device)
+    torch.manual_seed(t.seed)
+    model = VideoTokenizer(cfg.model).to(dev)
+    ema = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=t.lr, betas=(t.beta1, t.beta2))
+    step = 0
+    if latest is not None:
+        saved = ckpt.load_config_json(latest)
+        ckpt.require_same(saved, run_config, latest, ["model", "train", "data"])
+        ckpt.load_weights(latest / "model.safetensors", model)
+        if ema is not None:
+            ckpt.load_weights(latest / "ema.safetensors", ema, "EMA model")
+        state = ckpt.load_train_state(latest)
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        step = int(saved["step"])
+        log(f"resuming {out} from step {step}")
+    out.mkdir(parents=True, exist_ok=True)
+    train_model = torch.compile(model) if t.compile else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    val_clips = torch.stack([val_set[i] for i in range(min(t.val_clips, len(val_set)))])
+    batches = infinite_loader(train_set, t.batch_size, t.seed, t.workers, start_step=step)
+    metrics_path = out / "metrics.jsonl"
+
+    def save():
+        ckpt.save_checkpoint(out, step, run_config, model.state_dict(), ema.state_dict() if ema is not None else None,
+                             {"optimizer": opt.state_dict(), "rng": _rng_state()})
+
+    def log_metrics(row: dict):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    start_step = step
+    stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
+    bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True, desc="tokenizer")
+    t0, last_val = time.perf_counter(), {}
+    try:
+        while step < stop_at:
+            x = to_model_range(next(batches).to(dev, non_blocking=True))
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, t)
+            with autocast:
+                x_hat, _, aux = train_model(x)
+                diff = x_hat.float() - x
+                recon = diff.abs().mean() if t.recon_loss == "l1" else diff.pow(2).mean()
+                loss = recon + aux["loss"]
+            if not torch.isfinite(loss):
+                raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
+                                f"{out / 'checkpoints'}. Lower train.lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            if ema is not None:
+                ema_update(ema, model, t.ema_decay)
+            step += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step == stop_at:
+                row = {"step": step, **{f"quant_{k}" if k == "loss" else k: float(v.detach()) for k, v in aux.items()},
+                       "loss": loss.item(), "recon": recon.item(), "lr": lr_at(step - 1, t),
+                       "seconds": round(time.perf_counter() - t0, 3)}
+                log_metrics(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", usage=f"{row.get('usage', 0):.2f}")
+            if step % t.val_every == 0 or step == t.steps:
+                last_val = {"step": step, "split": "val", **validate(ema or model, val_clips, dev, t.batch_size)}
+                log_metrics(last_val)
+                bar.write(f"step {step}: val PSNR {last_val['psnr']:.2f} dB, SSIM {last_val['ssim']:.3f}, "
+                          f"codebook usage {last_val['usage']:.1%}, perplexity {last_val['perplexity']:.1f}")
+            if step % t.ckpt_every == 0 or step == stop_at:
+                save()
+    except KeyboardInterrupt:
+        save()
+        bar.close()
+        log(f"interrupted at step {step}; checkpoint saved, rerun with --resume to continue")
+        raise
+    bar.close()
+    seconds = time.perf_counter() - t0
+    summary = {"run": str(out), "step": step, "finished": step >= t.steps, "seconds_this_run": round(seconds, 2),
+               "view_clips_per_s": round((step - start_step) * t.batch_size / seconds, 3) if seconds > 0 else None,
+               "device": str(dev), "parameters": model.num_parameters(), "last_validation": last_val}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
