@@ -40,7 +40,8 @@ class LazyGroup(click.Group):
     """Commands of other packages are imported only when used, so `magvit3d render` never imports torch and
     datagen does not depend on training at import time."""
 
-    lazy = {"train-tokenizer": "training.cli:train_tokenizer_cmd"}
+    lazy = {"train-tokenizer": "training.cli:train_tokenizer_cmd", "tokenize": "training.cli:tokenize_cmd",
+            "reconstruct": "training.cli:reconstruct_cmd"}
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.lazy])

@@ -106,3 +106,44 @@ def test_truncated_packed_array_is_one_line_exit_2(packed, tmp_path):
     out = cli("train-tokenizer", "--data", copy, "--out", tmp_path / "r", "-c", "tiny", "--no-progress")
     assert out.returncode == 2
     assert "train_rgb.npy" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_tokenize_writes_the_int16_cache_and_reconstruct_the_grids(packed, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from datagen.pack import load_packed
+    from training.data import to_model_range
+    from training.tokenize import load_tokenizer, reconstruct_samples, tokenize_dataset
+
+    run = tmp_path / "r"
+    train_tokenizer(tiny(**{"train.steps": 3}), packed, run, **QUIET)
+    summary = tokenize_dataset(run, packed, progress=False)
+    model, _ = load_tokenizer(run)
+    for split, info in summary.items():
+        tokens = np.load(info["tokens"])
+        clips = load_packed(packed, split)
+        assert tokens.dtype == np.int16 and tokens.shape == (len(clips), 3, 2, 8, 8)
+        assert tokens.min() >= 0 and tokens.max() < model.cfg.codebook_size
+        x = to_model_range(torch.from_numpy(np.array(clips.rgb[0])).permute(0, 4, 1, 2, 3))
+        assert np.array_equal(tokens[0], model.encode(x)[1].numpy())
+        index = json.loads((run / "tokens" / f"{split}_index.json").read_text())
+        assert index["sample_ids"] == clips.sample_ids and index["tokenizer_step"] == 3
+    sid = load_packed(packed, "train").sample_ids[0]
+    png, gif = reconstruct_samples(run, packed, tmp_path / "recon", [sid], split="train")
+    assert Image.open(png).size == (4 * 16, 2 * 3 * 16)   # T*W wide, (original + reconstruction) x V views high
+    assert Image.open(gif).n_frames == 4
+    with pytest.raises(UserError, match="not in the train split"):
+        reconstruct_samples(run, packed, tmp_path / "recon", [999], split="train")
+
+
+def test_tokenize_refuses_a_dataset_of_another_size(packed, tmp_path):
+    from training.tokenize import tokenize_dataset
+
+    run = tmp_path / "r"
+    train_tokenizer(tiny(**{"train.steps": 2}), packed, run, **QUIET)
+    other = make_fake_dataset(tmp_path / "big", num_samples=3, resolution=24, frames=4)
+    pack_dataset(other, progress=False)
+    with pytest.raises(UserError, match="24x24x4 clips; the tokenizer was trained on 16x16x4"):
+        tokenize_dataset(run, other, progress=False)

@@ -32,3 +32,40 @@ def train_tokenizer_cmd(data, out, config, overrides, resume, device, no_progres
         click.echo(f"step {summary['step']}: val PSNR {val['psnr']:.2f} dB, SSIM {val['ssim']:.3f}, "
                    f"codebook usage {val['usage']:.1%} ({summary['view_clips_per_s']} view-clips/s) -> {out}")
     return 0
+
+
+@click.command("tokenize")
+@click.option("--run", required=True, type=click.Path(file_okay=False, path_type=Path), help="A tokenizer run.")
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), help="The packed dataset.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def tokenize_cmd(run, data, device, batch_size, no_progress):
+    """Encode every split of a packed dataset into the token cache RUN/tokens/<split>_tokens.npy
+    (int16, N x V x t x h x w) with the run's latest (EMA) tokenizer."""
+    from training.tokenize import tokenize_dataset
+    from training.train_tokenizer import pick_device
+
+    summary = tokenize_dataset(run, data, device=pick_device(device), batch_size=batch_size, progress=not no_progress)
+    for split, info in summary.items():
+        click.echo(f"{split}: {tuple(info['shape'])} -> {info['tokens']}")
+    return 0
+
+
+@click.command("reconstruct")
+@click.option("--run", required=True, type=click.Path(file_okay=False, path_type=Path), help="A tokenizer run.")
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), help="The packed dataset.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--sample", "samples", type=int, multiple=True, help="Sample id(s) [default: the first 4 of the split].")
+@click.option("--split", default="test", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
+def reconstruct_cmd(run, data, out, samples, split, device):
+    """Write originals next to reconstructions (PNG grid: per view, original over reconstruction; and a GIF)."""
+    from datagen.pack import load_packed
+    from training.tokenize import reconstruct_samples
+    from training.train_tokenizer import pick_device
+
+    ids = list(samples) or load_packed(data, split).sample_ids[:4]
+    for path in reconstruct_samples(run, data, out, ids, split=split, device=pick_device(device)):
+        click.echo(f"wrote {path}")
+    return 0

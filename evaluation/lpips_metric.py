@@ -1,0 +1,123 @@
+"""LPIPS (AlexNet, v0.1) via the `lpips` package, without ever touching the network.
+
+`lpips.LPIPS(net='alex')` normally asks torchvision for the ImageNet AlexNet, which downloads it. We build it with
+pnet_rand=True instead (random backbone, no download), let lpips load its linear heads (they ship inside the
+package), and copy the backbone weights in ourselves from torchvision's file: an explicit path, else torch's hub
+cache. Without the file, LPIPS is reported unavailable with a one-line reason, never a made-up number.
+
+    metric = load_lpips()              # or load_lpips("/data/alexnet-owt-7be5be79.pth")
+    if metric.available:
+        d = metric.per_clip(a, b)      # uint8 (N, T, H, W, 3) -> (N,)
+    else:
+        print("LPIPS unavailable:", metric.reason)
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MIN_SIDE = 31  # AlexNet's first five layers (as lpips slices them) need at least 31x31 inputs
+
+
+def alexnet_weights_name() -> str:
+    """File name torchvision caches AlexNet_Weights.IMAGENET1K_V1 under (alexnet-owt-7be5be79.pth)."""
+    from torchvision.models import AlexNet_Weights
+
+    return AlexNet_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+
+
+def default_weights_path() -> Path:
+    """Where torch.hub (and so torchvision) caches the AlexNet weights: <torch hub dir>/checkpoints/<name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / alexnet_weights_name()
+
+
+class LpipsMetric:
+    """LPIPS with its backbone provenance. `available` False means `reason` says why and per_clip refuses."""
+
+    def __init__(self, net=None, backbone: str = "", reason: str = ""):
+        self.net, self.backbone, self.reason = net, backbone, reason
+
+    @property
+    def available(self) -> bool:
+        return self.net is not None
+
+    def __repr__(self) -> str:
+        return f"LpipsMetric({self.backbone})" if self.available else f"LpipsMetric(unavailable: {self.reason})"
+
+    @torch.no_grad()
+    def per_clip(self, a: np.ndarray, b: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """a, b: uint8 (N, T, H, W, 3) -> (N,) LPIPS per frame on [-1, 1], averaged over frames."""
+        if not self.available:
+            raise RuntimeError(f"LPIPS unavailable: {self.reason}")
+        if a.shape != b.shape or a.ndim != 5 or a.shape[-1] != 3:
+            raise ValueError(f"expected two uint8 (N, T, H, W, 3) arrays of one shape, got {a.shape} and {b.shape}")
+        if a.dtype != np.uint8 or b.dtype != np.uint8:
+            raise ValueError(f"expected uint8 clips, got {a.dtype} and {b.dtype}")
+        N, T, H, W, _ = a.shape
+        if min(H, W) < MIN_SIDE:
+            raise ValueError(f"LPIPS (AlexNet) needs frames of at least {MIN_SIDE}x{MIN_SIDE} px, got {W}x{H}")
+        device = next(self.net.parameters()).device
+        fa, fb = a.reshape(N * T, H, W, 3), b.reshape(N * T, H, W, 3)
+        out = []
+        for i in range(0, N * T, batch_size):
+            x, y = (torch.from_numpy(np.ascontiguousarray(f[i:i + batch_size])).to(device)
+                    .permute(0, 3, 1, 2).float() / 127.5 - 1.0 for f in (fa, fb))
+            out.append(self.net(x, y).flatten().double().cpu())
+        return torch.cat(out).numpy().reshape(N, T).mean(axis=1)
+
+
+def _build(seed: int):
+    """lpips.LPIPS with the package's linear heads and a random AlexNet backbone (nothing downloaded)."""
+    import lpips
+
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.manual_seed(seed)  # the random backbone is reproducible and the caller's RNG is untouched
+        warnings.filterwarnings("ignore", message=".*deprecated.*")  # lpips still passes pretrained= to torchvision
+        net = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    # lpips loads its heads with strict=False, so a key mismatch (e.g. use_dropout=False) would silently leave
+    # them random: check they really are the shipped ones.
+    heads_file = Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
+    heads = torch.load(heads_file, map_location="cpu", weights_only=True)
+    state = net.state_dict()
+    if not all(k in state and torch.equal(state[k], v) for k, v in heads.items()):
+        raise RuntimeError(f"lpips did not load its linear heads from {heads_file}")
+    return net.eval().requires_grad_(False)
+
+
+def _load_backbone(net, path: Path) -> None:
+    """Copy torchvision AlexNet `features` weights from `path` into lpips' slices (strict: keys and shapes)."""
+    from torchvision.models import alexnet
+
+    ref = alexnet(weights=None)
+    ref.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    for s in (net.net.slice1, net.net.slice2, net.net.slice3, net.net.slice4, net.net.slice5):
+        for name, layer in s.named_children():  # lpips names each layer by its index in alexnet.features
+            layer.load_state_dict(ref.features[int(name)].state_dict())
+
+
+def load_lpips(weights_path: str | Path | None = None, *, random_backbone: bool = False, device="cpu",
+               seed: int = 0) -> LpipsMetric:
+    """LPIPS-AlexNet with the ImageNet backbone from `weights_path`, else torch's hub cache; unavailable (with a
+    reason) when the file is absent or unreadable. An explicit path is used alone, never silently replaced.
+
+    random_backbone=True is for tests only: the backbone stays randomly initialised (seeded), so the values are
+    NOT LPIPS and must never be reported as such; `backbone` says so.
+    """
+    if random_backbone:
+        net = _build(seed)
+        return LpipsMetric(net.to(device), backbone=f"RANDOM AlexNet backbone (seed {seed}); test only, not LPIPS")
+    path = Path(weights_path) if weights_path is not None else default_weights_path()
+    if not path.is_file():
+        where = "" if weights_path is not None else " (torch hub cache; pass weights_path or set TORCH_HOME)"
+        return LpipsMetric(reason=f"AlexNet weights {alexnet_weights_name()} not found at {path}{where}; "
+                                  f"no download is attempted")
+    net = _build(seed)
+    try:
+        _load_backbone(net, path)
+    except Exception as e:  # unreadable, truncated, or not an AlexNet state dict
+        msg = " ".join(str(e).split())[:300]
+        return LpipsMetric(reason=f"cannot load AlexNet weights from {path}: {type(e).__name__}: {msg}")
+    return LpipsMetric(net.to(device), backbone=f"ImageNet AlexNet from {path}")

@@ -1,0 +1,121 @@
+"""Use a trained tokenizer: load it from a run, encode a packed dataset into the token cache, and write
+reconstructions next to the originals for a visual check.
+
+    RUN/tokens/<split>_tokens.npy     int16 (N, V, t, h, w), in the pack order of the dataset's split
+    RUN/tokens/<split>_index.json     sample ids, the dataset's config hash, the tokenizer step, the grid shape
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from datagen.config import UserError, from_dict
+from datagen.dataset import load_dataset_json, write_json_atomic
+from datagen.pack import load_packed
+from training import checkpoint as ckpt
+from training.data import to_model_range, to_uint8
+from training.tokenizer import TokenizerConfig, VideoTokenizer
+
+
+def load_tokenizer(run: Path, device: torch.device | str = "cpu") -> tuple[VideoTokenizer, dict]:
+    """The latest checkpoint of a tokenizer run (EMA weights when the run kept them), in eval mode."""
+    run = Path(run)
+    latest = ckpt.latest_checkpoint(run) if run.is_dir() else None
+    if latest is None:
+        raise UserError(f"no tokenizer checkpoint in {run}; train one with `magvit3d train-tokenizer`")
+    saved = ckpt.load_config_json(latest)
+    if saved.get("kind") != "tokenizer":
+        raise UserError(f"{latest} is a {saved.get('kind', 'unknown')!r} checkpoint, not a tokenizer")
+    model = VideoTokenizer(from_dict(TokenizerConfig, saved["model"], where="model"))
+    weights = latest / "ema.safetensors"
+    ckpt.load_weights(weights if weights.exists() else latest / "model.safetensors", model)
+    return model.to(device).eval(), saved
+
+
+def _check_dataset(data: Path, saved: dict) -> dict:
+    info = load_dataset_json(data)
+    trained = saved["data"]
+    if [*info["image_size"], info["frames"]] != [*trained["image_size"], trained["frames"]]:
+        raise UserError(f"dataset {data} has {info['image_size'][0]}x{info['image_size'][1]}x{info['frames']} clips; "
+                        f"the tokenizer was trained on {trained['image_size'][0]}x{trained['image_size'][1]}x"
+                        f"{trained['frames']}")
+    return info
+
+
+@torch.no_grad()
+def encode_clips(model: VideoTokenizer, rgb: np.ndarray, device, batch_size: int) -> np.ndarray:
+    """uint8 (M, T, H, W, 3) view-clips -> int64 tokens (M, t, h, w)."""
+    out = []
+    for i in range(0, len(rgb), batch_size):
+        x = torch.from_numpy(np.array(rgb[i:i + batch_size])).permute(0, 4, 1, 2, 3).to(device)
+        out.append(model.encode(to_model_range(x))[1].cpu().numpy())
+    return np.concatenate(out)
+
+
+def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8, progress: bool = True) -> dict:
+    """Encode every packed split of `data` with the run's tokenizer into RUN/tokens (atomically, per file)."""
+    from tqdm import tqdm
+
+    model, saved = load_tokenizer(run, device)
+    info = _check_dataset(Path(data), saved)
+    K = model.cfg.codebook_size
+    if K > np.iinfo(np.int16).max + 1:
+        raise UserError(f"codebook_size {K} does not fit the int16 token cache")
+    out_dir = Path(run) / "tokens"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for split in info["splits"]:
+        packed = load_packed(data, split)
+        N, V = packed.rgb.shape[:2]
+        t, h, w = model.cfg.latent_shape(info["frames"], info["image_size"][1], info["image_size"][0])
+        tokens = np.zeros((N, V, t, h, w), dtype=np.int16)
+        for n in tqdm(range(N), desc=f"tokenize {split}", unit="clip", disable=not progress):
+            tokens[n] = encode_clips(model, packed.rgb[n], device, batch_size)
+        final = out_dir / f"{split}_tokens.npy"
+        tmp = out_dir / f".{split}_tokens.npy.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.save(f, tokens)
+        os.replace(tmp, final)
+        write_json_atomic(out_dir / f"{split}_index.json", {
+            "split": split, "sample_ids": packed.sample_ids, "dataset": str(data),
+            "dataset_config_hash": info["config_hash"], "tokenizer_step": saved["step"],
+            "codebook_size": K, "shape": list(tokens.shape), "views": info["views"]})
+        summary[split] = {"tokens": str(final), "shape": list(tokens.shape)}
+    return summary
+
+
+@torch.no_grad()
+def reconstruct_samples(run: Path, data: Path, out: Path, sample_ids: list[int], *, split: str = "test",
+                        device="cpu") -> list[Path]:
+    """For each sample: a PNG grid (per view: original row over reconstruction row; columns = frames) and a GIF
+    of the same grid over time. Returns the written paths."""
+    from PIL import Image
+
+    model, saved = load_tokenizer(run, device)
+    _check_dataset(Path(data), saved)
+    packed = load_packed(data, split)
+    position = {sid: i for i, sid in enumerate(packed.sample_ids)}
+    missing = [s for s in sample_ids if s not in position]
+    if missing:
+        raise UserError(f"sample ids {missing} are not in the {split} split of {data}; "
+                        f"it holds {packed.sample_ids[:8]}{' ...' if len(packed.sample_ids) > 8 else ''}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for sid in sample_ids:
+        orig = np.array(packed.rgb[position[sid]])                                  # (V, T, H, W, 3)
+        x = to_model_range(torch.from_numpy(orig).permute(0, 4, 1, 2, 3).to(device))
+        recon = to_uint8(model(x)[0].float()).permute(0, 2, 3, 4, 1).cpu().numpy()  # (V, T, H, W, 3)
+        rows = np.stack([orig, recon], 1).reshape(-1, *orig.shape[1:])            # view0 orig, view0 recon, ...
+        grid = rearrange(rows, "r t h w c -> (r h) (t w) c")
+        png = out / f"recon_{sid:06d}.png"
+        Image.fromarray(grid).save(png)
+        frames = [Image.fromarray(np.concatenate(list(rows[:, f]), axis=0)) for f in range(orig.shape[1])]
+        gif = out / f"recon_{sid:06d}.gif"
+        frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+        written += [png, gif]
+    return written
