@@ -147,3 +147,13 @@ def test_tokenize_refuses_a_dataset_of_another_size(packed, tmp_path):
     pack_dataset(other, progress=False)
     with pytest.raises(UserError, match="24x24x4 clips; the tokenizer was trained on 16x16x4"):
         tokenize_dataset(run, other, progress=False)
+
+
+@pytest.mark.parametrize("preset,clip,grid", [("tiny", (4, 32, 32), (2, 16, 16)), ("demo", (16, 64, 64), (4, 16, 16)),
+                                              ("full", (16, 128, 128), (4, 16, 16))])
+def test_presets_load_and_give_the_planned_token_grid(preset, clip, grid):
+    cfg = load_run_config(preset)
+    cfg.validate()
+    assert cfg.model.latent_shape(*clip) == grid
+    if preset == "full":
+        assert 1024 <= cfg.model.codebook_size <= 2048
