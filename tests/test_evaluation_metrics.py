@@ -7,7 +7,7 @@ import torch
 
 from datagen.camera import intrinsics, look_at, project, projection_matrix
 from datagen.pack import load_packed, pack_dataset
-from evaluation.lpips_metric import alexnet_weights_name, load_lpips
+from training.lpips_metric import alexnet_weights_name, load_lpips
 from evaluation.triangulate import reprojection_error, triangulate_dlt, triangulate_track
 from fakes import make_fake_dataset
 from training.metrics import psnr_per_clip, ssim_per_clip

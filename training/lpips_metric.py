@@ -4,6 +4,7 @@
 pnet_rand=True instead (random backbone, no download), let lpips load its linear heads (they ship inside the
 package), and copy the backbone weights in ourselves from torchvision's file: an explicit path, else torch's hub
 cache. Without the file, LPIPS is reported unavailable with a one-line reason, never a made-up number.
+It lives in training (the perceptual loss) and evaluation imports it from here (the metric).
 
     metric = load_lpips()              # or load_lpips("/data/alexnet-owt-7be5be79.pth")
     if metric.available:
