@@ -157,3 +157,30 @@ def test_presets_load_and_give_the_planned_token_grid(preset, clip, grid):
     assert cfg.model.latent_shape(*clip) == grid
     if preset == "full":
         assert 1024 <= cfg.model.codebook_size <= 2048
+
+
+def test_perceptual_loss_without_weights_is_reported_and_skipped(packed, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    notes = []
+    summary = train_tokenizer(tiny(**{"train.steps": 2, "train.perceptual_weight": 0.5}), packed, tmp_path / "r",
+                              progress=False, log=notes.append)
+    assert summary["perceptual_loss"] == "off"
+    assert any("LPIPS unavailable" in n and "alexnet-owt-7be5be79.pth" in n for n in notes)
+
+
+def test_perceptual_loss_with_a_weights_file_is_used(packed, tmp_path):
+    import torch
+    import torchvision
+
+    weights = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)  # random, but the right file layout
+    base = {"train.steps": 2, "train.perceptual_weight": 1.0, "train.lpips_weights": f'"{weights}"'}
+    fake = make_fake_dataset(tmp_path / "ds32", num_samples=4, resolution=32, frames=4)  # LPIPS needs >= 31 px
+    pack_dataset(fake, progress=False)
+    summary = train_tokenizer(tiny(**base), fake, tmp_path / "r", **QUIET)
+    assert summary["perceptual_loss"] == "lpips"
+    with_lpips = losses(tmp_path / "r")
+    train_tokenizer(tiny(**{**base, "train.perceptual_weight": 0.0}), fake, tmp_path / "r0", **QUIET)
+    assert with_lpips[1] > losses(tmp_path / "r0")[1]  # same seed and batch: the difference is the LPIPS term

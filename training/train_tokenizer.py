@@ -43,6 +43,8 @@ class TrainSection:
     grad_clip: float = 1.0            # max gradient norm; 0 = off
     ema_decay: float = 0.99           # 0 = no EMA (validation and checkpoints then use the raw weights)
     recon_loss: str = "l1"            # l1 | l2
+    perceptual_weight: float = 0.0    # LPIPS loss weight; used only when AlexNet weights are found (no download)
+    lpips_weights: str = ""           # torchvision alexnet-owt-7be5be79.pth; "" = look in the torch hub cache
     val_every: int = 200
     val_clips: int = 16               # view-clips reconstructed per validation
     ckpt_every: int = 200
@@ -70,6 +72,8 @@ class TokenizerRunConfig:
                 raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
         if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.workers < 0:
             raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and workers >= 0")
+        if t.perceptual_weight < 0:
+            raise UserError(f"train.perceptual_weight = {t.perceptual_weight}: must be >= 0")
         if not 0 <= t.ema_decay < 1:
             raise UserError(f"train.ema_decay = {t.ema_decay}: must be in [0, 1)")
 
@@ -189,6 +193,15 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
         step = int(saved["step"])
         log(f"resuming {out} from step {step}")
     out.mkdir(parents=True, exist_ok=True)
+    perceptual = None
+    if t.perceptual_weight > 0:
+        from training.lpips_metric import load_lpips
+
+        metric = load_lpips(t.lpips_weights or None, device=dev)
+        if metric.available:
+            perceptual = metric.net.eval().requires_grad_(False)
+        else:
+            log(f"notice: LPIPS unavailable ({metric.reason}); training without the perceptual loss")
     train_model = torch.compile(model) if t.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
@@ -218,6 +231,10 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
                 diff = x_hat.float() - x
                 recon = diff.abs().mean() if t.recon_loss == "l1" else diff.pow(2).mean()
                 loss = recon + aux["loss"]
+                if perceptual is not None:  # LPIPS per frame: fold time into the batch
+                    frames = lambda v: v.float().transpose(1, 2).flatten(0, 1)  # noqa: E731
+                    lpips_loss = perceptual(frames(x_hat), frames(x)).mean()
+                    loss = loss + t.perceptual_weight * lpips_loss
             if not torch.isfinite(loss):
                 raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
                                 f"{out / 'checkpoints'}. Lower train.lr or check the data")
@@ -252,6 +269,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     seconds = time.perf_counter() - t0
     summary = {"run": str(out), "step": step, "finished": step >= t.steps, "seconds_this_run": round(seconds, 2),
                "view_clips_per_s": round((step - start_step) * t.batch_size / seconds, 3) if seconds > 0 else None,
-               "device": str(dev), "parameters": model.num_parameters(), "last_validation": last_val}
+               "device": str(dev), "parameters": model.num_parameters(), "last_validation": last_val,
+               "perceptual_loss": "lpips" if perceptual is not None else "off"}
     write_json_atomic(out / "summary.json", summary)
     return summary
