@@ -184,3 +184,21 @@ def test_perceptual_loss_with_a_weights_file_is_used(packed, tmp_path):
     with_lpips = losses(tmp_path / "r")
     train_tokenizer(tiny(**{**base, "train.perceptual_weight": 0.0}), fake, tmp_path / "r0", **QUIET)
     assert with_lpips[1] > losses(tmp_path / "r0")[1]  # same seed and batch: the difference is the LPIPS term
+
+
+def test_discriminator_starts_late_and_resumes_bit_exact(packed, tmp_path):
+    gan = {"train.disc_weight": 0.1, "train.disc_start": 4, "train.disc_channels": 8, "train.steps": 8}
+    train_tokenizer(tiny(**gan), packed, tmp_path / "a", **QUIET)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    adv_steps = [r["step"] for r in rows if "d_loss" in r]
+    assert adv_steps == [5, 6, 7, 8]  # the step index at logging is 1-based: step 4 is the 5th update
+    latest = tmp_path / "a" / "checkpoints" / "step_000008"
+    assert (latest / "disc.safetensors").exists()
+    from safetensors.torch import load_file
+
+    lecam = load_file(str(latest / "disc.safetensors"))
+    assert float(lecam["lecam.real_ema"]) != 0.0 and float(lecam["lecam.fake_ema"]) != 0.0
+    train_tokenizer(tiny(**gan), packed, tmp_path / "b", max_steps_this_run=6, **QUIET)
+    train_tokenizer(tiny(**gan), packed, tmp_path / "b", resume=True, **QUIET)
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert [a[s] for s in range(7, 9)] == [b[s] for s in range(7, 9)]

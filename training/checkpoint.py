@@ -2,6 +2,7 @@
 
     RUN/checkpoints/step_000400/model.safetensors   model weights
                                ema.safetensors     EMA weights (when kept)
+                               disc.safetensors    discriminator + LeCAM state (when used)
                                config.json         the full run config + what produced it
                                train_state.pt      optimizer/scheduler/RNG state, loaded with weights_only=True
     RUN/checkpoints/latest.json                    {"step": 400, "dir": "step_000400"}
@@ -33,17 +34,17 @@ def _state_to_cpu(state: dict) -> dict:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def save_checkpoint(run: Path, step: int, config: dict, model: dict, ema: dict | None = None,
+def save_checkpoint(run: Path, step: int, config: dict, weights: dict[str, dict],
                     train_state: dict | None = None) -> Path:
+    """weights: {"model": state_dict, "ema": ..., ...}, each written as <name>.safetensors."""
     root = checkpoint_root(run)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_state_to_cpu(model), str(tmp / "model.safetensors"))
-    if ema is not None:
-        save_file(_state_to_cpu(ema), str(tmp / "ema.safetensors"))
+    for name, state in weights.items():
+        save_file(_state_to_cpu(state), str(tmp / f"{name}.safetensors"))
     write_json_atomic(tmp / "config.json", {"step": step, **config})
     if train_state is not None:
         torch.save(train_state, tmp / "train_state.pt")

@@ -3,8 +3,10 @@
     magvit3d train-tokenizer --data DATASET --out RUN [--config tiny|demo|full|FILE] [--set KEY=VALUE] [--resume]
 
 Per step: a batch of view-clips (views folded into the batch) -> reconstruction loss (L1 or L2) + the quantizer's
-commitment / codebook / entropy terms -> AdamW with linear warm-up and cosine decay, gradient clipping, an EMA of
-the weights. Every `val_every` steps the EMA model reconstructs validation clips: PSNR, SSIM, codebook usage and
+commitment / codebook / entropy terms (+ LPIPS when its weights are present and train.perceptual_weight > 0,
++ an adversarial term once train.disc_start is reached when train.disc_weight > 0) -> AdamW with linear warm-up
+and cosine decay, gradient clipping, an EMA of the weights; then, with the GAN on, one discriminator step
+(hinge + LeCAM). Every `val_every` steps the EMA model reconstructs validation clips: PSNR, SSIM, codebook usage and
 perplexity go to RUN/metrics.jsonl next to the training losses. Checkpoints (safetensors + JSON config +
 optimizer/RNG state) go to RUN/checkpoints; `--resume` continues bit for bit on the CPU: data order, RNG state,
 optimizer and schedule all restart where they stopped.
@@ -26,6 +28,7 @@ from datagen.config import UserError, load_config, to_dict
 from datagen.dataset import load_dataset_json, write_json_atomic
 from training import checkpoint as ckpt
 from training.data import PackedViewClips, infinite_loader, to_model_range, to_uint8
+from training.discriminator import LeCAM, PatchDiscriminator3D, generator_loss, hinge_d_loss
 from training.metrics import psnr_per_clip, ssim_per_clip
 from training.tokenizer import TokenizerConfig, VideoTokenizer
 
@@ -45,6 +48,11 @@ class TrainSection:
     recon_loss: str = "l1"            # l1 | l2
     perceptual_weight: float = 0.0    # LPIPS loss weight; used only when AlexNet weights are found (no download)
     lpips_weights: str = ""           # torchvision alexnet-owt-7be5be79.pth; "" = look in the torch hub cache
+    disc_weight: float = 0.0          # adversarial loss weight; 0 = no discriminator
+    disc_start: int = 1000            # step at which the discriminator starts (reconstruction first)
+    disc_lr: float = 1e-4
+    disc_channels: int = 32
+    lecam_weight: float = 0.001
     val_every: int = 200
     val_clips: int = 16               # view-clips reconstructed per validation
     ckpt_every: int = 200
@@ -72,6 +80,8 @@ class TokenizerRunConfig:
                 raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
         if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.workers < 0:
             raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and workers >= 0")
+        if t.disc_weight < 0 or t.disc_start < 0 or t.disc_lr <= 0 or t.disc_channels < 1 or t.lecam_weight < 0:
+            raise UserError("train.disc_weight, disc_start and lecam_weight must be >= 0, disc_lr > 0, disc_channels >= 1")
         if t.perceptual_weight < 0:
             raise UserError(f"train.perceptual_weight = {t.perceptual_weight}: must be >= 0")
         if not 0 <= t.ema_decay < 1:
@@ -178,6 +188,10 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
         (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=t.lr, betas=(t.beta1, t.beta2))
+    adversary, opt_d = None, None
+    if t.disc_weight > 0:
+        adversary = torch.nn.ModuleDict({"disc": PatchDiscriminator3D(t.disc_channels), "lecam": LeCAM()}).to(dev)
+        opt_d = torch.optim.AdamW(adversary.parameters(), lr=t.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
     step = 0
     if latest is not None:
         saved = ckpt.load_config_json(latest)
@@ -187,6 +201,9 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             ckpt.load_weights(latest / "ema.safetensors", ema, "EMA model")
         state = ckpt.load_train_state(latest)
         opt.load_state_dict(state["optimizer"])
+        if adversary is not None:
+            ckpt.load_weights(latest / "disc.safetensors", adversary, "discriminator")
+            opt_d.load_state_dict(state["disc_optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -210,8 +227,14 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     metrics_path = out / "metrics.jsonl"
 
     def save():
-        ckpt.save_checkpoint(out, step, run_config, model.state_dict(), ema.state_dict() if ema is not None else None,
-                             {"optimizer": opt.state_dict(), "rng": _rng_state()})
+        weights = {"model": model.state_dict()}
+        train_state = {"optimizer": opt.state_dict(), "rng": _rng_state()}
+        if ema is not None:
+            weights["ema"] = ema.state_dict()
+        if adversary is not None:
+            weights["disc"] = adversary.state_dict()
+            train_state["disc_optimizer"] = opt_d.state_dict()
+        ckpt.save_checkpoint(out, step, run_config, weights, train_state)
 
     def log_metrics(row: dict):
         with open(metrics_path, "a") as f:
@@ -235,6 +258,10 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
                     frames = lambda v: v.float().transpose(1, 2).flatten(0, 1)  # noqa: E731
                     lpips_loss = perceptual(frames(x_hat), frames(x)).mean()
                     loss = loss + t.perceptual_weight * lpips_loss
+                adversarial = adversary is not None and step >= t.disc_start
+                if adversarial:
+                    g_adv = generator_loss(adversary["disc"](x_hat))
+                    loss = loss + t.disc_weight * g_adv
             if not torch.isfinite(loss):
                 raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
                                 f"{out / 'checkpoints'}. Lower train.lr or check the data")
@@ -243,6 +270,16 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
+            if adversarial:  # discriminator step on the same batch: hinge + LeCAM
+                with autocast:
+                    real, fake = adversary["disc"](x), adversary["disc"](x_hat.detach())
+                    d_loss = hinge_d_loss(real.float(), fake.float())
+                    d_loss = d_loss + t.lecam_weight * adversary["lecam"](real.float(), fake.float())
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(adversary.parameters(), t.grad_clip)
+                opt_d.step()
             if ema is not None:
                 ema_update(ema, model, t.ema_decay)
             step += 1
@@ -250,6 +287,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             if step % t.log_every == 0 or step == stop_at:
                 row = {"step": step, **{f"quant_{k}" if k == "loss" else k: float(v.detach()) for k, v in aux.items()},
                        "loss": loss.item(), "recon": recon.item(), "lr": lr_at(step - 1, t),
+                       **({"g_adv": g_adv.item(), "d_loss": d_loss.item()} if adversarial else {}),
                        "seconds": round(time.perf_counter() - t0, 3)}
                 log_metrics(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", usage=f"{row.get('usage', 0):.2f}")
