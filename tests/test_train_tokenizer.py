@@ -202,3 +202,19 @@ def test_discriminator_starts_late_and_resumes_bit_exact(packed, tmp_path):
     train_tokenizer(tiny(**gan), packed, tmp_path / "b", resume=True, **QUIET)
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert [a[s] for s in range(7, 9)] == [b[s] for s in range(7, 9)]
+
+
+def test_ddp_under_torchrun_on_cpu(packed, tmp_path):
+    """The same command under torchrun: 2 gloo ranks, each a slice of the global batch; rank 0 writes the run."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "datagen.cli", "train-tokenizer", "--data", str(packed), "--out", str(run), "-c", "tiny",
+           "--no-progress", "--set", "train.steps=4", "--set", "train.batch_size=2", "--set", "train.val_every=4",
+           "--set", "train.ckpt_every=2", "--set", "train.log_every=1", "--set", "model.channels=8", "--set", "model.norm_groups=4"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 4 and summary["step"] == 4
+    assert sorted(losses(run)) == [1, 2, 3, 4]
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 4

@@ -27,7 +27,7 @@ def train_tokenizer_cmd(data, out, config, overrides, resume, device, no_progres
     cfg = load_run_config(config, list(overrides))
     summary = train_tokenizer(cfg, data, out, resume=resume, device=device, progress=not no_progress,
                               log=lambda m: click.echo(m, err=True))
-    val = summary["last_validation"]
+    val = summary.get("last_validation")  # None on DDP ranks other than 0
     if val:
         click.echo(f"step {summary['step']}: val PSNR {val['psnr']:.2f} dB, SSIM {val['ssim']:.3f}, "
                    f"codebook usage {val['usage']:.1%} ({summary['view_clips_per_s']} view-clips/s) -> {out}")

@@ -39,16 +39,20 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def infinite_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, start_step: int = 0):
+def infinite_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, start_step: int = 0,
+                    rank: int = 0, world: int = 1):
     """Yield batches forever, reshuffled every epoch from (seed, epoch), so a resumed run at step n sees exactly
-    the batches an uninterrupted run would have seen from step n on (skipped batches are never loaded)."""
-    if len(dataset) < batch_size:
-        raise ValueError(f"batch size {batch_size} is larger than the {len(dataset)} view-clips of the split")
-    per_epoch = len(dataset) // batch_size
+    the batches an uninterrupted run would have seen from step n on (skipped batches are never loaded).
+    Under DDP every rank draws the same global batch of batch_size * world clips and takes its own slice."""
+    global_batch = batch_size * world
+    if len(dataset) < global_batch:
+        raise ValueError(f"batch size {batch_size} x {world} rank(s) is larger than the {len(dataset)} view-clips "
+                         f"of the split")
+    per_epoch = len(dataset) // global_batch
     epoch, skip = divmod(start_step, per_epoch)
     while True:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        batches = order[: per_epoch * batch_size].view(per_epoch, batch_size)[skip:].tolist()
+        batches = order[: per_epoch * global_batch].view(per_epoch, world, batch_size)[skip:, rank].tolist()
         yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                               pin_memory=torch.cuda.is_available())
         skip = 0

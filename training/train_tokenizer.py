@@ -16,13 +16,15 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from datagen.config import UserError, load_config, to_dict
 from datagen.dataset import load_dataset_json, write_json_atomic
@@ -106,6 +108,20 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def init_distributed(device: str) -> tuple[int, int, torch.device | None]:
+    """(rank, world size, device) under torchrun (WORLD_SIZE > 1), else (0, 1, None). NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return dist.get_rank(), world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+
+
 def lr_at(step: int, t: TrainSection) -> float:
     """Linear warm-up to lr, then cosine decay to lr * min_lr_ratio at the last step."""
     if step < t.warmup_steps:
@@ -179,8 +195,12 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     if resume and latest is None:
         log(f"--resume: no checkpoint in {out} yet; starting from step 0")
 
-    dev = pick_device(device)
-    torch.manual_seed(t.seed)
+    rank, world, ddp_device = init_distributed(device)
+    main = rank == 0  # only rank 0 writes metrics, validates and saves checkpoints
+    dev = ddp_device or pick_device(device)
+    if world > 1:
+        progress = progress and main
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = VideoTokenizer(cfg.model).to(dev)
     ema = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
     decay, no_decay = [], []
@@ -209,7 +229,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         step = int(saved["step"])
         log(f"resuming {out} from step {step}")
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     perceptual = None
     if t.perceptual_weight > 0:
         from training.lpips_metric import load_lpips
@@ -220,10 +241,15 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
         else:
             log(f"notice: LPIPS unavailable ({metric.reason}); training without the perceptual loss")
     train_model = torch.compile(model) if t.compile else model
+    disc = adversary["disc"] if adversary is not None else None
+    if world > 1:
+        train_model = DistributedDataParallel(train_model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if disc is not None:
+            disc = DistributedDataParallel(disc, device_ids=[dev.index] if dev.type == "cuda" else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     val_clips = torch.stack([val_set[i] for i in range(min(t.val_clips, len(val_set)))])
-    batches = infinite_loader(train_set, t.batch_size, t.seed, t.workers, start_step=step)
+    batches = infinite_loader(train_set, t.batch_size, t.seed, t.workers, start_step=step, rank=rank, world=world)
     metrics_path = out / "metrics.jsonl"
 
     def save():
@@ -260,7 +286,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
                     loss = loss + t.perceptual_weight * lpips_loss
                 adversarial = adversary is not None and step >= t.disc_start
                 if adversarial:
-                    g_adv = generator_loss(adversary["disc"](x_hat))
+                    g_adv = generator_loss(disc(x_hat))
                     loss = loss + t.disc_weight * g_adv
             if not torch.isfinite(loss):
                 raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
@@ -272,7 +298,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             opt.step()
             if adversarial:  # discriminator step on the same batch: hinge + LeCAM
                 with autocast:
-                    real, fake = adversary["disc"](x), adversary["disc"](x_hat.detach())
+                    # one forward over real and fake together (DDP wants one forward per backward)
+                    real, fake = disc(torch.cat([x, x_hat.detach()])).chunk(2)
                     d_loss = hinge_d_loss(real.float(), fake.float())
                     d_loss = d_loss + t.lecam_weight * adversary["lecam"](real.float(), fake.float())
                 opt_d.zero_grad(set_to_none=True)
@@ -284,6 +311,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
                 ema_update(ema, model, t.ema_decay)
             step += 1
             bar.update(1)
+            if not main:
+                continue
             if step % t.log_every == 0 or step == stop_at:
                 row = {"step": step, **{f"quant_{k}" if k == "loss" else k: float(v.detach()) for k, v in aux.items()},
                        "loss": loss.item(), "recon": recon.item(), "lr": lr_at(step - 1, t),
@@ -299,15 +328,22 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             if step % t.ckpt_every == 0 or step == stop_at:
                 save()
     except KeyboardInterrupt:
-        save()
+        if main:
+            save()
         bar.close()
         log(f"interrupted at step {step}; checkpoint saved, rerun with --resume to continue")
         raise
     bar.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+        if not main:
+            return {"run": str(out), "step": step, "rank": rank}
     seconds = time.perf_counter() - t0
     summary = {"run": str(out), "step": step, "finished": step >= t.steps, "seconds_this_run": round(seconds, 2),
                "view_clips_per_s": round((step - start_step) * t.batch_size / seconds, 3) if seconds > 0 else None,
                "device": str(dev), "parameters": model.num_parameters(), "last_validation": last_val,
-               "perceptual_loss": "lpips" if perceptual is not None else "off"}
+               "perceptual_loss": "lpips" if perceptual is not None else "off", "world_size": world,
+               "global_batch": t.batch_size * world}
     write_json_atomic(out / "summary.json", summary)
     return summary
