@@ -57,6 +57,12 @@ def test_training_lowers_the_reconstruction_loss_and_logs_validation(packed, tmp
     assert all(0 < r["usage"] <= 1 and r["perplexity"] >= 1 and 0 < r["psnr"] < 100 for r in val)
     ckpt = tmp_path / "r" / "checkpoints"
     assert json.loads((ckpt / "latest.json").read_text())["step"] == 30
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/psnr")] == [6, 12, 18, 24, 30]
+    assert len(events.Scalars("train/recon")) == 30
     assert {p.name for p in (ckpt / "step_000030").iterdir()} == {"model.safetensors", "ema.safetensors",
                                                                   "config.json", "train_state.pt"}
 

@@ -6,10 +6,11 @@ Per step: a batch of view-clips (views folded into the batch) -> reconstruction 
 commitment / codebook / entropy terms (+ LPIPS when its weights are present and train.perceptual_weight > 0,
 + an adversarial term once train.disc_start is reached when train.disc_weight > 0) -> AdamW with linear warm-up
 and cosine decay, gradient clipping, an EMA of the weights; then, with the GAN on, one discriminator step
-(hinge + LeCAM). Every `val_every` steps the EMA model reconstructs validation clips: PSNR, SSIM, codebook usage and
-perplexity go to RUN/metrics.jsonl next to the training losses. Checkpoints (safetensors + JSON config +
-optimizer/RNG state) go to RUN/checkpoints; `--resume` continues bit for bit on the CPU: data order, RNG state,
-optimizer and schedule all restart where they stopped.
+(hinge + LeCAM). Every `val_every` steps the EMA model reconstructs validation clips: PSNR, SSIM, codebook
+usage and perplexity go to RUN/metrics.jsonl (and TensorBoard events in RUN/tensorboard) next to the training
+losses. Checkpoints (safetensors + JSON config + optimizer/RNG state) go to RUN/checkpoints; `--resume`
+continues bit for bit on the CPU: data order, RNG state, optimizer and schedule all restart where they stopped.
+Under torchrun (WORLD_SIZE > 1) the same code runs DDP.
 """
 from __future__ import annotations
 
@@ -262,9 +263,19 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             train_state["disc_optimizer"] = opt_d.state_dict()
         ckpt.save_checkpoint(out, step, run_config, weights, train_state)
 
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step or None)
+
     def log_metrics(row: dict):
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        prefix = "val" if row.get("split") == "val" else "train"
+        for key, value in row.items():
+            if key not in ("step", "split", "seconds") and isinstance(value, (int, float)):
+                writer.add_scalar(f"{prefix}/{key}", value, row["step"])
 
     start_step = step
     stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
@@ -330,10 +341,13 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     except KeyboardInterrupt:
         if main:
             save()
+            writer.close()
         bar.close()
         log(f"interrupted at step {step}; checkpoint saved, rerun with --resume to continue")
         raise
     bar.close()
+    if writer is not None:
+        writer.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
