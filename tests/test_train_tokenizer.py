@@ -224,3 +224,21 @@ def test_ddp_under_torchrun_on_cpu(packed, tmp_path):
     assert summary["world_size"] == 2 and summary["global_batch"] == 4 and summary["step"] == 4
     assert sorted(losses(run)) == [1, 2, 3, 4]
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 4
+
+
+def test_ema_averages_the_autoencoder_but_copies_the_codebook():
+    import torch
+
+    from training.tokenizer import VideoTokenizer
+    from training.train_tokenizer import ema_update
+
+    cfg = tiny().model
+    ema, model = VideoTokenizer(cfg), VideoTokenizer(cfg)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    ema_update(ema, model, decay=0.9)
+    for name, p in model.named_parameters():
+        e, b = dict(ema.named_parameters())[name], before[name]
+        if name.startswith("quantizer."):
+            assert torch.equal(e, p)
+        else:
+            assert torch.allclose(e, 0.9 * b + 0.1 * p, atol=1e-6)

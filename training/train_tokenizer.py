@@ -133,8 +133,14 @@ def lr_at(step: int, t: TrainSection) -> float:
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
+    """EMA of the encoder/decoder weights. The quantizer is copied, not averaged: dead-code restarts move codebook
+    rows in one step, and an averaged row sits between its old and new place where no latent maps to it
+    (measured on the demo data: validation codebook usage 2.6% with the averaged codebook)."""
+    for (name, e), p in zip(ema.named_parameters(), model.parameters()):
+        if name.startswith("quantizer."):
+            e.copy_(p)
+        else:
+            e.lerp_(p.detach(), 1 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
