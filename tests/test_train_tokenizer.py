@@ -242,3 +242,26 @@ def test_ema_averages_the_autoencoder_but_copies_the_codebook():
             assert torch.equal(e, p)
         else:
             assert torch.allclose(e, 0.9 * b + 0.1 * p, atol=1e-6)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_stops_at_a_step_boundary_with_a_checkpoint(packed, tmp_path, sig):
+    import signal
+    import time
+
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "datagen.cli", "train-tokenizer", "--data", str(packed), "--out", str(run), "-c",
+           "tiny", "--no-progress", "--set", "train.steps=100000", "--set", "train.log_every=1",
+           "--set", "train.ckpt_every=100000", "--set", "train.val_every=100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists()
+                                           and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    logged = max(losses(run))
+    saved = json.loads((run / "checkpoints" / "latest.json").read_text())["step"]
+    assert saved == logged >= 3  # the checkpoint is exactly the last completed step

@@ -18,6 +18,8 @@ import copy
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +168,28 @@ def validate(model: VideoTokenizer, clips: torch.Tensor, device: torch.device, b
             "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(entropy))}
 
 
+class _GracefulStop:
+    """While training, SIGINT and SIGTERM only set a flag that the loop checks between steps, so the checkpoint
+    saved on the way out is never of a half-applied optimizer step. A second signal interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -287,8 +311,11 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
     bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True, desc="tokenizer")
     t0, last_val = time.perf_counter(), {}
+    stop = _GracefulStop()
     try:
         while step < stop_at:
+            if stop.requested:  # Ctrl-C or SIGTERM (schedulers send it before killing): stop at a step boundary
+                raise KeyboardInterrupt
             x = to_model_range(next(batches).to(dev, non_blocking=True))
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, t)
@@ -345,12 +372,14 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             if step % t.ckpt_every == 0 or step == stop_at:
                 save()
     except KeyboardInterrupt:
+        stop.restore()
         if main:
             save()
             writer.close()
         bar.close()
         log(f"interrupted at step {step}; checkpoint saved, rerun with --resume to continue")
         raise
+    stop.restore()
     bar.close()
     if writer is not None:
         writer.close()
