@@ -35,11 +35,7 @@ from datagen import dataset as ds  # noqa: E402
 from datagen.config import load_config  # noqa: E402
 from datagen.render import RenderWorker, cpu_count, render_dataset  # noqa: E402
 from datagen.spec import DatasetConfig, build_spec  # noqa: E402
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+from training.metrics import psnr_per_clip  # noqa: E402
 
 
 def frames_subset(spec: dict, frames: list[int], **render) -> dict:
@@ -111,7 +107,7 @@ def main() -> None:
             for j, f in enumerate(pick):
                 ref = np.asarray(Image.open(ds.frame_path(out, view.name, "rgb", j)))
                 got = np.asarray(Image.open(ds.frame_path(ds.sample_dir(work / "default", sid), view.name, "rgb", f)))
-                scores.append(psnr(got, ref))
+                scores.append(float(psnr_per_clip(got[None, None], ref[None, None])[0]))
     worker.close()
     t_ref = time.perf_counter() - t_ref
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from datagen import dataset as ds
@@ -212,7 +211,7 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
     results: queue.Queue = queue.Queue()
     stop = threading.Event()
     pool: list[RenderWorker | None] = [first] + [None] * (n_workers - 1)
-    sample_seconds: deque = deque()
+    sample_seconds: list[float] = []
 
     def slot(k: int) -> None:
         worker = pool[k]
