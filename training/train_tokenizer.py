@@ -15,16 +15,11 @@ Under torchrun (WORLD_SIZE > 1) the same code runs DDP.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -32,8 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 from datagen.config import UserError, load_config, to_dict
 from datagen.dataset import load_dataset_json, write_json_atomic
 from training import checkpoint as ckpt
+from training import loop
 from training.data import PackedViewClips, infinite_loader, to_model_range, to_uint8
 from training.discriminator import LeCAM, PatchDiscriminator3D, generator_loss, hinge_d_loss
+from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
 from training.metrics import psnr_per_clip, ssim_per_clip
 from training.tokenizer import TokenizerConfig, VideoTokenizer
 
@@ -97,54 +94,11 @@ def load_run_config(source, overrides=None) -> TokenizerRunConfig:
     return load_config(TokenizerRunConfig, "tokenizer", source, overrides)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available; use --device auto or cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown device {name!r}; allowed: auto, cpu, cuda, mps")
-    return torch.device(name)
-
-
-def init_distributed(device: str) -> tuple[int, int, torch.device | None]:
-    """(rank, world size, device) under torchrun (WORLD_SIZE > 1), else (0, 1, None). NCCL on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local)
-    return dist.get_rank(), world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-
-
-def lr_at(step: int, t: TrainSection) -> float:
-    """Linear warm-up to lr, then cosine decay to lr * min_lr_ratio at the last step."""
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """EMA of the encoder/decoder weights. The quantizer is copied, not averaged: dead-code restarts move codebook
     rows in one step, and an averaged row sits between its old and new place where no latent maps to it
     (measured on the demo data: validation codebook usage 2.6% with the averaged codebook)."""
-    for (name, e), p in zip(ema.named_parameters(), model.parameters()):
-        if name.startswith("quantizer."):
-            e.copy_(p)
-        else:
-            e.lerp_(p.detach(), 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
+    loop.ema_update(ema, model, decay, copy_prefixes=("quantizer.",))
 
 
 @torch.no_grad()
@@ -166,35 +120,6 @@ def validate(model: VideoTokenizer, clips: torch.Tensor, device: torch.device, b
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
     return {"psnr": float(psnr_per_clip(a, b).mean()), "ssim": float(ssim_per_clip(a, b).mean()),
             "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(entropy))}
-
-
-class _GracefulStop:
-    """While training, SIGINT and SIGTERM only set a flag that the loop checks between steps, so the checkpoint
-    saved on the way out is never of a half-applied optimizer step. A second signal interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: bool = False, device: str = "auto",
@@ -255,9 +180,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
         if adversary is not None:
             ckpt.load_weights(latest / "disc.safetensors", adversary, "discriminator")
             opt_d.load_state_dict(state["disc_optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        loop.restore_rng_state(state["rng"])
         step = int(saved["step"])
         log(f"resuming {out} from step {step}")
     if main:
@@ -277,15 +200,14 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
         train_model = DistributedDataParallel(train_model, device_ids=[dev.index] if dev.type == "cuda" else None)
         if disc is not None:
             disc = DistributedDataParallel(disc, device_ids=[dev.index] if dev.type == "cuda" else None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = autocast_for(dev)
 
     val_clips = torch.stack([val_set[i] for i in range(min(t.val_clips, len(val_set)))])
     batches = infinite_loader(train_set, t.batch_size, t.seed, t.workers, start_step=step, rank=rank, world=world)
-    metrics_path = out / "metrics.jsonl"
 
     def save():
         weights = {"model": model.state_dict()}
-        train_state = {"optimizer": opt.state_dict(), "rng": _rng_state()}
+        train_state = {"optimizer": opt.state_dict(), "rng": loop.rng_state()}
         if ema is not None:
             weights["ema"] = ema.state_dict()
         if adversary is not None:
@@ -293,25 +215,14 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             train_state["disc_optimizer"] = opt_d.state_dict()
         ckpt.save_checkpoint(out, step, run_config, weights, train_state)
 
-    writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step or None)
-
-    def log_metrics(row: dict):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        prefix = "val" if row.get("split") == "val" else "train"
-        for key, value in row.items():
-            if key not in ("step", "split", "seconds") and isinstance(value, (int, float)):
-                writer.add_scalar(f"{prefix}/{key}", value, row["step"])
+    metrics = loop.MetricsLog(out, step) if main else None
+    log_metrics = metrics.log if main else None
 
     start_step = step
     stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
     bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True, desc="tokenizer")
     t0, last_val = time.perf_counter(), {}
-    stop = _GracefulStop()
+    stop = GracefulStop()
     try:
         while step < stop_at:
             if stop.requested:  # Ctrl-C or SIGTERM (schedulers send it before killing): stop at a step boundary
@@ -375,14 +286,14 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
         stop.restore()
         if main:
             save()
-            writer.close()
+            metrics.close()
         bar.close()
         log(f"interrupted at step {step}; checkpoint saved, rerun with --resume to continue")
         raise
     stop.restore()
     bar.close()
-    if writer is not None:
-        writer.close()
+    if metrics is not None:
+        metrics.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
