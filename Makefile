@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test clean-demo bench-venv bench-tokenizer
 
 # The stamp is remade whenever pyproject.toml changes, so a changed pin reinstalls.
 $(VENV)/.installed: pyproject.toml
@@ -28,3 +28,19 @@ test: setup
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# Tokenizer benchmark against magvit2-pytorch, in its own venv: that package must stay out of .venv (the newest
+# opencv-python it pulls wants numpy>=2, bpy needs numpy<2; with numpy<2 pinned pip picks opencv-python 4.x).
+# Needs the packed demo dataset (make demo).
+BENCH_VENV ?= .venv-bench
+BUDGET ?= 240
+$(BENCH_VENV)/.installed:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 'numpy>=1.26,<2' magvit2-pytorch==0.5.1 \
+		einops safetensors 'scikit-image>=0.22,<0.26' tqdm click pillow
+	touch $@
+
+bench-venv: $(BENCH_VENV)/.installed
+
+bench-tokenizer: bench-venv
+	$(BENCH_VENV)/bin/python benchmarks/tokenizer.py --budget-s $(BUDGET)
