@@ -41,7 +41,8 @@ class LazyGroup(click.Group):
     datagen does not depend on training at import time."""
 
     lazy = {"train-tokenizer": "training.cli:train_tokenizer_cmd", "tokenize": "training.cli:tokenize_cmd",
-            "reconstruct": "training.cli:reconstruct_cmd"}
+            "reconstruct": "training.cli:reconstruct_cmd", "train-transformer": "training.cli:train_transformer_cmd",
+            "generate": "training.cli:generate_cmd"}
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.lazy])

@@ -44,7 +44,7 @@ def tokenize_cmd(run, data, device, batch_size, no_progress):
     """Encode every split of a packed dataset into the token cache RUN/tokens/<split>_tokens.npy
     (int16, N x V x t x h x w) with the run's latest (EMA) tokenizer."""
     from training.tokenize import tokenize_dataset
-    from training.train_tokenizer import pick_device
+    from training.loop import pick_device
 
     summary = tokenize_dataset(run, data, device=pick_device(device), batch_size=batch_size, progress=not no_progress)
     for split, info in summary.items():
@@ -63,9 +63,83 @@ def reconstruct_cmd(run, data, out, samples, split, device):
     """Write originals next to reconstructions (PNG grid: per view, original over reconstruction; and a GIF)."""
     from datagen.pack import load_packed
     from training.tokenize import reconstruct_samples
-    from training.train_tokenizer import pick_device
+    from training.loop import pick_device
 
     ids = list(samples) or load_packed(data, split).sample_ids[:4]
     for path in reconstruct_samples(run, data, out, ids, split=split, device=pick_device(device)):
         click.echo(f"wrote {path}")
+    return 0
+
+
+TRANSFORMER_CONFIG_HELP = ("Preset name (tiny, demo, full: configs/transformer/<name>.toml) or a path to a TOML file. "
+                           "--set overrides it.")
+
+
+@click.command("train-transformer")
+@click.option("--tokens", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A tokenizer run with a token cache (magvit3d tokenize), or the token cache directory itself.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("--config", "-c", default="demo", show_default=True, help=TRANSFORMER_CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set model.arch=ar --set tasks.predict=0.5. Repeatable.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_progress):
+    """Train the masked video transformer (or, with --set model.arch=ar, the autoregressive baseline) on a token
+    cache, with the tasks predict, generate, complete-view and unconditional mixed. Logs loss and masked-token
+    accuracy to OUT/metrics.jsonl; checkpoints (safetensors + JSON) to OUT/checkpoints."""
+    from training.train_transformer import load_run_config, train_transformer
+
+    cfg = load_run_config(config, list(overrides))
+    summary = train_transformer(cfg, tokens, out, resume=resume, device=device, progress=not no_progress,
+                                log=lambda m: click.echo(m, err=True))
+    val = summary.get("last_validation")  # None on DDP ranks other than 0
+    if val:
+        click.echo(f"step {summary['step']}: val loss {val['loss']:.3f}, token accuracy {val['acc']:.1%} "
+                   f"({summary['s_per_step']} s/step) -> {out}")
+    return 0
+
+
+@click.command("generate")
+@click.option("--transformer", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A transformer run (magvit3d train-transformer).")
+@click.option("--task", required=True, type=click.Choice(["predict", "generate", "complete-view"]),
+              help="predict: continue held-out clips from their first frames; complete-view: generate one view "
+                   "from the others; generate: class-conditional clips per shape x family.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--steps", default=12, show_default=True, type=int, help="Parallel decoding steps (masked model).")
+@click.option("--num", type=int, help="Clips of the split (predict, complete-view) [default: all], or clips per "
+                                      "shape x family (generate) [default: 1].")
+@click.option("--temperature", default=1.0, show_default=True, type=float, help="Sampling temperature (0 = argmax).")
+@click.option("--choice-temperature", default=4.5, show_default=True, type=float,
+              help="Scale of the Gumbel noise on the confidences, annealed to 0 (masked model).")
+@click.option("--top-k", default=0, show_default=True, type=int, help="Sample among the k likeliest (AR; 0 = all).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Clip i is sampled with seed + i.")
+@click.option("--split", default="test", show_default=True, help="Split of the held-out clips.")
+@click.option("--given-frames", type=int,
+              help="predict: frames given (a multiple of the tokenizer's temporal factor) [default: as trained].")
+@click.option("--view", type=int, help="complete-view: the view to generate [default: clip i generates view i % V].")
+@click.option("--shape", "shapes", multiple=True, help="generate: shape class(es) [default: all]. Repeatable.")
+@click.option("--family", "families", multiple=True, help="generate: trajectory family(ies) [default: all]. Repeatable.")
+@click.option("--tokens", type=click.Path(file_okay=False, path_type=Path),
+              help="Token cache to condition on [default: the one the transformer was trained on]; must come from "
+                   "the same tokenizer.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, top_k, seed, split,
+                 given_frames, view, shapes, families, tokens, batch_size, device, no_progress):
+    """Sample clips with a trained transformer and decode them with its tokenizer into OUT: generated_rgb.npy,
+    target_rgb.npy (predict, complete-view), generated.json (what each clip was generated from) and a PNG + GIF
+    per clip in OUT/clips (conditioning | generated | ground truth)."""
+    from training.generate import generate
+
+    summary = generate(transformer, task, out, steps=steps, num=num, temperature=temperature,
+                       choice_temperature=choice_temperature, top_k=top_k, seed=seed, split=split,
+                       given_frames=given_frames, view=view, shapes=shapes, families=families, tokens=tokens,
+                       device=device, batch_size=batch_size, progress=not no_progress,
+                       log=lambda m: click.echo(m, err=True))
+    click.echo(f"{summary['clips']} clip(s) ({summary['arch']}, {summary['task']}), "
+               f"{summary['sampling_seconds_per_clip']} s/clip sampling -> {out}")
     return 0

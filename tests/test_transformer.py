@@ -1,0 +1,335 @@
+"""The video transformer: sampling (MaskGIT and autoregressive with a KV cache), training batches, overfitting,
+the training loop on a token cache (resume, validation, provenance), `generate`, and bad input on the CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datagen.config import UserError, to_dict
+from datagen.pack import pack_dataset
+from fakes import make_fake_dataset
+from training import checkpoint as ckpt
+from training.sampling import TASK_ID, ar_sample, condition, generators, given_mask, maskgit_sample, sample
+from training.train_transformer import draw_tasks, load_run_config, make_batch, train_transformer
+from training.transformer import MaskedVideoTransformer, TokenLayout, TransformerConfig
+
+QUIET = dict(progress=False, log=lambda m: None)
+LAYOUT = TokenLayout(codebook_size=16, views=3, t=2, h=2, w=2, num_shapes=3, num_families=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one intra-op thread is faster than two (no per-op synchronisation; measured 10x on
+    a loaded 2-core machine). Restored afterwards for the other test files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(arch: str, width: int = 32, seed: int = 0) -> MaskedVideoTransformer:
+    torch.manual_seed(seed)
+    return MaskedVideoTransformer(TransformerConfig(arch=arch, width=width, depth=2, heads=2), LAYOUT).eval()
+
+
+def random_clips(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, LAYOUT.codebook_size, (n, LAYOUT.num_tokens), generator=torch.Generator().manual_seed(seed))
+
+
+# --- sampling ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["masked", "ar"])
+@pytest.mark.parametrize("task", ["predict", "complete-view", "generate"])
+def test_sampling_fills_every_position_keeps_given_tokens_and_is_seeded(arch, task):
+    model, seq = tiny_model(arch), random_clips(3)
+    given = given_mask(LAYOUT, task, 3, latent_frames=1, generated_view=torch.tensor([0, 1, 2]))
+    cond = condition(LAYOUT, task, torch.tensor([0, 1, 2]), torch.tensor([3, 2, 1])) if task == "generate" \
+        else condition(LAYOUT, task, batch=3)
+    out = sample(model, seq, given, cond, generators([5, 6, 7]), steps=4)
+    assert out.shape == seq.shape and out.min() >= 0 and out.max() < LAYOUT.codebook_size  # no MASK left
+    assert torch.equal(out[given], seq[given])
+    assert int(given.sum()) == {"predict": 3 * 12, "complete-view": 3 * 16, "generate": 0}[task]
+    assert torch.equal(out, sample(model, seq, given, cond, generators([5, 6, 7]), steps=4))
+    assert not torch.equal(out, sample(model, seq, given, cond, generators([8, 9, 10]), steps=4))
+    # a clip does not depend on the batch it was sampled in: its own generator is all the randomness
+    alone = sample(model, seq[1:2], given[1:2], cond[1:2], generators([6]), steps=4)
+    assert torch.equal(alone[0], out[1])
+
+
+def test_maskgit_decodes_on_the_cosine_schedule():
+    """With s steps, after step i the unknown count is floor(total * cos(pi/2 * (i+1)/s)) (at least 1 until the
+    last step, which fills everything): count the MASK ids the model sees at each step."""
+    model, seq = tiny_model("masked"), random_clips(1)
+    seen = []
+    original = model.forward
+    model.forward = lambda x, c: (seen.append(int((x == LAYOUT.mask_id).sum())), original(x, c))[1]
+    out = maskgit_sample(model, seq, torch.zeros_like(seq, dtype=torch.bool), condition(LAYOUT, "unconditional", batch=1),
+                         generators([0]), steps=5)
+    assert seen == [24, 22, 19, 14, 7]  # 24 * cos(pi/2 * k/5) for k = 1..4, floored
+    assert int((out == LAYOUT.mask_id).sum()) == 0
+
+
+@pytest.mark.parametrize("task", ["predict", "complete-view", "unconditional"])
+def test_ar_kv_cache_sampling_equals_uncached_greedy_sampling(task):
+    model, seq = tiny_model("ar"), random_clips(2, seed=1)
+    given = given_mask(LAYOUT, task, 2, latent_frames=1, generated_view=torch.tensor([1, 0]))
+    cond = condition(LAYOUT, task, batch=2)
+    cached = ar_sample(model, seq, given, cond, generators([0, 1]), temperature=0)
+    uncached = ar_sample(model, seq, given, cond, generators([0, 1]), temperature=0, use_cache=False)
+    assert torch.equal(cached, uncached)
+    # and with sampling noise, the same generator gives the same tokens either way
+    assert torch.equal(ar_sample(model, seq, given, cond, generators([3, 4]), top_k=5),
+                       ar_sample(model, seq, given, cond, generators([3, 4]), top_k=5, use_cache=False))
+
+
+def test_ar_step_logits_match_the_full_forward():
+    model, seq = tiny_model("ar"), random_clips(2)
+    cond = condition(LAYOUT, "unconditional", batch=2)
+    cache = model.new_cache()
+    with torch.no_grad():
+        first = model.step(cache, cond=cond, tokens=seq[:, :5])
+        full = model(seq, cond)
+        assert torch.allclose(first, full[:, 5], atol=1e-5)
+        for i in range(5, 9):
+            assert torch.allclose(model.step(cache, tokens=seq[:, i:i + 1]), full[:, i + 1], atol=1e-5)
+
+
+# --- training batches and overfitting -------------------------------------------------------------------------
+
+def test_training_batches_mask_only_tokens_that_are_not_given():
+    clips = LAYOUT.to_grid(random_clips(64))
+    shape, family = torch.randint(0, 3, (64,)), torch.randint(0, 4, (64,))
+    gen = torch.Generator().manual_seed(0)
+    tasks = draw_tasks({"predict": 1, "generate": 1, "complete-view": 1, "unconditional": 1}, 64, gen)
+    assert set(tasks.tolist()) == {0, 1, 2, 3}
+    inputs, targets, scored, cond = make_batch(LAYOUT, clips, shape, family, tasks, 1, "masked", gen)
+    assert torch.equal(targets, LAYOUT.to_sequence(clips))
+    assert torch.equal(inputs == LAYOUT.mask_id, scored) and bool(scored.any(1).all())
+    assert torch.equal(inputs[~scored], targets[~scored])
+    index = LAYOUT.grid_index()
+    for b in range(64):
+        name = ["predict", "generate", "complete-view", "unconditional"][int(tasks[b])]
+        if name == "predict":
+            assert not scored[b, index["t"] == 0].any()
+        if name == "complete-view":  # exactly one view can be masked
+            assert len(set(index["view"][scored[b]].tolist())) == 1
+        labelled = name == "generate"
+        assert cond[b].tolist() == [TASK_ID[name], int(shape[b]) if labelled else 3, int(family[b]) if labelled else 4]
+    _, _, scored_ar, _ = make_batch(LAYOUT, clips, shape, family, tasks, 1, "ar", gen)
+    predict = tasks == TASK_ID["predict"]
+    assert int(scored_ar[predict].sum()) == int(predict.sum()) * 12 and bool(scored_ar[tasks == TASK_ID["generate"]].all())
+
+
+@pytest.mark.parametrize("arch,steps", [("masked", 200), ("ar", 100)])
+def test_a_tiny_model_overfits_and_regenerates_the_continuation_exactly(arch, steps):
+    """Four token clips, the predict task: after training, greedy decoding from each clip's first latent frame
+    gives back its remaining 12 tokens exactly, with either sampler."""
+    clips = LAYOUT.to_grid(random_clips(4, seed=3))
+    labels = torch.zeros(4, dtype=torch.long)
+    model = tiny_model(arch, width=64).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        gen = torch.Generator().manual_seed(step)
+        inputs, targets, scored, cond = make_batch(LAYOUT, clips, labels, labels, torch.zeros(4, dtype=torch.long), 1,
+                                                   arch, gen)
+        loss = torch.nn.functional.cross_entropy(model(inputs, cond)[scored], targets[scored])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    seq = LAYOUT.to_sequence(clips)
+    given = given_mask(LAYOUT, "predict", 4, latent_frames=1)
+    out = sample(model, seq, given, condition(LAYOUT, "predict", batch=4), generators(range(4)), steps=6,
+                 temperature=0)
+    assert torch.equal(out, seq)
+
+
+# --- the loop, generate and the CLI on a real (untrained) tokenizer's token cache -------------------------------
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A fake packed dataset (10 clips, 16x16, 4 frames), an untrained tokenizer checkpoint (temporal factor 2,
+    spatial 4: 3 x 2 x 4 x 4 tokens per clip) and its token cache, in RUN/tokens."""
+    from training.tokenize import tokenize_dataset
+    from training.tokenizer import VideoTokenizer
+    from training.train_tokenizer import load_run_config as tokenizer_config
+
+    root = tmp_path_factory.mktemp("transformer")
+    data = make_fake_dataset(root / "ds", num_samples=10, resolution=16, frames=4,
+                             dataset={"splits": {"train": 0.6, "val": 0.2, "test": 0.2}})
+    pack_dataset(data, progress=False)
+    cfg = tokenizer_config("tiny", ["model.channels=8", "model.norm_groups=4", "model.channel_mult=[1,2,2]",
+                                    "model.temporal_downsample=[true,false]"]).model
+    torch.manual_seed(0)
+    run = root / "tok"
+    ckpt.save_checkpoint(run, 1, {"kind": "tokenizer", "model": to_dict(cfg),
+                                  "data": {"path": str(data), "image_size": [16, 16], "frames": 4}},
+                         {"model": VideoTokenizer(cfg).state_dict()})
+    tokenize_dataset(run, data, progress=False)
+    return run
+
+
+def config(**overrides):
+    items = ["train.steps=8", "train.log_every=1", "train.val_every=4", "train.ckpt_every=2", "train.val_clips=2"]
+    return load_run_config("tiny", items + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r and r.get("split") != "val"}
+
+
+@pytest.mark.parametrize("arch", ["masked", "ar"])
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(cache, tmp_path, arch):
+    cfg = config(**{"model.arch": f'"{arch}"', "model.dropout": 0.1})
+    straight = train_transformer(cfg, cache, tmp_path / "a", **QUIET)
+    assert straight["step"] == 8 and straight["finished"] and straight["tokens_per_clip"] == 96
+    assert train_transformer(cfg, cache / "tokens", tmp_path / "b", max_steps_this_run=3, **QUIET)["step"] == 3
+    assert train_transformer(cfg, cache / "tokens", tmp_path / "b", resume=True, **QUIET)["step"] == 8
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert a == b  # bit for bit on the CPU, before and after the interruption
+
+
+def test_training_logs_validation_and_records_the_token_cache(cache, tmp_path):
+    train_transformer(config(**{"train.steps": 30, "train.lr": 5e-3}), cache, tmp_path / "r", **QUIET)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in rows if r.get("split") != "val"]
+    assert sum(train[-5:]) / 5 < sum(train[:5]) / 5 - 0.3  # log(64) = 4.16 at the start
+    val = [r for r in rows if r.get("split") == "val"]
+    assert [r["step"] for r in val] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert all(0 <= r[f"acc_{t}"] <= 1 and r[f"loss_{t}"] > 0 for r in val
+               for t in ("predict", "generate", "complete_view", "unconditional"))
+    saved = ckpt.load_config_json(ckpt.latest_checkpoint(tmp_path / "r"))
+    tokens = saved["tokens"]
+    assert tokens["tokenizer_run"] == str(cache.resolve()) and tokens["tokenizer_step"] == 1
+    assert tokens["codebook_size"] == 64 and tokens["grid"] == [3, 2, 4, 4] and tokens["frames"] == 4
+    assert tokens["tokenizer_config_hash"] and tokens["classes"]["shape"] == ["cube", "cylinder", "cone"]
+    assert saved["layout"] == {"codebook_size": 64, "views": 3, "t": 2, "h": 4, "w": 4, "num_shapes": 3,
+                               "num_families": 4}
+
+
+@pytest.fixture(scope="module")
+def trained(cache, tmp_path_factory):
+    runs = {}
+    for arch in ("masked", "ar"):
+        runs[arch] = tmp_path_factory.mktemp(arch) / "run"
+        train_transformer(config(**{"model.arch": f'"{arch}"', "train.steps": 4}), cache, runs[arch], **QUIET)
+    return runs
+
+
+@pytest.mark.parametrize("arch", ["masked", "ar"])
+def test_generate_predict_and_complete_view_keep_the_given_parts(cache, trained, tmp_path, arch):
+    from datagen.pack import load_packed
+    from training.generate import generate
+    from training.generated import load_generated
+    from training.tokenize import load_tokenizer
+
+    tokenizer, _ = load_tokenizer(cache)
+    tokens = np.load(cache / "tokens" / "test_tokens.npy").astype(np.int64)
+    test = load_packed(json.loads((cache / "tokens" / "test_index.json").read_text())["dataset"], "test")
+
+    generate(trained[arch], "predict", tmp_path / "p", steps=3, seed=7, **QUIET)
+    out = load_generated(tmp_path / "p")
+    assert out.rgb.shape == (2, 3, 4, 16, 16, 3) and np.array_equal(out.target, test.rgb)
+    assert [r.sample_id for r in out.records] == test.sample_ids and [r.seed for r in out.records] == [7, 8]
+    assert all(r.given_frames == 2 and r.shape in ("cube", "cylinder", "cone") for r in out.records)
+    assert out.info["arch"] == arch and out.info["tokenizer_step"] == 1
+    with torch.no_grad():  # a causal tokenizer: the first 2 frames decode from the given first latent frame alone
+        truth = tokenizer.decode_indices(torch.from_numpy(tokens[0])).add(1).mul(127.5).round().clamp(0, 255)
+    truth = truth.to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    assert np.array_equal(out.rgb[0, :, :2], truth[:, :2])
+    assert sorted(p.name for p in (tmp_path / "p" / "clips").iterdir())[:2] == [
+        f"0000_sample{test.sample_ids[0]:06d}.gif", f"0000_sample{test.sample_ids[0]:06d}.png"]
+
+    generate(trained[arch], "complete-view", tmp_path / "c", steps=3, view=1, **QUIET)
+    out = load_generated(tmp_path / "c")
+    assert all(r.given_views == [0, 2] for r in out.records)
+    assert np.array_equal(out.rgb[0, [0, 2]], truth[[0, 2]])  # views decode independently
+
+
+def test_generate_class_conditional_makes_each_requested_class(trained, tmp_path):
+    from PIL import Image
+
+    from training.generate import generate
+    from training.generated import load_generated
+
+    generate(trained["masked"], "generate", tmp_path / "g", num=2, shapes=("cone",), **QUIET)
+    out = load_generated(tmp_path / "g")
+    assert out.target is None and len(out) == 8
+    assert [(r.shape, r.family) for r in out.records][::2] == [("cone", f) for f in
+                                                               ("linear", "circular", "helical", "parabolic")]
+    assert all(r.sample_id is None and r.task == "generate" for r in out.records)
+    png = Image.open(tmp_path / "g" / "clips" / "0000_cone_linear.png")
+    assert png.size == (4 * 16 + 3 * 2, 3 * 16 + 2 * 6)  # frames across; views down with wider gaps, one panel
+    with pytest.raises(UserError, match="unknown shape 'sphere'; allowed: cube, cylinder, cone"):
+        generate(trained["masked"], "generate", tmp_path / "x", shapes=("sphere",), **QUIET)
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    from datagen.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    return exc.value.code, capsys.readouterr().err
+
+
+def other_tokenizer_cache(cache: Path, tmp_path: Path) -> Path:
+    """A copy of the cache that claims a 128-code tokenizer (outside any run)."""
+    other = tmp_path / "other_tokens"
+    shutil.copytree(cache / "tokens", other)
+    for index in other.glob("*_index.json"):
+        data = json.loads(index.read_text())
+        index.write_text(json.dumps({**data, "codebook_size": 128}))
+    return other
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--task", "dream"], "'dream' is not one of 'predict', 'generate', 'complete-view'"),
+    (["--task", "predict", "--steps", "0"], "--steps 0: must be >= 1"),
+    (["--task", "predict", "--given-frames", "8"],
+     "--given-frames = 8: must be a multiple of the tokenizer's temporal factor 2 and less than the clip's 4 frames "
+     "(allowed: 2)"),
+    (["--task", "predict", "--given-frames", "1"], "--given-frames = 1: must be a multiple"),
+    (["--task", "complete-view", "--view", "3"], "--view 3: must be in 0..2"),
+    (["--task", "predict", "--tokens", "OTHER"], "comes from a different tokenizer than"),
+    (["--task", "complete-view", "--tokens", "OTHER"], "(codebook_size: 128 vs 64)"),
+])
+def test_generate_bad_input_is_one_line_exit_2(cache, trained, tmp_path, capsys, args, needle):
+    args = [other_tokenizer_cache(cache, tmp_path) if a == "OTHER" else a for a in args]
+    code, err = run_cli(capsys, "generate", "--transformer", trained["masked"], "--out", tmp_path / "g",
+                        "--no-progress", *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("magvit3d: error:"), err
+    assert needle in err, err
+    assert not (tmp_path / "g").exists()
+
+
+def test_train_bad_input_is_one_line_exit_2(cache, trained, tmp_path, capsys):
+    run = tmp_path / "r"
+    shutil.copytree(trained["masked"], run)
+    code, err = run_cli(capsys, "train-transformer", "--tokens", other_tokenizer_cache(cache, tmp_path), "--out", run,
+                        "-c", "tiny", "--resume", "--no-progress", "--set", "train.steps=4")
+    assert code == 2 and "different tokens config (codebook_size: 64 vs 128" in err and len(err.splitlines()) == 1
+    for extra, needle in [(["--set", "tasks.predict_frames=3"], "tasks.predict_frames = 3: must be a multiple of the "
+                                                                 "tokenizer's temporal factor 2"),
+                          (["--set", 'model.arch="rnn"'], "unknown arch 'rnn'; allowed: masked, ar"),
+                          (["--set", "tasks.predict=-1"], "task weights")]:
+        code, err = run_cli(capsys, "train-transformer", "--tokens", cache, "--out", tmp_path / "new", "-c", "tiny",
+                            "--no-progress", *extra)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "new").exists()
+    code, err = run_cli(capsys, "train-transformer", "--tokens", tmp_path, "--out", tmp_path / "new", "--no-progress")
+    assert code == 2 and "no token cache in" in err
+
+
+def test_presets_load():
+    for name in ("tiny", "demo", "full"):
+        cfg = load_run_config(name)
+        cfg.validate()
+    full = load_run_config("full").model
+    assert (full.width, full.depth) == (768, 12)

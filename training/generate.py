@@ -1,0 +1,208 @@
+"""`magvit3d generate`: sample token clips with a trained transformer and decode them with its frozen tokenizer.
+
+    predict         held-out clips (--split, default test): the first --given-frames frames of every view are given
+    complete-view   held-out clips: every view but one is given (--view, default: view i % V for the i-th clip)
+    generate        class-conditional: --num clips for each requested (default: every) shape x family
+
+The output directory is written only through training/generated.py (the contract with `magvit3d evaluate`):
+decoded clips, the rendered clips they are compared with (predict / complete-view), generated.json listing what
+each clip was generated from (sample id, task, classes, seed), and for people a PNG + GIF per clip in clips/
+(per view: conditioning | generated | ground truth).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datagen.config import UserError, from_dict
+from datagen.pack import load_packed
+from training import checkpoint as ckpt
+from training.data import to_uint8
+from training.generated import TASKS as GENERATE_TASKS
+from training.generated import ClipRecord, write_generated
+from training.loop import autocast_for, pick_device
+from training.sampling import condition, generators, given_mask, sample
+from training.token_cache import check_compatible, load_token_cache
+from training.tokenize import load_tokenizer
+from training.train_transformer import given_latent_frames
+from training.transformer import MaskedVideoTransformer, TokenLayout, TransformerConfig
+
+GAP = 2          # white pixels between panels in the PNG / GIF
+EMPTY = 48       # grey level of a panel part that was not given
+
+
+def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, dict]:
+    """The latest checkpoint of a transformer run (EMA weights when kept), in eval mode, and its config."""
+    run = Path(run)
+    latest = ckpt.latest_checkpoint(run) if run.is_dir() else None
+    if latest is None:
+        raise UserError(f"no transformer checkpoint in {run}; train one with `magvit3d train-transformer`")
+    saved = ckpt.load_config_json(latest)
+    if saved.get("kind") != "transformer":
+        raise UserError(f"{latest} is a {saved.get('kind', 'unknown')!r} checkpoint, not a transformer")
+    model = MaskedVideoTransformer(from_dict(TransformerConfig, saved["model"], where="model"),
+                                   TokenLayout(**saved["layout"]))
+    weights = latest / "ema.safetensors"
+    ckpt.load_weights(weights if weights.exists() else latest / "model.safetensors", model)
+    return model.to(device).eval(), saved
+
+
+def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int) -> None:
+    if task not in GENERATE_TASKS:
+        raise UserError(f"unknown task {task!r}; allowed: {', '.join(GENERATE_TASKS)}")
+    if steps < 1:
+        raise UserError(f"--steps {steps}: must be >= 1")
+    if num is not None and num < 1:
+        raise UserError(f"--num {num}: must be >= 1")
+    if temperature < 0 or top_k < 0:
+        raise UserError(f"--temperature {temperature} and --top-k {top_k} must be >= 0")
+
+
+def _pick(names: list[str] | tuple[str, ...], allowed: list[str], what: str) -> list[int]:
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise UserError(f"unknown {what} {bad[0]!r}; allowed: {', '.join(allowed)}")
+    return [allowed.index(n) for n in names] if names else list(range(len(allowed)))
+
+
+@torch.no_grad()
+def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: int | None = None,
+             temperature: float = 1.0, choice_temperature: float = 4.5, top_k: int = 0, seed: int = 0,
+             split: str = "test", given_frames: int | None = None, view: int | None = None,
+             shapes: tuple[str, ...] = (), families: tuple[str, ...] = (), tokens: Path | None = None,
+             device: str = "auto", batch_size: int = 8, progress: bool = True, log=print) -> dict:
+    """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing)."""
+    from tqdm import tqdm
+
+    _check_args(task, steps, num, temperature, top_k)
+    transformer = Path(transformer)
+    latest = ckpt.latest_checkpoint(transformer) if transformer.is_dir() else None
+    if latest is None:
+        raise UserError(f"no transformer checkpoint in {transformer}; train one with `magvit3d train-transformer`")
+    saved = ckpt.load_config_json(latest)
+    recorded = saved.get("tokens", {})
+    layout = TokenLayout(**saved["layout"])
+    latent_frames = 0
+    if task == "predict":
+        k = saved["tasks"]["predict_frames"] if given_frames is None else given_frames
+        latent_frames = given_latent_frames(k, recorded)
+    if task == "complete-view" and view is not None and not 0 <= view < layout.views:
+        raise UserError(f"--view {view}: must be in 0..{layout.views - 1}")
+
+    cache = None
+    if task != "generate" or tokens is not None:
+        cache = load_token_cache(tokens if tokens is not None else recorded["tokens"], split)
+        check_compatible(recorded, cache.source, str(transformer))
+    source = cache.source if cache is not None else recorded
+    if source.get("tokenizer_run") is None:
+        raise UserError(f"token cache {source['tokens']} lies outside its tokenizer run, so there is no tokenizer to "
+                        f"decode with; pass --tokens RUN/tokens of the tokenizer run")
+    dev = pick_device(device)
+    model, _ = load_transformer(transformer, dev)
+    tokenizer, tok_saved = load_tokenizer(source["tokenizer_run"], dev)
+    if int(tok_saved["step"]) != source["tokenizer_step"]:
+        raise UserError(f"tokenizer {source['tokenizer_run']} is at step {tok_saved['step']}, but the transformer "
+                        f"was trained on its tokens of step {source['tokenizer_step']}")
+    classes = source["classes"]
+
+    # what to generate: conditioning tokens, given masks, labels, per-clip records
+    if task == "generate":
+        combos = list(itertools.product(_pick(shapes, classes["shape"], "shape"),
+                                        _pick(families, classes["family"], "family")))
+        combos = [c for c in combos for _ in range(num or 1)]
+        n = len(combos)
+        seqs = torch.zeros(n, layout.num_tokens, dtype=torch.long)
+        given = given_mask(layout, "generate", n)
+        cond = condition(layout, "generate", torch.tensor([s for s, _ in combos]), torch.tensor([f for _, f in combos]))
+        records = [ClipRecord(None, "generate", classes["shape"][s], classes["family"][f], seed + i)
+                   for i, (s, f) in enumerate(combos)]
+        target = None
+    else:
+        n = len(cache) if num is None else min(num, len(cache))
+        if num is not None and num > len(cache):
+            log(f"notice: --num {num} exceeds the {len(cache)} clips of the {split} split; generating {n}")
+        seqs = layout.to_sequence(torch.from_numpy(cache.tokens[:n].astype(np.int64)))
+        views = torch.tensor([view if view is not None else i % layout.views for i in range(n)])
+        given = given_mask(layout, task, n, latent_frames=latent_frames, generated_view=views)
+        cond = condition(layout, task, batch=n)
+        f = cache.temporal_factor
+        records = [ClipRecord(int(cache.sample_ids[i]), task, classes["shape"][cache.shape_ids[i]],
+                              classes["family"][cache.family_ids[i]], seed + i,
+                              given_frames=latent_frames * f if task == "predict" else 0,
+                              given_views=[v for v in range(layout.views) if v != int(views[i])] if task == "complete-view" else [])
+                   for i in range(n)]
+        target = np.array(load_packed(cache.dataset, split).rgb[:n])
+
+    rgb = np.zeros((n, layout.views, source["frames"], source["image_size"][1], source["image_size"][0], 3), np.uint8)
+    sampling_seconds = 0.0
+    with tqdm(total=n, unit="clip", desc=f"generate ({model.cfg.arch}, {task})", disable=not progress) as bar:
+        for i in range(0, n, batch_size):
+            j = min(n, i + batch_size)
+            t0 = time.perf_counter()
+            with autocast_for(dev):
+                seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
+                             generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
+                             choice_temperature=choice_temperature, top_k=top_k)
+            sampling_seconds += time.perf_counter() - t0
+            grids = layout.to_grid(seq)
+            for b in range(j - i):
+                video = tokenizer.decode_indices(grids[b])                  # (V, 3, T, H, W)
+                rgb[i + b] = to_uint8(video.float()).permute(0, 2, 3, 4, 1).cpu().numpy()
+            bar.update(j - i)
+
+    info = {"task": task, "dataset": source["dataset"], "split": split if task != "generate" else None,
+            "dataset_config_hash": source["dataset_config_hash"], "image_size": source["image_size"],
+            "frames": source["frames"], "views": source["views"], "steps": steps if not model.causal else None,
+            "temperature": temperature, "choice_temperature": choice_temperature if not model.causal else None,
+            "top_k": top_k if model.causal else None, "seed": seed, "arch": model.cfg.arch,
+            "transformer": str(transformer.resolve()), "transformer_step": saved["step"],
+            "tokenizer": source["tokenizer_run"], "tokenizer_step": source["tokenizer_step"],
+            "tokens": source["tokens"], "sampling_seconds": round(sampling_seconds, 3),
+            "sampling_seconds_per_clip": round(sampling_seconds / n, 4), "device": str(dev)}
+    write_generated(out, rgb, records, info, target,
+                    extra_files=lambda tmp: write_clip_visuals(Path(tmp) / "clips", rgb, target, records))
+    return {"out": str(out), "clips": n, "task": task, "arch": model.cfg.arch,
+            "sampling_seconds": round(sampling_seconds, 3), "sampling_seconds_per_clip": round(sampling_seconds / n, 4)}
+
+
+def conditioning_panel(target: np.ndarray, record: ClipRecord) -> np.ndarray:
+    """The part of a rendered clip (V, T, H, W, 3) that was given; the rest grey."""
+    panel = np.full_like(target, EMPTY)
+    if record.given_frames:
+        panel[:, :record.given_frames] = target[:, :record.given_frames]
+    for v in record.given_views:
+        panel[v] = target[v]
+    return panel
+
+
+def _hcat(images: list[np.ndarray], gap: int = GAP) -> np.ndarray:
+    space = np.full((images[0].shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([x for im in images for x in (im, space)][:-1], axis=1)
+
+
+def _vcat(images: list[np.ndarray], gap: int = GAP) -> np.ndarray:
+    space = np.full((gap, images[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([x for im in images for x in (im, space)][:-1], axis=0)
+
+
+def write_clip_visuals(folder: Path, rgb: np.ndarray, target: np.ndarray | None, records: list[ClipRecord]) -> None:
+    """Per clip a PNG (per view the rows conditioning, generated, ground truth; columns = frames; wider gaps
+    between views) and a GIF (per
+    frame: rows = views, columns = conditioning | generated | ground truth). Class-conditional clips have only the
+    generated panel."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (clip, record) in enumerate(zip(rgb, records)):
+        panels = [clip] if target is None else [conditioning_panel(target[i], record), clip, target[i]]
+        V, T = clip.shape[:2]
+        name = (f"{i:04d}_sample{record.sample_id:06d}" if record.sample_id is not None
+                else f"{i:04d}_{record.shape}_{record.family}")
+        per_view = [_vcat([_hcat(list(p[v])) for p in panels]) for v in range(V)]
+        Image.fromarray(_vcat(per_view, 3 * GAP)).save(folder / f"{name}.png")
+        frames = [Image.fromarray(_vcat([_hcat([p[v, f] for p in panels]) for v in range(V)])) for f in range(T)]
+        frames[0].save(folder / f"{name}.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)

@@ -1,0 +1,147 @@
+"""Tasks and sampling for the video transformer (training/transformer.py).
+
+A task decides which video tokens are given and what the condition tokens say:
+
+    predict         the first k latent frames of every view are given (k pixel frames / the temporal factor)
+    generate        nothing is given; the shape and trajectory family are (class-conditional)
+    complete-view   every view but one is given whole; the missing one is generated
+    unconditional   nothing is given
+
+Sampling fills every position that is not given and never changes a given token:
+
+    maskgit_sample  the masked model: iterative parallel decoding (MaskGIT). Each step predicts all unknown tokens,
+                    keeps the most confident ones and re-masks the rest; the number kept follows a cosine schedule
+                    and the confidence gets Gumbel noise annealed to zero, so the last step fills everything.
+    ar_sample       the autoregressive model: one token at a time in raster order with a KV cache (top-k /
+                    temperature); given tokens are fed instead of sampled.
+
+Randomness comes only from the torch.Generators passed in, one per clip, so a clip does not depend on the batch
+it was sampled in.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout
+
+TASK_ID = {name: i for i, name in enumerate(TASKS)}
+
+
+def given_mask(layout: TokenLayout, task: str, batch: int, *, latent_frames: int = 1,
+               generated_view: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N) bool in sequence order: True where the task gives the token. generated_view (B,): complete-view's
+    missing view per clip."""
+    index = layout.grid_index()
+    if task == "predict":
+        return (index["t"] < latent_frames).expand(batch, -1).clone()
+    if task == "complete-view":
+        return index["view"][None] != generated_view.reshape(-1, 1).cpu()
+    if task in ("generate", "unconditional"):
+        return torch.zeros(batch, layout.num_tokens, dtype=torch.bool)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def condition(layout: TokenLayout, task: str | torch.Tensor, shape: torch.Tensor | None = None,
+              family: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
+    """(B, 3) condition ids [task, shape, family]; a label that is None is the null id."""
+    if batch is None:
+        batch = len(shape) if shape is not None else len(task)
+    task_ids = torch.full((batch,), TASK_ID[task]) if isinstance(task, str) else task
+    shape = torch.full((batch,), layout.num_shapes) if shape is None else shape
+    family = torch.full((batch,), layout.num_families) if family is None else family
+    return torch.stack([task_ids, shape, family], 1).long()
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def _gumbel(gens: list[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
+    """Standard Gumbel noise (B, *shape), row b drawn from gens[b]."""
+    u = torch.stack([torch.rand(shape, generator=g) for g in gens]).clamp_min_(1e-20)
+    return (-torch.log(-torch.log(u))).to(device)
+
+
+def _draw(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None, top_k: int = 0) -> torch.Tensor:
+    """Sample ids from logits (B, ..., K) at a temperature (0 = argmax) by the Gumbel-max trick with the given
+    standard Gumbel noise (same shape), optionally among the top_k only."""
+    logits = logits.float()
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if temperature == 0:
+        return logits.argmax(-1)
+    return (logits / temperature + noise).argmax(-1)
+
+
+def mask_schedule(ratio: float) -> float:
+    """Cosine schedule: the fraction of the unknown tokens still masked after a fraction `ratio` of the steps."""
+    return math.cos(math.pi / 2 * ratio)
+
+
+@torch.no_grad()
+def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
+                   gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0,
+                   choice_temperature: float = 4.5) -> torch.Tensor:
+    """Fill every non-given position of seq (B, N) in `steps` parallel decoding steps; returns (B, N) ids."""
+    mask_id = model.layout.mask_id
+    given = given.to(seq.device)
+    x = torch.where(given, seq, torch.full_like(seq, mask_id))
+    unknown = ~given
+    total = unknown.sum(1)                                            # tokens to generate per clip
+    for s in range(steps):
+        logits = model(x, cond).float()
+        noise = _gumbel(gens, logits.shape[1:], logits.device) if temperature > 0 else None
+        sampled = torch.where(unknown, _draw(logits, temperature, noise), x)
+        confidence = F.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
+        ratio = (s + 1) / steps
+        if s == steps - 1:
+            n_mask = torch.zeros_like(total)
+        else:  # at least one more masked (so later steps have work), at least one decoded now
+            n_mask = torch.floor(total * mask_schedule(ratio)).long()
+            n_mask = torch.minimum(n_mask.clamp_min(1), unknown.sum(1) - 1).clamp_min(0)
+        confidence = confidence + choice_temperature * (1 - ratio) * _gumbel(gens, (seq.shape[1],), seq.device)
+        confidence = confidence.masked_fill(~unknown, float("inf"))   # decoded and given tokens stay
+        cutoff = confidence.sort(-1).values.gather(-1, n_mask[:, None])
+        remask = confidence < cutoff                                  # the n_mask least confident unknown tokens
+        x = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
+        unknown = remask
+    return x
+
+
+@torch.no_grad()
+def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
+              gens: list[torch.Generator], *, temperature: float = 1.0, top_k: int = 0,
+              use_cache: bool = True) -> torch.Tensor:
+    """Fill every non-given position of seq (B, N) one token at a time in sequence order. The prefix that is given
+    in every clip goes through the model in one pass; after it, a given token is fed in place of a sample.
+    use_cache=False recomputes the whole prefix each step (the reference the KV cache must reproduce).
+    The Gumbel noise of every position is drawn up front, so a clip's tokens depend on its generator only."""
+    given = given.to(seq.device)
+    N, K = seq.shape[1], model.layout.codebook_size
+    noise = _gumbel(gens, (N, K), seq.device) if temperature > 0 else None
+    x = torch.where(given, seq, torch.zeros_like(seq))
+    prefix = int(given.all(0).long().cumprod(0).sum())
+    cache = model.new_cache() if use_cache else None
+    if use_cache:
+        logits = model.step(cache, cond=cond, tokens=x[:, :prefix])
+    for i in range(prefix, N):
+        if not use_cache:
+            logits = model(x[:, :i + 1], cond)[:, -1]                 # position i sees cond and x[:, :i] only
+        x[:, i] = torch.where(given[:, i], seq[:, i], _draw(logits, temperature, None if noise is None else noise[:, i], top_k))
+        if use_cache and i < N - 1:
+            logits = model.step(cache, tokens=x[:, i:i + 1])
+    return x
+
+
+def sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
+           gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0, choice_temperature: float = 4.5,
+           top_k: int = 0) -> torch.Tensor:
+    """Either sampler, by the model's architecture (steps / choice_temperature: masked; top_k: ar)."""
+    if model.causal:
+        return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k)
+    return maskgit_sample(model, seq, given, cond, gens, steps=steps, temperature=temperature,
+                          choice_temperature=choice_temperature)

@@ -1,0 +1,145 @@
+"""Reading the token cache that `magvit3d tokenize` writes (training/tokenize.py is its writer):
+
+    TOKENS/<split>_tokens.npy     int16 (N, V, t, h, w), in the pack order of the dataset's split
+    TOKENS/<split>_index.json     split, sample_ids, dataset, dataset_config_hash, tokenizer_step, codebook_size,
+                                  shape, views
+
+TOKENS is RUN/tokens of a tokenizer run; either that run or the tokens directory itself may be passed. The class
+labels come from the dataset's packed index. `source` describes where a cache came from (the tokenizer run, its
+step and config hash, the grid, the dataset); a transformer checkpoint records it, and `check_compatible`
+refuses a cache from a different tokenizer than the one a checkpoint was trained on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datagen.config import UserError
+from datagen.dataset import config_hash, load_dataset_json, read_json
+from datagen.pack import load_packed
+from training import checkpoint as ckpt
+from training.transformer import TokenLayout
+
+# what must agree between a checkpoint's cache and another cache for its tokens to mean the same
+COMPATIBLE_KEYS = ("codebook_size", "grid", "tokenizer_step", "tokenizer_config_hash", "frames", "image_size",
+                   "classes")
+
+
+def tokens_dir(path: Path) -> Path:
+    """A tokenizer run (RUN/tokens) or a tokens directory -> the tokens directory."""
+    path = Path(path)
+    for candidate in (path / "tokens", path):
+        if candidate.is_dir() and any(candidate.glob("*_tokens.npy")):
+            return candidate
+    raise UserError(f"no token cache in {path} (expected {path}/tokens/<split>_tokens.npy or "
+                    f"{path}/<split>_tokens.npy); run `magvit3d tokenize --run RUN --data DATASET` first")
+
+
+def _tokenizer_run(directory: Path, step: int) -> tuple[Path | None, str | None]:
+    """The tokenizer run that holds `directory` as RUN/tokens and its model-config hash; (None, None) when the
+    cache lies elsewhere. A run trained past the cache's step is an error: the cache is stale."""
+    run = directory.parent
+    latest = ckpt.latest_checkpoint(run) if (run / "checkpoints" / "latest.json").is_file() else None
+    if latest is None:
+        return None, None
+    saved = ckpt.load_config_json(latest)
+    if saved.get("kind") != "tokenizer":
+        return None, None
+    if int(saved["step"]) != int(step):
+        raise UserError(f"token cache {directory} was written by tokenizer step {step}, but {run} is now at step "
+                        f"{saved['step']}; run `magvit3d tokenize --run {run} --data DATASET` again")
+    return run.resolve(), config_hash(saved["model"])
+
+
+@dataclass
+class TokenCache:
+    directory: Path
+    split: str
+    tokens: np.ndarray            # int16 (N, V, t, h, w)
+    index: dict
+    shape_ids: np.ndarray         # int64 (N,)
+    family_ids: np.ndarray        # int64 (N,)
+    source: dict                  # provenance: see load_token_cache
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def sample_ids(self) -> list[int]:
+        return self.index["sample_ids"]
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        return self.source["classes"]
+
+    @property
+    def dataset(self) -> Path:
+        return Path(self.source["dataset"])
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.source["frames"] // self.source["grid"][1]
+
+    def layout(self) -> TokenLayout:
+        V, t, h, w = self.source["grid"]
+        return TokenLayout(codebook_size=self.source["codebook_size"], views=V, t=t, h=h, w=w,
+                           num_shapes=len(self.classes["shape"]), num_families=len(self.classes["family"]))
+
+
+def load_token_cache(path: Path, split: str) -> TokenCache:
+    """One split of a token cache with its labels; a missing, truncated or stale cache is a one-line UserError."""
+    directory = tokens_dir(path)
+    ipath, tpath = directory / f"{split}_index.json", directory / f"{split}_tokens.npy"
+    if not ipath.is_file() or not tpath.is_file():
+        have = sorted(p.name[:-len("_tokens.npy")] for p in directory.glob("*_tokens.npy"))
+        raise UserError(f"token cache {directory} has no {split!r} split; it holds: {', '.join(have)}")
+    index = read_json(ipath, "token cache index")
+    try:
+        tokens = np.load(tpath, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"token cache {tpath} is unreadable ({e}); run `magvit3d tokenize` again") from None
+    K = index.get("codebook_size")
+    if tokens.dtype != np.int16 or tokens.ndim != 5 or list(tokens.shape) != index.get("shape"):
+        raise UserError(f"{tpath} is {tokens.dtype} {tuple(tokens.shape)}; {ipath.name} says int16 "
+                        f"{tuple(index.get('shape', ()))}")
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= K):
+        raise UserError(f"{tpath} holds token ids outside [0, {K}) (codebook_size in {ipath.name})")
+    if "dataset" not in index:
+        raise UserError(f"{ipath} does not name its dataset; run `magvit3d tokenize` again")
+    dataset = Path(index["dataset"])
+    info = load_dataset_json(dataset)
+    packed = load_packed(dataset, split)
+    if packed.sample_ids != index["sample_ids"] or index.get("dataset_config_hash") != info["config_hash"]:
+        raise UserError(f"token cache {tpath} is stale: the {split} split of {dataset} has other samples or another "
+                        f"config now; run `magvit3d tokenize` again")
+    run, tok_hash = _tokenizer_run(directory, index["tokenizer_step"])
+    T = info["frames"]
+    if T % tokens.shape[2]:
+        raise UserError(f"{tpath}: {tokens.shape[2]} latent frames do not divide the dataset's {T} frames")
+    source = {"tokens": str(directory.resolve()), "tokenizer_run": str(run) if run else None,
+              "tokenizer_step": int(index["tokenizer_step"]), "tokenizer_config_hash": tok_hash,
+              "codebook_size": int(K), "grid": list(tokens.shape[1:]), "frames": T,
+              "image_size": list(info["image_size"]), "dataset": str(dataset.resolve()),
+              "dataset_config_hash": info["config_hash"], "views": info["views"],
+              "classes": {"shape": list(packed.index["classes"]["shape"]),
+                          "family": list(packed.index["classes"]["family"])}}
+    labels = packed.index["label_ids"]
+    return TokenCache(directory, split, tokens, index, np.asarray(labels["shape"], np.int64),
+                      np.asarray(labels["family"], np.int64), source)
+
+
+def check_compatible(expected: dict, found: dict, where: str) -> None:
+    """`found` (a cache's source) must match what a checkpoint recorded (`expected`) in everything that gives
+    token ids their meaning; one line naming the differences."""
+    diffs = []
+    for key in COMPATIBLE_KEYS:
+        a, b = expected.get(key), found.get(key)
+        if key == "tokenizer_config_hash" and (a is None or b is None):
+            continue  # a cache copied out of its run: the step, codebook and grid still have to agree
+        if a != b:
+            diffs.append(f"{key}: {b!r} vs {a!r}")
+    if diffs:
+        raise UserError(f"token cache {found['tokens']} comes from a different tokenizer than {where} was trained "
+                        f"on ({'; '.join(diffs[:3])})")

@@ -1,0 +1,365 @@
+"""Train the video transformer on a token cache: the whole loop, top to bottom.
+
+    magvit3d train-transformer --tokens RUN_OR_CACHE --out RUN [--config tiny|demo|full|FILE] [--set KEY=VALUE] [--resume]
+
+Per step: a batch of token clips (N, V, t, h, w) from the cache's train split; every clip draws a task from the
+mix in [tasks] (COMMIT-style: predict, generate, complete-view, unconditional), which decides the given tokens
+and the condition (training/sampling.py). The masked model then masks a cosine-scheduled fraction of the tokens
+that are not given and is trained with cross-entropy on the masked ones; the autoregressive baseline (arch "ar")
+sees the clip teacher-forced and is trained on every token that is not given. AdamW with linear warm-up and cosine
+decay, gradient clipping, an EMA of the weights, bf16 autocast on CUDA, DDP under torchrun.
+
+Every `val_every` steps the EMA model is scored on the cache's val split per task (fixed masks): masked-token (or
+next-token) loss and accuracy, into RUN/metrics.jsonl and TensorBoard. Checkpoints (safetensors + JSON config,
+which records the token cache: tokenizer run, step, codebook size, grid) go to RUN/checkpoints; `--resume`
+continues bit for bit on the CPU. SIGINT / SIGTERM stop at a step boundary with a checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+
+from datagen.config import UserError, load_config, to_dict
+from datagen.dataset import write_json_atomic
+from training import checkpoint as ckpt
+from training import loop
+from training.data import infinite_loader
+from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
+from training.sampling import TASK_ID, condition
+from training.token_cache import TokenCache, load_token_cache
+from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout, TransformerConfig
+
+
+@dataclass
+class TaskSection:
+    """Task mix (relative weights, normalised) and the predict task's conditioning length."""
+    predict: float = 0.4
+    generate: float = 0.2
+    complete_view: float = 0.2
+    unconditional: float = 0.2
+    predict_frames: int = 4           # frames given in "predict": a multiple of the tokenizer's temporal factor
+
+    def weights(self) -> dict[str, float]:
+        return {"predict": self.predict, "generate": self.generate, "complete-view": self.complete_view,
+                "unconditional": self.unconditional}
+
+
+@dataclass
+class TrainSection:
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1         # cosine decays to lr * min_lr_ratio at the last step
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0            # max gradient norm; 0 = off
+    ema_decay: float = 0.999          # 0 = no EMA (validation and checkpoints then use the raw weights)
+    label_smoothing: float = 0.0
+    val_every: int = 200
+    val_clips: int = 32               # clips of the val split scored per validation (per task)
+    ckpt_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 0                  # DataLoader worker processes (the cache is in memory: 0 is usually best)
+    compile: bool = False             # torch.compile the model (CUDA recommended)
+
+
+@dataclass
+class TransformerRunConfig:
+    model: TransformerConfig = field(default_factory=TransformerConfig)
+    tasks: TaskSection = field(default_factory=TaskSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def validate(self) -> None:
+        t, w = self.train, self.tasks.weights()
+        try:
+            self.model.validate()
+        except ValueError as e:
+            raise UserError(f"model: {e}") from None
+        if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
+            raise UserError(f"task weights {w} must be >= 0 with a positive sum")
+        if self.tasks.predict_frames < 1:
+            raise UserError(f"tasks.predict_frames = {self.tasks.predict_frames}: must be >= 1")
+        for name in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "val_clips"):
+            if getattr(t, name) < 1:
+                raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
+        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.workers < 0:
+            raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and workers >= 0")
+        if not 0 <= t.ema_decay < 1 or not 0 <= t.label_smoothing < 1:
+            raise UserError(f"train.ema_decay = {t.ema_decay} and train.label_smoothing = {t.label_smoothing} "
+                            f"must be in [0, 1)")
+
+
+def load_run_config(source, overrides=None) -> TransformerRunConfig:
+    return load_config(TransformerRunConfig, "transformer", source, overrides)
+
+
+def given_latent_frames(frames: int, cache_source: dict, what: str = "--given-frames") -> int:
+    """k given pixel frames -> k / f latent frames; k must be a multiple of the temporal factor f and < T."""
+    T, t = cache_source["frames"], cache_source["grid"][1]
+    f = T // t
+    if frames < 1 or frames % f or frames >= T:
+        allowed = ", ".join(str(k) for k in range(f, T, f)) or "none: the clip has a single latent frame"
+        raise UserError(f"{what} = {frames}: must be a multiple of the tokenizer's temporal factor {f} and less "
+                        f"than the clip's {T} frames (allowed: {allowed})")
+    return frames // f
+
+
+class TokenClips(Dataset):
+    """(tokens int64 (V, t, h, w), shape id, family id) per clip of a cache split, held in memory."""
+
+    def __init__(self, cache: TokenCache, limit: int | None = None):
+        self.tokens = torch.from_numpy(cache.tokens[:limit].astype("int64"))
+        self.shape = torch.from_numpy(cache.shape_ids[:limit])
+        self.family = torch.from_numpy(cache.family_ids[:limit])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int):
+        return self.tokens[i], self.shape[i], self.family[i]
+
+
+def draw_tasks(weights: dict[str, float], batch: int, gen: torch.Generator) -> torch.Tensor:
+    """(B,) task ids drawn from the mix."""
+    probs = torch.tensor([weights.get(name, 0.0) for name in TASKS], dtype=torch.float64)
+    return torch.multinomial(probs / probs.sum(), batch, replacement=True, generator=gen)
+
+
+def make_batch(layout: TokenLayout, tokens: torch.Tensor, shape: torch.Tensor, family: torch.Tensor,
+               tasks: torch.Tensor, latent_frames: int, arch: str, gen: torch.Generator):
+    """One training (or validation) batch on the CPU: token grids (B, V, t, h, w) and a task id per clip ->
+    (inputs (B, N), targets (B, N), loss mask (B, N), condition (B, 3)).
+
+    Given tokens: predict - the first `latent_frames` latent frames; complete-view - all views but a random one;
+    generate / unconditional - none (generate gives the class labels in the condition). masked: of the tokens not
+    given, a fraction cos(pi/2 * u), u ~ U(0, 1), at least one, is replaced by MASK and scored. ar: the clip goes in
+    whole (teacher forcing) and every token not given is scored."""
+    B = tokens.shape[0]
+    seq = layout.to_sequence(tokens)
+    index = layout.grid_index()
+    view = torch.randint(layout.views, (B, 1), generator=gen)
+    given = torch.zeros(B, layout.num_tokens, dtype=torch.bool)
+    given |= (tasks == TASK_ID["predict"])[:, None] & (index["t"] < latent_frames)[None]
+    given |= (tasks == TASK_ID["complete-view"])[:, None] & (index["view"][None] != view)
+    is_generate = tasks == TASK_ID["generate"]
+    cond = condition(layout, tasks, torch.where(is_generate, shape, layout.num_shapes),
+                     torch.where(is_generate, family, layout.num_families))
+    if arch == "ar":
+        return seq, seq, ~given, cond
+    free = (~given).sum(1)
+    ratio = torch.cos(math.pi / 2 * torch.rand(B, generator=gen, dtype=torch.float64))
+    n_mask = torch.ceil(ratio * free).long().clamp(min=1).minimum(free)
+    scores = torch.rand(B, layout.num_tokens, generator=gen).masked_fill(given, 2.0)  # given ones rank last
+    masked = scores.argsort(1).argsort(1) < n_mask[:, None]
+    return seq.masked_fill(masked, layout.mask_id), seq, masked, cond
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """Task and mask randomness of one step: a function of (seed, step, rank) only, so resume needs no state."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+@torch.no_grad()
+def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str, float], latent_frames: int,
+             device: torch.device, batch_size: int, seed: int) -> dict:
+    """Per task with weight > 0: loss and accuracy on the scored tokens of `data`, with masks drawn from a fixed
+    generator (the same every validation); "loss" / "acc" average the tasks."""
+    model.eval()
+    out = {}
+    for name in TASKS:
+        if weights.get(name, 0) <= 0:
+            continue
+        gen = torch.Generator().manual_seed(seed)
+        loss_sum, correct, count = 0.0, 0, 0
+        for i in range(0, len(data), batch_size):
+            tokens, shape, family = data.tokens[i:i + batch_size], data.shape[i:i + batch_size], data.family[i:i + batch_size]
+            tasks = torch.full((len(tokens),), TASK_ID[name])
+            inputs, targets, scored, cond = make_batch(model.layout, tokens, shape, family, tasks, latent_frames,
+                                                       model.cfg.arch, gen)
+            with autocast_for(device):
+                logits = model(inputs.to(device), cond.to(device)).float()
+            scored = scored.to(device)
+            picked, wanted = logits[scored], targets.to(device)[scored]
+            loss_sum += F.cross_entropy(picked, wanted, reduction="sum").item()
+            correct += (picked.argmax(-1) == wanted).sum().item()
+            count += len(wanted)
+        key = name.replace("-", "_")
+        out[f"loss_{key}"], out[f"acc_{key}"] = loss_sum / max(count, 1), correct / max(count, 1)
+    model.train()
+    names = [k[len("loss_"):] for k in out if k.startswith("loss_")]
+    out["loss"] = sum(out[f"loss_{n}"] for n in names) / len(names)
+    out["acc"] = sum(out[f"acc_{n}"] for n in names) / len(names)
+    return out
+
+
+def run_config_for(cfg: TransformerRunConfig, cache: TokenCache) -> dict:
+    """The config every checkpoint of the run carries: what was asked for, plus the token cache's provenance
+    and the layout the model was built for."""
+    return {"kind": "transformer", "model": to_dict(cfg.model), "tasks": to_dict(cfg.tasks),
+            "train": to_dict(cfg.train), "tokens": cache.source, "layout": to_dict(cache.layout())}
+
+
+def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, resume: bool = False,
+                      device: str = "auto", progress: bool = True, max_steps_this_run: int | None = None,
+                      log=print) -> dict:
+    """Train (or resume) a transformer run on a token cache (a tokenizer run or its tokens directory); returns the
+    summary also written to RUN/summary.json. max_steps_this_run stops early (with a checkpoint) as an
+    interruption would."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    t = cfg.train
+    cfg.validate()
+    train_cache = load_token_cache(tokens, "train")
+    try:
+        val_cache = load_token_cache(tokens, "val")
+    except UserError:
+        val_cache = None
+    if val_cache is None or len(val_cache) == 0:
+        val_cache = train_cache
+    latent_frames = given_latent_frames(cfg.tasks.predict_frames, train_cache.source, "tasks.predict_frames")
+    layout = train_cache.layout()
+    weights = cfg.tasks.weights()
+    if layout.views < 2 and weights["complete-view"] > 0:
+        raise UserError("tasks.complete_view > 0 needs at least 2 views; the token cache has 1")
+    if len(train_cache) < t.batch_size:
+        raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_cache)} training clips of "
+                        f"{train_cache.directory}")
+    run_config = run_config_for(cfg, train_cache)
+
+    latest = ckpt.latest_checkpoint(out) if out.exists() else None
+    if latest is not None and not resume:
+        raise UserError(f"{out} already holds a transformer run (step {ckpt.load_config_json(latest)['step']}); "
+                        f"pass --resume to continue it or choose another --out")
+    if resume and latest is None:
+        log(f"--resume: no checkpoint in {out} yet; starting from step 0")
+
+    rank, world, ddp_device = init_distributed(device)
+    main = rank == 0
+    dev = ddp_device or pick_device(device)
+    if world > 1:
+        progress = progress and main
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    model = MaskedVideoTransformer(cfg.model, layout).to(dev)
+    ema = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # no weight decay on embeddings, norms and biases
+        (decay if p.ndim >= 2 and isinstance(model.get_submodule(name.rsplit(".", 1)[0]), torch.nn.Linear)
+         else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=t.lr, betas=(t.beta1, t.beta2))
+    step = 0
+    if latest is not None:
+        saved = ckpt.load_config_json(latest)
+        if saved.get("kind") != "transformer":
+            raise UserError(f"{latest} is a {saved.get('kind', 'unknown')!r} checkpoint, not a transformer")
+        ckpt.require_same(saved, run_config, latest, ["tokens", "model", "tasks", "train"])
+        ckpt.load_weights(latest / "model.safetensors", model)
+        if ema is not None:
+            ckpt.load_weights(latest / "ema.safetensors", ema, "EMA model")
+        state = ckpt.load_train_state(latest)
+        opt.load_state_dict(state["optimizer"])
+        loop.restore_rng_state(state["rng"])
+        step = int(saved["step"])
+        log(f"resuming {out} from step {step}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    train_model = torch.compile(model) if t.compile else model
+    if world > 1:
+        train_model = DistributedDataParallel(train_model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    autocast = autocast_for(dev)
+
+    train_set, val_set = TokenClips(train_cache), TokenClips(val_cache, limit=t.val_clips)
+    batches = infinite_loader(train_set, t.batch_size, t.seed, t.workers, start_step=step, rank=rank, world=world)
+
+    def save():
+        w = {"model": model.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {})}
+        ckpt.save_checkpoint(out, step, run_config, w, {"optimizer": opt.state_dict(), "rng": loop.rng_state()})
+
+    metrics = loop.MetricsLog(out, step) if main else None
+    start_step = step
+    stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
+    bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True,
+               desc=f"transformer ({cfg.model.arch})")
+    t0, last_val = time.perf_counter(), {}
+    stop = GracefulStop()
+    try:
+        while step < stop_at:
+            if stop.requested:  # Ctrl-C or SIGTERM: stop at a step boundary
+                raise KeyboardInterrupt
+            tokens_b, shape_b, family_b = next(batches)
+            gen = step_generator(t.seed, step, rank)
+            tasks = draw_tasks(weights, len(tokens_b), gen)
+            inputs, targets, scored, cond = (x.to(dev, non_blocking=True) for x in make_batch(
+                layout, tokens_b, shape_b, family_b, tasks, latent_frames, cfg.model.arch, gen))
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, t)
+            with autocast:
+                logits = train_model(inputs, cond)
+            picked = logits.float()[scored]
+            loss = F.cross_entropy(picked, targets[scored], label_smoothing=t.label_smoothing)
+            if not torch.isfinite(loss):
+                raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
+                                f"{out / 'checkpoints'}. Lower train.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            if ema is not None:
+                loop.ema_update(ema, model, t.ema_decay)
+            step += 1
+            bar.update(1)
+            if not main:
+                continue
+            if step % t.log_every == 0 or step == stop_at:
+                acc = (picked.detach().argmax(-1) == targets[scored]).float().mean().item()
+                row = {"step": step, "loss": loss.item(), "acc": acc, "scored_tokens": int(scored.sum()),
+                       "lr": lr_at(step - 1, t), "seconds": round(time.perf_counter() - t0, 3)}
+                metrics.log(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{acc:.2f}")
+            if step % t.val_every == 0 or step == t.steps:
+                last_val = {"step": step, "split": "val", **validate(ema or model, val_set, weights, latent_frames, dev,
+                                                                     t.batch_size, t.seed)}
+                metrics.log(last_val)
+                bar.write(f"step {step}: val loss {last_val['loss']:.3f}, token accuracy {last_val['acc']:.1%}"
+                          + (f" (predict {last_val['acc_predict']:.1%})" if "acc_predict" in last_val else ""))
+            if step % t.ckpt_every == 0 or step == stop_at:
+                save()
+    except KeyboardInterrupt:
+        stop.restore()
+        if main:
+            save()
+            metrics.close()
+        bar.close()
+        log(f"interrupted at step {step}; checkpoint saved, rerun with --resume to continue")
+        raise
+    stop.restore()
+    bar.close()
+    if metrics is not None:
+        metrics.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+        if not main:
+            return {"run": str(out), "step": step, "rank": rank}
+    seconds = time.perf_counter() - t0
+    done = step - start_step
+    summary = {"run": str(out), "step": step, "finished": step >= t.steps, "arch": cfg.model.arch,
+               "seconds_this_run": round(seconds, 2), "s_per_step": round(seconds / done, 4) if done else None,
+               "device": str(dev), "parameters": model.num_parameters(), "tokens_per_clip": layout.num_tokens,
+               "last_validation": last_val, "world_size": world, "global_batch": t.batch_size * world}
+    write_json_atomic(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,232 @@
+"""The video transformer over the tokenizer's token grid: one file, top to bottom.
+
+The sequence is C = 3 condition tokens followed by the N = V * t * h * w video tokens:
+
+    [task] [shape] [family]  x(t=0, view 0, row 0, col 0) ... x(t=0, view V-1, h-1, w-1)  x(t=1, view 0, ...) ...
+
+Video tokens are laid out in raster order, t-major (t, view, h, w), so the first latent frames of all views form a
+prefix. Every video token embeds its code (codebook_size + 1 ids: the last is MASK) plus learned view, t, row and
+column embeddings; the condition tokens embed the task and the class labels, with a "null" id for a label that
+is not given.
+
+Two architectures share every weight shape (`TransformerConfig.arch`):
+
+    masked  bidirectional attention; the input has MASK where a token is unknown, the output predicts every
+            position (MaskGIT / MAGVIT). Sampled by iterative parallel decoding (training/sampling.py).
+    ar      the same backbone with a causal mask (VideoGPT-style baseline): the input is the sequence shifted by
+            one, so the output at video position i predicts x_i from the condition and x_0 .. x_{i-1}. Sampled one
+            token at a time with a KV cache (`KVCache`, `MaskedVideoTransformer.step`).
+
+Blocks are pre-LN with torch's scaled_dot_product_attention; weights are initialised as in GPT-2.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TASKS = ("predict", "generate", "complete-view", "unconditional")
+NUM_COND = 3  # task, shape, family
+ARCHS = ("masked", "ar")
+
+
+@dataclass
+class TransformerConfig:
+    """The architecture, as a user sets it (configs/transformer/*.toml, section [model])."""
+    arch: str = "masked"      # masked (bidirectional, parallel decoding) | ar (causal, raster order, KV cache)
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; allowed: {', '.join(ARCHS)}")
+        if self.width < 1 or self.depth < 1 or self.heads < 1 or self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a positive multiple of heads {self.heads}, depth >= 1")
+        if self.mlp_ratio <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError("mlp_ratio must be > 0 and dropout in [0, 1)")
+
+
+@dataclass
+class TokenLayout:
+    """What the token cache fixes: the grid and the vocabularies. Recorded in every transformer checkpoint."""
+    codebook_size: int
+    views: int
+    t: int
+    h: int
+    w: int
+    num_shapes: int
+    num_families: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.views * self.t * self.h * self.w
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size
+
+    def grid_index(self) -> dict[str, torch.Tensor]:
+        """(N,) view / t / row / col index of every video position, in sequence (raster, t-major) order."""
+        t, v, r, c = torch.meshgrid(torch.arange(self.t), torch.arange(self.views), torch.arange(self.h),
+                                    torch.arange(self.w), indexing="ij")
+        return {"view": v.flatten(), "t": t.flatten(), "row": r.flatten(), "col": c.flatten()}
+
+    def to_sequence(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, V, t, h, w) tokens -> (B, N) in sequence order."""
+        return grid.transpose(1, 2).reshape(grid.shape[0], -1)
+
+    def to_grid(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, N) in sequence order -> (B, V, t, h, w)."""
+        return seq.reshape(seq.shape[0], self.t, self.views, self.h, self.w).transpose(1, 2)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions fed so far (autoregressive sampling)."""
+
+    def __init__(self, depth: int, max_len: int):
+        self.depth, self.max_len = depth, max_len
+        self.k = self.v = None
+        self.length = 0  # positions (condition + video) already in the cache
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this layer's new keys/values (B, heads, n, d) after the cached ones; return all of them."""
+        if self.k is None:  # allocated on first use, in the dtype the layers produce (bf16 under autocast)
+            B, H, _, D = k.shape
+            self.k = k.new_zeros(self.depth, B, H, self.max_len, D)
+            self.v = v.new_zeros(self.depth, B, H, self.max_len, D)
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layer: int):
+        super().__init__()
+        self.heads, self.layer, self.dropout = cfg.heads, layer, cfg.dropout
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None) -> torch.Tensor:
+        B, L, W = x.shape
+        q, k, v = (z.view(B, L, self.heads, W // self.heads).transpose(1, 2) for z in self.qkv(x).split(W, dim=2))
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:  # new positions start..start+L-1 attend to every cached position and causally among themselves
+            start = cache.length
+            k, v = cache.update(self.layer, k, v)
+            mask = None
+            if L > 1:
+                mask = torch.arange(start + L, device=x.device)[None] <= torch.arange(start, start + L, device=x.device)[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, L, W))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        hidden = int(cfg.mlp_ratio * cfg.width)
+        self.fc = nn.Linear(cfg.width, hidden)
+        self.proj = nn.Linear(hidden, cfg.width)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layer: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.width)
+        self.attn = SelfAttention(cfg, layer)
+        self.ln2 = nn.LayerNorm(cfg.width)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), causal, cache))
+        return x + self.mlp(self.ln2(x))
+
+
+class MaskedVideoTransformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layout: TokenLayout):
+        super().__init__()
+        cfg.validate()
+        self.cfg, self.layout = cfg, layout
+        W = cfg.width
+        self.token = nn.Embedding(layout.codebook_size + 1, W)          # + MASK
+        self.view = nn.Embedding(layout.views, W)
+        self.time = nn.Embedding(layout.t, W)
+        self.row = nn.Embedding(layout.h, W)
+        self.col = nn.Embedding(layout.w, W)
+        self.task = nn.Embedding(len(TASKS), W)
+        self.shape = nn.Embedding(layout.num_shapes + 1, W)              # + null (not given)
+        self.family = nn.Embedding(layout.num_families + 1, W)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.ln_f = nn.LayerNorm(W)
+        self.head = nn.Linear(W, layout.codebook_size)
+        for name, index in layout.grid_index().items():
+            self.register_buffer(f"{name}_index", index, persistent=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.depth))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    @property
+    def causal(self) -> bool:
+        return self.cfg.arch == "ar"
+
+    def embed_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """cond (B, 3) = [task id, shape id, family id] (null ids: num_shapes, num_families) -> (B, 3, W)."""
+        return torch.stack([self.task(cond[:, 0]), self.shape(cond[:, 1]), self.family(cond[:, 2])], 1)
+
+    def embed_video(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """tokens (B, n) at sequence positions start..start+n-1 -> (B, n, W)."""
+        pos = slice(start, start + tokens.shape[1])
+        return (self.token(tokens) + self.view(self.view_index[pos]) + self.time(self.t_index[pos])
+                + self.row(self.row_index[pos]) + self.col(self.col_index[pos]))
+
+    def forward(self, seq: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """seq (B, n <= N) video tokens in sequence order, cond (B, 3) -> logits (B, n, codebook_size).
+
+        masked: seq holds MASK where unknown; logits[:, i] predicts x_i from everything visible.
+        ar:     logits[:, i] predicts x_i from cond and seq[:, :i] (seq[:, -1] is not read)."""
+        video = self.embed_video(seq if not self.causal else seq[:, :-1])
+        x = self.drop(torch.cat([self.embed_condition(cond), video], 1))
+        for block in self.blocks:
+            x = block(x, self.causal)
+        return self.head(self.ln_f(x[:, NUM_COND - 1 if self.causal else NUM_COND:]))
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.depth, NUM_COND + self.layout.num_tokens)
+
+    def step(self, cache: KVCache, cond: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Autoregressive decoding: feed the condition (first call only) and/or the next video tokens (B, n) into
+        the KV cache; returns the logits (B, codebook_size) for the video token after the last one fed."""
+        assert self.causal, "step() is for the autoregressive architecture"
+        parts = [] if cond is None else [self.embed_condition(cond)]
+        if tokens is not None and tokens.shape[1]:
+            parts.append(self.embed_video(tokens, start=0 if cond is not None else cache.length - NUM_COND))
+        x = torch.cat(parts, 1)
+        for block in self.blocks:
+            x = block(x, True, cache)
+        cache.length += x.shape[1]
+        return self.head(self.ln_f(x[:, -1]))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
