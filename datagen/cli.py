@@ -42,7 +42,9 @@ class LazyGroup(click.Group):
 
     lazy = {"train-tokenizer": "training.cli:train_tokenizer_cmd", "tokenize": "training.cli:tokenize_cmd",
             "reconstruct": "training.cli:reconstruct_cmd", "train-transformer": "training.cli:train_transformer_cmd",
-            "generate": "training.cli:generate_cmd"}
+            "generate": "training.cli:generate_cmd",
+            "train-probe": "evaluation.cli:train_probe_cmd", "evaluate": "evaluation.cli:evaluate_cmd",
+            "compare": "evaluation.cli:compare_cmd"}
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.lazy])
