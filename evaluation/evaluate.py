@@ -1,0 +1,594 @@
+"""`magvit3d evaluate` and `magvit3d compare`: metrics.json + a self-contained index.html per report.
+
+    evaluate(data, [GEN, ...], probe_run, out)   generated clips vs the dataset's renders, per task:
+        pixels     PSNR / SSIM / LPIPS over the generated part (predict: frames after the given ones; complete-view:
+                   the views not given), next to copy-last-frame (predict)
+        3D         the probe localizes the object in every frame of every view, confidence-weighted DLT with the
+                   dataset's per-frame P gives a track; ADE / FDE (world units and % of the scene extent) over the
+                   generated frames, reprojection error (px; multi-view consistency), trajectory-family accuracy;
+                   next to the floor (the probe on the rendered clips) and, for predict, copy-last-frame and
+                   constant-velocity extrapolation of the triangulated conditioning frames (from the renders)
+        generate   (class-conditional, no target): family accuracy of the requested family and reprojection error,
+                   next to the same numbers for the probe on the dataset's renders
+    compare(A, B, out)   any two sets of clips (generated dirs or datasets), matched by sample id: PSNR / SSIM /
+                         LPIPS and A | B | difference GIFs.
+
+Both write REPORT atomically (a temporary directory renamed at the end): metrics.json, index.html, clips/...
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datagen.config import UserError
+from datagen.dataset import load_dataset_json
+from evaluation import report as rp
+from evaluation.metrics import (UNAVAILABLE, Region, clip_metrics, full_region, lpips_size_note, lpips_status, mean_of,
+                                open_lpips, task_region)
+from evaluation.probe import Probe, error_stats, load_probe
+from evaluation.trajectory import (as_percent, constant_velocity, copy_last, displacement_errors, fit_families,
+                                   mean_reprojection_error, scene_extent, track_from_detections)
+
+SCHEMA = "magvit3d-evaluation"
+SCHEMA_VERSION = 1
+EXTENT_DEFINITION = ("diagonal of the axis-aligned box spanned by every ground-truth object position of the dataset "
+                     "(all packed splits, all frames)")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the dataset, all packed splits
+
+@dataclass
+class Dataset:
+    root: Path
+    info: dict
+    splits: dict            # name -> PackedSplit
+    where: dict             # sample id -> (split, index)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        W, H = self.info["image_size"]
+        return len(self.info["views"]), self.info["frames"], H, W
+
+    def _get(self, sid: int):
+        split, k = self.where[sid]
+        return self.splits[split], k
+
+    def clip(self, sid: int) -> np.ndarray:
+        p, k = self._get(sid)
+        return np.asarray(p.rgb[k])
+
+    def field(self, sid: int, key: str, dtype=np.float64) -> np.ndarray:
+        p, k = self._get(sid)
+        return np.asarray(p.index[key][k], dtype=dtype)
+
+    def P(self, sid: int) -> np.ndarray:
+        p, k = self._get(sid)
+        V = len(p.views)
+        return np.asarray(p.index["cameras"][k]["P"], dtype=np.float64).reshape(V, -1, 3, 4)
+
+    def labels(self, sid: int) -> tuple[str, str]:
+        p, k = self._get(sid)
+        return p.index["labels"]["shape"][k], p.index["labels"]["family"][k]
+
+    @property
+    def gravity(self) -> float:
+        return float(self.info["config"]["trajectories"]["gravity"])
+
+    @property
+    def fps(self) -> float:
+        return float(self.info["fps"])
+
+
+def open_dataset(root: Path) -> Dataset:
+    """Every split of dataset.json, packed (one-line UserError when a split is not packed)."""
+    from datagen.pack import load_packed
+
+    root = Path(root)
+    info = load_dataset_json(root)
+    splits, where = {}, {}
+    for name, ids in info["splits"].items():
+        if not ids:
+            continue
+        p = load_packed(root, name)
+        splits[name] = p
+        for k, sid in enumerate(p.sample_ids):
+            where[int(sid)] = (name, k)
+    if not splits:
+        raise UserError(f"dataset {root} has no samples in any split")
+    return Dataset(root, info, splits, where)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# probe reference (the floor) on rendered clips
+
+class References:
+    """The probe on rendered clips, cached per sample id: detections, the triangulated track, the family fit."""
+
+    def __init__(self, ds: Dataset, probe: Probe):
+        self.ds, self.probe, self.cache = ds, probe, {}
+
+    def prefetch(self, sids) -> None:
+        todo = [s for s in dict.fromkeys(sids) if s not in self.cache]
+        if not todo:
+            return
+        det = self.probe.predict(np.stack([self.ds.clip(s) for s in todo]))
+        for i, s in enumerate(todo):
+            d = {k: v[i] for k, v in det.items()}
+            P = self.ds.P(s)
+            track = track_from_detections(P, d)
+            self.cache[s] = {"det": d, "track": track, "P": P,
+                             "fit": fit_families(track, self.ds.fps, self.ds.gravity)}
+
+    def __getitem__(self, sid: int) -> dict:
+        self.prefetch([sid])
+        return self.cache[sid]
+
+
+def probe_reference(ds: Dataset, refs: References, split: str, extent: float) -> dict:
+    """The probe on every rendered clip of `split`: 2D error vs the exported centres, the 3D floor (ADE / FDE),
+    reprojection error, and family accuracy (of the probe's tracks, and of the ground-truth positions themselves:
+    the fitting's own floor)."""
+    p = ds.splits[split]
+    sids = [int(s) for s in p.sample_ids]
+    refs.prefetch(sids)
+    uv_pred = np.stack([refs[s]["det"]["uv"] for s in sids])
+    stats2d = error_stats(uv_pred, p.array("centers_2d"), p.array("visibility", bool))
+    rows = []
+    for s in sids:
+        r, gt = refs[s], ds.field(s, "positions")
+        fam = ds.labels(s)[1]
+        e = displacement_errors(r["track"], gt)
+        rows.append({"ade": e["ade"], "fde": e["fde"], "reprojection_px": mean_reprojection_error(r["P"], r["track"],
+                                                                                                  r["det"]["uv"]),
+                     "family_correct": r["fit"]["best"] == fam,
+                     "gt_family_correct": fit_families(gt, ds.fps, ds.gravity)["best"] == fam, "family": fam})
+    ade, fde = mean_of(rows, "ade"), mean_of(rows, "fde")
+    by_family = {}
+    for fam in sorted({r["family"] for r in rows}):
+        sel = [r for r in rows if r["family"] == fam]
+        by_family[fam] = float(np.mean([r["family_correct"] for r in sel]))
+    return {"split": split, "clips": len(sids), "2d_error": stats2d,
+            "ade": ade, "ade_pct": as_percent(ade, extent), "fde": fde, "fde_pct": as_percent(fde, extent),
+            "reprojection_px": mean_of(rows, "reprojection_px"),
+            "family_accuracy": float(np.mean([r["family_correct"] for r in rows])),
+            "family_accuracy_by_family": by_family,
+            "family_accuracy_gt_positions": float(np.mean([r["gt_family_correct"] for r in rows]))}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# generated sets: checks
+
+def _run_name(path: Path, taken: set) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).resolve().name) or "generated"
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def check_generated(gs, ds: Dataset, probe: Probe) -> None:
+    """One-line UserErrors for a generated set that does not belong to this dataset / probe."""
+    root = gs.root
+    if len(gs) == 0:
+        raise UserError(f"{root} holds no generated clips")
+    V, T, H, W = ds.shape
+    got = tuple(gs.rgb.shape[1:5])
+    if got != (V, T, H, W):
+        raise UserError(f"generated clips in {root} are (V, T, H, W) = {got}; the dataset {ds.root} has "
+                        f"{(V, T, H, W)}")
+    probe.check_size(W, H, f"generated clips in {root}")
+    want_hash = gs.info.get("dataset_config_hash")
+    if want_hash is not None and want_hash != ds.info["config_hash"]:
+        raise UserError(f"{root} was generated from a dataset with config hash {want_hash}; {ds.root} has "
+                        f"{ds.info['config_hash']}")
+    missing = [r.sample_id for r in gs.records if r.sample_id is not None and int(r.sample_id) not in ds.where]
+    if missing:
+        raise UserError(f"{root}: sample id(s) {', '.join(map(str, missing[:5]))}"
+                        f"{' ...' if len(missing) > 5 else ''} are not in the dataset {ds.root} "
+                        f"(it has {len(ds.where)} samples)")
+    for i, r in enumerate(gs.records):
+        if r.sample_id is None:
+            if r.task != "generate":
+                raise UserError(f"{root}: clip {i} (task {r.task}) has no sample id")
+            continue
+        shape, family = ds.labels(int(r.sample_id))
+        if (r.shape, r.family) != (shape, family):
+            raise UserError(f"{root}: clip {i} says sample {r.sample_id} is a {r.shape} on a {r.family} "
+                            f"trajectory; the dataset says {shape} / {family}")
+        if gs.target is not None and not np.array_equal(gs.target[i], ds.clip(int(r.sample_id))):
+            raise UserError(f"{root}: target clip {i} differs from the dataset's render of sample {r.sample_id}; "
+                            f"were the clips generated from another dataset?")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# per-clip evaluation
+
+def _traj_metrics(track, gt, frames, extent) -> dict:
+    e = displacement_errors(track, gt, frames)
+    return {"ade": e["ade"], "ade_pct": as_percent(e["ade"], extent), "fde": e["fde"],
+            "fde_pct": as_percent(e["fde"], extent), "missing_frames": e["missing"]}
+
+
+def _reproj(P, track, uv, region: Region) -> float | None:
+    f = region.frames
+    return mean_reprojection_error(P[:, f], track[f], uv[:, f])
+
+
+def evaluate_clip(i: int, rec, gen: np.ndarray, det: dict, ds: Dataset, refs: References, extent: float,
+                  lpips) -> tuple[dict, dict]:
+    """Metrics of one generated clip with a target; returns (row for metrics.json, arrays for the visuals)."""
+    sid = int(rec.sample_id)
+    V, T = gen.shape[:2]
+    region = task_region(rec.task, rec.given_frames, rec.given_views, V, T)
+    target, gt = ds.clip(sid), ds.field(sid, "positions")
+    ref = refs[sid]
+    P = ref["P"]
+    track = track_from_detections(P, det)
+    fit = fit_families(track, ds.fps, ds.gravity)
+    centres, vis = ds.field(sid, "centers_2d"), ds.field(sid, "visibility", bool)
+    rv, rf = np.ix_(region.views, region.frames)
+    row = {"index": i, "sample_id": sid, "task": rec.task, "shape": rec.shape, "family": rec.family, "seed": rec.seed,
+           "given_frames": rec.given_frames, "given_views": list(rec.given_views),
+           "eval_views": region.views, "eval_frames": region.frames,
+           **clip_metrics(gen, target, region, lpips),
+           "probe_2d_error_px": error_stats(det["uv"][rv, rf], centres[rv, rf], vis[rv, rf])["mean_px"],
+           **_traj_metrics(track, gt, region.frames, extent),
+           "reprojection_px": _reproj(P, track, det["uv"], region),
+           "fit_family": fit["best"], "family_correct": fit["best"] == rec.family}
+    row["floor"] = {"probe_2d_error_px": error_stats(ref["det"]["uv"][rv, rf], centres[rv, rf], vis[rv, rf])["mean_px"],
+                    **_traj_metrics(ref["track"], gt, region.frames, extent),
+                    "reprojection_px": _reproj(P, ref["track"], ref["det"]["uv"], region),
+                    "fit_family": ref["fit"]["best"], "family_correct": ref["fit"]["best"] == rec.family}
+    arrays = {"target": target, "gt": gt, "track": track, "floor": ref["track"], "given": 0}
+    g = rec.given_frames
+    if rec.task == "predict" and 0 < g < T:
+        held = np.repeat(target[:, g - 1:g], T, axis=1)                      # copy-last-frame in pixels
+        cv = constant_velocity(ref["track"], g, ds.fps)
+        row["copy_last"] = {**clip_metrics(held, target, region, lpips),
+                            **_traj_metrics(copy_last(ref["track"], g), gt, region.frames, extent)}
+        row["constant_velocity"] = _traj_metrics(cv, gt, region.frames, extent)
+        arrays.update(given=g, constant_velocity=cv)
+    return row, arrays
+
+
+def evaluate_generate_clip(i: int, rec, det: dict, ds: Dataset) -> tuple[dict, dict]:
+    """A class-conditional clip: no target. The rig's P (the dataset's cameras, static or per frame) comes from the
+    first sample of the dataset; family of the probe's track vs the requested family; reprojection error."""
+    sid = next(iter(ds.where))
+    P = ds.P(sid)
+    track = track_from_detections(P, det)
+    fit = fit_families(track, ds.fps, ds.gravity)
+    T = len(track)
+    row = {"index": i, "sample_id": None, "task": rec.task, "shape": rec.shape, "family": rec.family, "seed": rec.seed,
+           "reprojection_px": mean_reprojection_error(P, track, det["uv"]),
+           "missing_frames": int((~np.isfinite(track).all(1)).sum()),
+           "fit_family": fit["best"], "family_correct": fit["best"] == rec.family}
+    fitted = fit["fits"][fit["best"]]["fitted"] if fit["best"] else np.full((T, 3), np.nan)
+    return row, {"track": track, "fitted": fitted}
+
+
+def _camera_motion_static(ds: Dataset) -> bool:
+    return ds.info.get("camera_rig", {}).get("motion", "static") == "static"
+
+
+KEYS_PIX = ("psnr", "ssim", "lpips")
+KEYS_3D = ("ade", "ade_pct", "fde", "fde_pct", "reprojection_px", "probe_2d_error_px")
+
+
+def summarize(rows: list[dict], task: str) -> dict:
+    """Means over clips per method (model, floor, copy_last, constant_velocity) and family accuracies."""
+    if task == "generate":
+        return {"clips": len(rows),
+                "model": {"family_accuracy": float(np.mean([r["family_correct"] for r in rows])),
+                          "reprojection_px": mean_of(rows, "reprojection_px")}}
+    out = {"clips": len(rows),
+           "model": {**{k: mean_of(rows, k) for k in KEYS_PIX + KEYS_3D},
+                     "family_accuracy": float(np.mean([r["family_correct"] for r in rows]))}}
+    floor = [r["floor"] for r in rows]
+    out["floor"] = {**{k: mean_of(floor, k) for k in KEYS_3D},
+                    "family_accuracy": float(np.mean([r["family_correct"] for r in floor]))}
+    for name in ("copy_last", "constant_velocity"):
+        sub = [r[name] for r in rows if name in r]
+        if sub:
+            keys = (KEYS_PIX if name == "copy_last" else ()) + ("ade", "ade_pct", "fde", "fde_pct")
+            out[name] = {k: mean_of(sub, k) for k in keys}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# evaluate
+
+def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, lpips_weights=None,
+             split: str | None = None, max_visual_clips: int = 12, progress: bool = True, log=print) -> dict:
+    """Evaluate generated clip sets against DATASET with a trained probe; writes REPORT (see module doc) and
+    returns the metrics dict (also REPORT/metrics.json)."""
+    from tqdm import tqdm
+
+    from training.generated import load_generated
+
+    if not generated:
+        raise UserError("no --generated directory given")
+    ds = open_dataset(data)
+    probe = load_probe(probe_run)
+    V, T, H, W = ds.shape
+    probe.check_size(W, H, f"the dataset {ds.root}")
+    sets = [load_generated(g) for g in generated]
+    for gs in sets:
+        check_generated(gs, ds, probe)
+    ref_split = split or next((gs.info.get("split") for gs in sets if gs.info.get("split") in ds.splits),
+                              "test" if "test" in ds.splits else next(iter(ds.splits)))
+    if ref_split not in ds.splits:
+        raise UserError(f"split {ref_split!r} is not in {ds.root}; allowed: {', '.join(ds.splits)}")
+    extent = scene_extent(np.concatenate([p.array("positions").reshape(-1, 3) for p in ds.splits.values()]))
+    lpips = open_lpips(lpips_weights, log=log)
+    lpips_note = lpips_size_note(lpips, H, W)
+    refs = References(ds, probe)
+    reference = probe_reference(ds, refs, ref_split, extent)
+    ffmpeg = rp.ffmpeg_path()
+    mp4_note = None if ffmpeg else "MP4 skipped: no ffmpeg on PATH (GIFs only)"
+    if mp4_note:
+        log(f"notice: {mp4_note}")
+
+    metrics = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+               "dataset": {"path": str(ds.root), "config_hash": ds.info["config_hash"], "image_size": [W, H],
+                           "frames": T, "views": ds.info["views"], "fps": ds.fps},
+               "scene_extent": {"value": extent, "units": "world units (m)", "definition": EXTENT_DEFINITION},
+               "probe": {"run": str(probe_run), "checkpoint": str(probe.path), "image_size": list(probe.image_size),
+                         "reference": reference},
+               "lpips": {**lpips_status(lpips), **({"note": lpips_note} if lpips_note else {})},
+               "psnr_cap_db": 100.0, "mp4": mp4_note or "written", "runs": []}
+    taken: set = set()
+    visuals = []
+    for gs in sets:
+        name = _run_name(gs.root, taken)
+        det_all = probe.predict(gs.rgb)
+        sids = [int(r.sample_id) for r in gs.records if r.sample_id is not None]
+        refs.prefetch(sids)
+        by_task: dict[str, list] = {}
+        for i, rec in enumerate(tqdm(gs.records, desc=f"evaluate {name}", unit="clip", disable=not progress)):
+            det = {k: v[i] for k, v in det_all.items()}
+            if rec.sample_id is None:
+                row, arrays = evaluate_generate_clip(i, rec, det, ds)
+            else:
+                row, arrays = evaluate_clip(i, rec, np.asarray(gs.rgb[i]), det, ds, refs, extent, lpips)
+            by_task.setdefault(rec.task, []).append(row)
+            if len(by_task[rec.task]) <= max_visual_clips:
+                visuals.append((name, rec, np.asarray(gs.rgb[i]), arrays, row))
+        info = {k: v for k, v in gs.info.items() if k not in ("clips",)}
+        metrics["runs"].append({"name": name, "generated": str(gs.root), "info": info,
+                                "tasks": {task: {"summary": summarize(rows, task), "clips": rows}
+                                          for task, rows in by_task.items()}})
+    if not _camera_motion_static(ds) and any(r.sample_id is None for gs in sets for r in gs.records):
+        metrics["notes"] = ["class-conditional clips are triangulated with the cameras of the dataset's first sample; "
+                            "the dataset's rig moves, so their reprojection errors are approximate"]
+
+    with rp.atomic_dir(out) as tmp:
+        media = _write_visuals(tmp, visuals, ds.fps, ffmpeg, metrics)
+        (tmp / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1, allow_nan=False))
+        (tmp / "index.html").write_text(_evaluation_html(metrics, media, tmp))
+    return metrics
+
+
+def _jsonable(x):
+    """NaN/inf -> None, numpy scalars -> Python (metrics.json is strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def _write_visuals(root: Path, visuals: list, fps: float, ffmpeg: str | None, metrics: dict) -> dict:
+    """GIF (+ MP4) and trajectory PNG per shown clip; returns {(run, index): {"gif", "mp4", "plot"}} paths."""
+    media = {}
+    for name, rec, gen, arrays, row in visuals:
+        folder = root / "clips" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{row['index']:04d}_" + (f"sample{rec.sample_id:06d}" if rec.sample_id is not None
+                                         else re.sub(r"[^A-Za-z0-9]+", "-", f"{rec.shape}_{rec.family}"))
+        V, T, H, W, _ = gen.shape
+        scale = rp.scale_for(H, W)
+        if "target" in arrays:
+            columns = [arrays["target"], gen, rp.difference(arrays["target"], gen)]
+        else:
+            columns = [gen]
+        frames = rp.grid_frames(columns, scale)
+        entry = {"gif": folder / f"{stem}.gif", "plot": folder / f"{stem}_trajectory.png", "mp4": None}
+        rp.write_gif(entry["gif"], frames, fps)
+        if ffmpeg:
+            mp4 = folder / f"{stem}.mp4"
+            problem = rp.write_mp4(mp4, frames, fps, ffmpeg)
+            if problem is None:
+                entry["mp4"] = mp4
+            else:
+                metrics["mp4"] = f"MP4 skipped: {problem}"
+        if "target" in arrays:
+            tracks = {"ground truth": arrays["gt"], "probe on renders (floor)": arrays["floor"],
+                      "probe on generated": arrays["track"]}
+            if "constant_velocity" in arrays:
+                tracks["constant velocity"] = arrays["constant_velocity"]
+            title = f"clip {row['index']} sample {rec.sample_id}: {rec.family}"
+        else:
+            tracks = {f"best fit ({row['fit_family']})": arrays["fitted"], "probe on generated": arrays["track"]}
+            title = f"clip {row['index']}: requested {rec.shape} / {rec.family}"
+        rp.plot_tracks(entry["plot"], tracks, title, given=arrays.get("given", 0))
+        media[(name, row["index"])] = entry
+    return media
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# evaluation HTML
+
+def _method_rows(summary: dict, task: str) -> tuple[list[str], list[list]]:
+    if task == "generate":
+        m = summary["model"]
+        return (["method", "family accuracy", "reprojection px"],
+                [["model", m["family_accuracy"], m["reprojection_px"]]])
+    headers = ["method", "PSNR dB", "SSIM", "LPIPS", "ADE", "ADE %", "FDE", "FDE %", "reprojection px",
+               "probe 2D error px", "family accuracy"]
+    names = {"model": "model", "floor": "probe on renders (floor)", "copy_last": "copy last frame",
+             "constant_velocity": "constant velocity (3D)"}
+    rows = []
+    for key, label in names.items():
+        m = summary.get(key)
+        if m is None:
+            continue
+        rows.append([label] + [m.get(k, "n/a") for k in ("psnr", "ssim", "lpips", "ade", "ade_pct", "fde", "fde_pct",
+                                                         "reprojection_px", "probe_2d_error_px", "family_accuracy")])
+    return headers, rows
+
+
+def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
+    d, ref = metrics["dataset"], metrics["probe"]["reference"]
+    ext = metrics["scene_extent"]
+    lp = metrics["lpips"]
+    parts = [f'<p>Dataset <code>{rp.esc(d["path"])}</code> ({d["image_size"][0]}x{d["image_size"][1]}, '
+             f'{d["frames"]} frames, views {rp.esc(", ".join(d["views"]))}); probe <code>{rp.esc(metrics["probe"]["run"])}'
+             f'</code>.</p>',
+             f'<p>Scene extent: <b>{ext["value"]:.4f}</b> {rp.esc(ext["units"])} &mdash; {rp.esc(ext["definition"])}. '
+             f'ADE / FDE % are relative to it. PSNR of identical frames is capped at {metrics["psnr_cap_db"]:g} dB.</p>']
+    if not lp["available"]:
+        parts.append(f'<p class="note">LPIPS unavailable: {rp.esc(lp["reason"])}</p>')
+    elif lp.get("note"):
+        parts.append(f'<p class="note">LPIPS unavailable: {rp.esc(lp["note"])}</p>')
+    else:
+        parts.append(f'<p class="muted">LPIPS backbone: {rp.esc(lp["backbone"])}</p>')
+    if metrics["mp4"] != "written":
+        parts.append(f'<p class="note">{rp.esc(metrics["mp4"])}</p>')
+    for note in metrics.get("notes", []):
+        parts.append(f'<p class="note">{rp.esc(note)}</p>')
+    e2 = ref["2d_error"]
+    parts.append(f"<h2>Probe on the rendered {rp.esc(ref['split'])} split (the floor)</h2>")
+    parts.append(rp.table(["clips", "2D median px", "2D mean px", "2D p90 px", "ADE", "ADE %", "FDE", "FDE %",
+                           "reprojection px", "family accuracy", "family accuracy (GT positions)"],
+                          [[ref["clips"], e2["median_px"], e2["mean_px"], e2["p90_px"], ref["ade"], ref["ade_pct"],
+                            ref["fde"], ref["fde_pct"], ref["reprojection_px"], ref["family_accuracy"],
+                            ref["family_accuracy_gt_positions"]]]))
+    for run in metrics["runs"]:
+        info = run["info"]
+        parts.append(f"<h2>{rp.esc(run['name'])}</h2><p class=\"muted\">{rp.esc(run['generated'])}; "
+                     + rp.esc(", ".join(f"{k}: {info[k]}" for k in ("task", "arch", "steps", "temperature", "seed")
+                                        if info.get(k) is not None)) + "</p>")
+        for task, block in run["tasks"].items():
+            parts.append(f"<h3>task: {rp.esc(task)} ({block['summary']['clips']} clips)</h3>")
+            headers, rows = _method_rows(block["summary"], task)
+            parts.append(rp.table(headers, rows, "summary"))
+            if task == "generate":
+                ref_row = [["probe on renders (reference)", ref["family_accuracy"], ref["reprojection_px"]]]
+                parts.append(rp.table(["reference", "family accuracy", "reprojection px"], ref_row))
+                clip_headers = ["clip", "shape", "requested family", "fitted family", "reprojection px"]
+                clip_rows = [[r["index"], r["shape"], r["family"], r["fit_family"], r["reprojection_px"]]
+                             for r in block["clips"]]
+            else:
+                clip_headers = ["clip", "sample", "shape", "family", "PSNR dB", "SSIM", "LPIPS", "ADE", "FDE",
+                                "reprojection px", "fitted family", "floor ADE"]
+                clip_rows = [[r["index"], r["sample_id"], r["shape"], r["family"], r["psnr"], r["ssim"], r["lpips"],
+                              r["ade"], r["fde"], r["reprojection_px"], r["fit_family"], r["floor"]["ade"]]
+                             for r in block["clips"]]
+            parts.append("<details><summary>per clip</summary>" + rp.table(clip_headers, clip_rows) + "</details>")
+            shown = [r for r in block["clips"] if (run["name"], r["index"]) in media]
+            if shown:
+                legend = ("rows: views; columns: rendered | generated | |difference| x" + str(rp.DIFF_GAIN)
+                          if task != "generate" else "rows: views; the generated clip")
+                parts.append(f'<p class="muted">{rp.esc(legend)}. 3D plot: black ground truth, blue dashed the probe '
+                             f'on the renders, red the probe on the generated clip; filled markers = given frames.</p>')
+            for r in shown:
+                m = media[(run["name"], r["index"])]
+                cap = (f"clip {r['index']}" + (f", sample {r['sample_id']}" if r.get("sample_id") is not None else "")
+                       + f": {r['shape']} / {r['family']}; fitted {r['fit_family']}")
+                mp4 = f' <a href="{rp.rel(m["mp4"], root)}">MP4</a>' if m["mp4"] else ""
+                parts.append(f'<div class="clip"><img src="{rp.rel(m["gif"], root)}" alt="{rp.esc(cap)}">'
+                             f'<p class="caption">{rp.esc(cap)}{mp4}</p></div>'
+                             f'<div class="clip"><img src="{rp.rel(m["plot"], root)}" alt="trajectory {rp.esc(cap)}">'
+                             f'</div><br>')
+    parts.append('<p class="muted">metrics: <a href="metrics.json">metrics.json</a></p>')
+    return rp.page("magvit3d evaluation", "\n".join(parts))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# compare
+
+def _clip_source(path: Path, split: str) -> tuple[str, dict, tuple]:
+    """A generated dir or a dataset -> (kind, {sample id: clip (V, T, H, W, 3)}, (V, T, H, W))."""
+    from datagen.pack import load_packed
+    from training.generated import is_generated_dir, load_generated
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} does not exist (expected a generated-clips directory or a dataset)")
+    if is_generated_dir(path):
+        gs = load_generated(path)
+        clips = {int(r.sample_id): gs.rgb[i] for i, r in enumerate(gs.records) if r.sample_id is not None}
+        if not clips:
+            raise UserError(f"{path} holds no clips with a sample id (class-conditional clips cannot be matched)")
+        return "generated", clips, tuple(gs.rgb.shape[1:5])
+    if (path / "dataset.json").is_file():
+        p = load_packed(path, split)
+        if len(p) == 0:
+            raise UserError(f"split {split!r} of {path} is empty")
+        return f"dataset ({split} split)", {int(s): p.rgb[k] for k, s in enumerate(p.sample_ids)}, tuple(p.rgb.shape[1:5])
+    if not any(path.iterdir()):
+        raise UserError(f"{path} is empty (expected a generated-clips directory or a dataset)")
+    raise UserError(f"{path} is neither a generated-clips directory (generated.json) nor a dataset (dataset.json)")
+
+
+def compare(a: Path, b: Path, out: Path, *, split: str = "test", lpips_weights=None, max_visual_clips: int = 12,
+            fps: float = 8.0, log=print) -> dict:
+    """A | B | difference for the clips of two sets with the same sample ids; PSNR / SSIM / LPIPS per clip."""
+    kind_a, clips_a, shape_a = _clip_source(a, split)
+    kind_b, clips_b, shape_b = _clip_source(b, split)
+    if shape_a != shape_b:
+        raise UserError(f"{a} has clips of (V, T, H, W) = {shape_a}, {b} has {shape_b}")
+    common = sorted(set(clips_a) & set(clips_b))
+    if not common:
+        raise UserError(f"{a} and {b} share no sample id ({len(clips_a)} and {len(clips_b)} clips)")
+    V, T, H, W = shape_a
+    lpips = open_lpips(lpips_weights, log=log)
+    lpips_note = lpips_size_note(lpips, H, W)
+    region = full_region(V, T)
+    rows = [{"sample_id": s, **clip_metrics(np.asarray(clips_a[s]), np.asarray(clips_b[s]), region, lpips)}
+            for s in common]
+    names = _run_name(a, set()), _run_name(b, set())
+    metrics = {"schema": "magvit3d-comparison", "schema_version": 1,
+               "a": {"path": str(a), "kind": kind_a, "clips": len(clips_a)},
+               "b": {"path": str(b), "kind": kind_b, "clips": len(clips_b)},
+               "matched": len(common), "only_in_a": len(set(clips_a) - set(common)),
+               "only_in_b": len(set(clips_b) - set(common)),
+               "lpips": {**lpips_status(lpips), **({"note": lpips_note} if lpips_note else {})}, "psnr_cap_db": 100.0,
+               "summary": {k: mean_of(rows, k) for k in KEYS_PIX}, "clips": rows}
+    with rp.atomic_dir(out) as tmp:
+        folder = tmp / "clips"
+        folder.mkdir()
+        parts = [f"<p>A: <code>{rp.esc(a)}</code> ({rp.esc(kind_a)}, {len(clips_a)} clips); B: <code>{rp.esc(b)}"
+                 f"</code> ({rp.esc(kind_b)}, {len(clips_b)} clips); {len(common)} matched by sample id.</p>"]
+        lp = metrics["lpips"]
+        if not lp["available"] or lp.get("note"):
+            parts.append(f'<p class="note">LPIPS unavailable: {rp.esc(lp.get("note") or lp["reason"])}</p>')
+        parts.append(rp.table(["", "PSNR dB", "SSIM", "LPIPS"],
+                              [["mean over matched clips"] + [metrics["summary"][k] for k in KEYS_PIX]]))
+        parts.append(rp.table(["sample", "PSNR dB", "SSIM", "LPIPS"],
+                              [[r["sample_id"]] + [r[k] for k in KEYS_PIX] for r in rows]))
+        parts.append(f'<p class="muted">rows: views; columns: {rp.esc(names[0])} | {rp.esc(names[1])} | '
+                     f'|difference| x{rp.DIFF_GAIN}</p>')
+        for s in common[:max_visual_clips]:
+            ca, cb = np.asarray(clips_a[s]), np.asarray(clips_b[s])
+            gif = folder / f"sample{s:06d}.gif"
+            rp.write_gif(gif, rp.grid_frames([ca, cb, rp.difference(ca, cb)], rp.scale_for(H, W)), fps)
+            parts.append(f'<div class="clip"><img src="{rp.rel(gif, tmp)}" alt="sample {s}">'
+                         f'<p class="caption">sample {s}</p></div>')
+        parts.append('<p class="muted">metrics: <a href="metrics.json">metrics.json</a></p>')
+        (tmp / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1, allow_nan=False))
+        (tmp / "index.html").write_text(rp.page(f"magvit3d compare: {names[0]} vs {names[1]}", "\n".join(parts)))
+    return metrics

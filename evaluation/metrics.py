@@ -1,0 +1,94 @@
+"""Image metrics of generated vs rendered clips, per clip and over the part of the clip that was generated.
+
+PSNR per frame on [0, 1], averaged over the evaluated frames (views x frames), then over clips; identical frames are
+capped at 100 dB (training.metrics). SSIM is scikit-image's (gaussian weights, sigma 1.5), averaged the same way.
+LPIPS is the `lpips` package's AlexNet v0.1 with the ImageNet backbone from torchvision's cache or an explicit
+file (training.lpips_metric; never downloaded). Without the backbone it is reported as "unavailable" with the
+reason, never as a number.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.lpips_metric import MIN_SIDE, LpipsMetric, load_lpips
+from training.metrics import psnr_per_clip, ssim_per_clip
+
+PSNR_CAP = 100.0   # dB reported for identical frames (training.metrics)
+UNAVAILABLE = "unavailable"
+
+
+@dataclass
+class Region:
+    """Which views and frames of a (V, T, ...) clip are evaluated (the generated part)."""
+    views: list[int]
+    frames: list[int]
+
+    def take(self, clip: np.ndarray) -> np.ndarray:
+        """(V, T, H, W, 3) -> (1, V' * T', H, W, 3): the region's frames as the frames of one clip."""
+        part = np.asarray(clip)[self.views][:, self.frames]
+        return part.reshape(1, -1, *part.shape[2:])
+
+
+def full_region(views: int, frames: int) -> Region:
+    return Region(list(range(views)), list(range(frames)))
+
+
+def task_region(task: str, given_frames: int, given_views: list[int], views: int, frames: int) -> Region:
+    """The generated part of a clip: predict -> frames given_frames.. of every view; complete-view -> the views not
+    given, every frame; generate (or nothing given) -> everything."""
+    if task == "predict" and 0 < given_frames < frames:
+        return Region(list(range(views)), list(range(given_frames, frames)))
+    if task == "complete-view" and given_views:
+        rest = [v for v in range(views) if v not in set(given_views)]
+        if rest:
+            return Region(rest, list(range(frames)))
+    return full_region(views, frames)
+
+
+def lpips_status(metric: LpipsMetric | None) -> dict:
+    """{"available": True, "backbone": ...} or {"available": False, "reason": ...} for the outputs."""
+    if metric is None:
+        return {"available": False, "reason": "LPIPS not requested"}
+    if metric.available:
+        return {"available": True, "backbone": metric.backbone}
+    return {"available": False, "reason": metric.reason}
+
+
+def open_lpips(weights_path=None, log=print) -> LpipsMetric:
+    """load_lpips with a clear one-line notice when the AlexNet backbone is absent."""
+    metric = load_lpips(weights_path)
+    if not metric.available:
+        log(f"notice: LPIPS unavailable ({metric.reason}); it is reported as 'unavailable' in every output")
+    return metric
+
+
+def clip_metrics(a: np.ndarray, b: np.ndarray, region: Region, lpips: LpipsMetric | None = None) -> dict:
+    """a, b: uint8 (V, T, H, W, 3) -> {"psnr", "ssim", "lpips"} over `region` (lpips: a number or "unavailable")."""
+    if a.shape != b.shape:
+        raise ValueError(f"clips of different shapes: {a.shape} vs {b.shape}")
+    ra, rb = region.take(a), region.take(b)
+    out = {"psnr": float(psnr_per_clip(ra, rb)[0]), "ssim": float(ssim_per_clip(ra, rb)[0])}
+    if lpips is not None and lpips.available and min(a.shape[2:4]) >= MIN_SIDE:
+        out["lpips"] = float(lpips.per_clip(np.ascontiguousarray(ra), np.ascontiguousarray(rb))[0])
+    else:
+        out["lpips"] = UNAVAILABLE
+    return out
+
+
+def lpips_size_note(lpips: LpipsMetric | None, height: int, width: int) -> str | None:
+    """Why an available LPIPS still gives no numbers for frames of this size (None otherwise)."""
+    if lpips is not None and lpips.available and min(height, width) < MIN_SIDE:
+        return f"LPIPS (AlexNet) needs frames of at least {MIN_SIDE}x{MIN_SIDE} px, these are {width}x{height}"
+    return None
+
+
+def mean_of(rows: list[dict], key: str):
+    """Mean of rows[key] over the rows where it is a finite number; "unavailable" when any row says so;
+    None when there is nothing to average."""
+    values = [r.get(key) for r in rows]
+    if any(v == UNAVAILABLE for v in values):
+        return UNAVAILABLE
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)]
+    return float(np.mean(nums)) if nums else None
