@@ -188,10 +188,10 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
             tasks = torch.full((len(tokens),), TASK_ID[name])
             inputs, targets, scored, cond = make_batch(model.layout, tokens, shape, family, tasks, latent_frames,
                                                        model.cfg.arch, gen)
-            with autocast_for(device):
-                logits = model(inputs.to(device), cond.to(device)).float()
             scored = scored.to(device)
-            picked, wanted = logits[scored], targets.to(device)[scored]
+            with autocast_for(device):
+                picked = model(inputs.to(device), cond.to(device), scored).float()
+            wanted = targets.to(device)[scored]
             loss_sum += F.cross_entropy(picked, wanted, reduction="sum").item()
             correct += (picked.argmax(-1) == wanted).sum().item()
             count += len(wanted)
@@ -307,8 +307,7 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, t)
             with autocast:
-                logits = train_model(inputs, cond)
-            picked = logits.float()[scored]
+                picked = train_model(inputs, cond, scored).float()   # logits of the scored tokens only
             loss = F.cross_entropy(picked, targets[scored], label_smoothing=t.label_smoothing)
             if not torch.isfinite(loss):
                 raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "

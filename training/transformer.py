@@ -201,8 +201,9 @@ class MaskedVideoTransformer(nn.Module):
         return (self.token(tokens) + self.view(self.view_index[pos]) + self.time(self.t_index[pos])
                 + self.row(self.row_index[pos]) + self.col(self.col_index[pos]))
 
-    def forward(self, seq: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """seq (B, n <= N) video tokens in sequence order, cond (B, 3) -> logits (B, n, codebook_size).
+    def forward(self, seq: torch.Tensor, cond: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """seq (B, n <= N) video tokens in sequence order, cond (B, 3) -> logits (B, n, codebook_size), or with
+        `select` (B, n) bool only those positions' logits (M, codebook_size) (training scores a subset).
 
         masked: seq holds MASK where unknown; logits[:, i] predicts x_i from everything visible.
         ar:     logits[:, i] predicts x_i from cond and seq[:, :i] (seq[:, -1] is not read)."""
@@ -210,7 +211,8 @@ class MaskedVideoTransformer(nn.Module):
         x = self.drop(torch.cat([self.embed_condition(cond), video], 1))
         for block in self.blocks:
             x = block(x, self.causal)
-        return self.head(self.ln_f(x[:, NUM_COND - 1 if self.causal else NUM_COND:]))
+        x = x[:, NUM_COND - 1 if self.causal else NUM_COND:]
+        return self.head(self.ln_f(x if select is None else x[select]))
 
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.depth, NUM_COND + self.layout.num_tokens)
