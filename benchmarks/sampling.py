@@ -155,7 +155,8 @@ trained {m_info['train_steps']} (masked) and {a_info['train_steps']} (AR) steps 
 |---|---|---|
 | one 3-view clip, median of {args.repeats} | {m_med:.3f} s | {a_med:.3f} s |
 | speed-up of masked decoding | {a_med / m_med:.1f}x | 1x |
-| PSNR of the {psnr['frames'] - k} predicted frames, {psnr['clips']} test clips x {V} views | {psnr['masked']:.2f} dB | {psnr['ar']:.2f} dB |
+| PSNR of the {psnr['frames'] - k} predicted frames, {psnr['clips']} test clips x {V} views \
+| {psnr['masked']:.2f} dB | {psnr['ar']:.2f} dB |
 
 Reference points on the same frames: copy-last-frame {psnr['copy_last']:.2f} dB; the tokenizer decoding the true
 tokens (the ceiling for either model) {psnr['tokenizer']:.2f} dB.

@@ -133,7 +133,8 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
         records = [ClipRecord(int(cache.sample_ids[i]), task, classes["shape"][cache.shape_ids[i]],
                               classes["family"][cache.family_ids[i]], seed + i,
                               given_frames=latent_frames * f if task == "predict" else 0,
-                              given_views=[v for v in range(layout.views) if v != int(views[i])] if task == "complete-view" else [])
+                              given_views=[v for v in range(layout.views) if v != int(views[i])]
+                              if task == "complete-view" else [])
                    for i in range(n)]
         target = np.array(load_packed(cache.dataset, split).rgb[:n])
 

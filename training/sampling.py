@@ -131,7 +131,8 @@ def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Ten
     for i in range(prefix, N):
         if not use_cache:
             logits = model(x[:, :i + 1], cond)[:, -1]                 # position i sees cond and x[:, :i] only
-        x[:, i] = torch.where(given[:, i], seq[:, i], _draw(logits, temperature, None if noise is None else noise[:, i], top_k))
+        drawn = _draw(logits, temperature, None if noise is None else noise[:, i], top_k)
+        x[:, i] = torch.where(given[:, i], seq[:, i], drawn)
         if use_cache and i < N - 1:
             logits = model.step(cache, tokens=x[:, i:i + 1])
     return x

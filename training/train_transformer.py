@@ -184,7 +184,8 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
         gen = torch.Generator().manual_seed(seed)
         loss_sum, correct, count = 0.0, 0, 0
         for i in range(0, len(data), batch_size):
-            tokens, shape, family = data.tokens[i:i + batch_size], data.shape[i:i + batch_size], data.family[i:i + batch_size]
+            rows = slice(i, i + batch_size)
+            tokens, shape, family = data.tokens[rows], data.shape[rows], data.family[rows]
             tasks = torch.full((len(tokens),), TASK_ID[name])
             inputs, targets, scored, cond = make_batch(model.layout, tokens, shape, family, tasks, latent_frames,
                                                        model.cfg.arch, gen)
@@ -223,11 +224,9 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
     t = cfg.train
     cfg.validate()
     train_cache = load_token_cache(tokens, "train")
-    try:
-        val_cache = load_token_cache(tokens, "val")
-    except UserError:
-        val_cache = None
-    if val_cache is None or len(val_cache) == 0:
+    has_val = (train_cache.directory / "val_tokens.npy").is_file()
+    val_cache = load_token_cache(tokens, "val") if has_val else train_cache
+    if len(val_cache) == 0:  # no val split: validate on the first training clips
         val_cache = train_cache
     latent_frames = given_latent_frames(cfg.tasks.predict_frames, train_cache.source, "tasks.predict_frames")
     layout = train_cache.layout()

@@ -124,7 +124,8 @@ class SelfAttention(nn.Module):
             k, v = cache.update(self.layer, k, v)
             mask = None
             if L > 1:
-                mask = torch.arange(start + L, device=x.device)[None] <= torch.arange(start, start + L, device=x.device)[:, None]
+                key, query = torch.arange(start + L, device=x.device), torch.arange(start, start + L, device=x.device)
+                mask = key[None] <= query[:, None]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, L, W))
 
