@@ -6,8 +6,10 @@
 1. Models: unless --masked / --ar name trained runs, a masked and an AR transformer of the same width and depth
    (the --config preset, --set overrides) are trained on the same token cache for the same number of steps.
 2. Speed: the wall time to generate one 3-view clip (frame prediction: the first latent frame of every view
-   given, the rest generated) on the CPU, --repeats times after a warm-up, median: --decode-steps (12) steps of
-   parallel decoding vs one token at a time with the KV cache.
+   given, the rest generated) on the CPU (--device cuda: on the GPU), --repeats times after a warm-up, median:
+   --decode-steps (12) steps of parallel decoding vs one token at a time with the KV cache. On a CPU both are
+   compute-bound, and 12 passes over all N tokens are more arithmetic than N one-token passes with the cache;
+   masked decoding's advantage lies where a pass is latency-bound (a GPU), so look at both devices.
 3. Quality: `generate --task predict` on the test clips with each model; PSNR of the predicted frames (the ones
    not given) against the renders, next to copy-last-frame (the last given rendered frame repeated) and the
    tokenizer's own reconstruction of the true tokens (the ceiling for any transformer).
@@ -33,6 +35,7 @@ from common import BENCHMARKS_MD, machine, today, write_section  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
 from training.generate import generate, load_transformer  # noqa: E402
 from training.generated import load_generated  # noqa: E402
+from training.loop import autocast_for  # noqa: E402
 from training.metrics import psnr_per_clip  # noqa: E402
 from training.sampling import condition, generators, given_mask, sample  # noqa: E402
 from training.token_cache import load_token_cache  # noqa: E402
@@ -40,31 +43,35 @@ from training.tokenize import load_tokenizer  # noqa: E402
 from training.train_transformer import given_latent_frames, load_run_config, train_transformer  # noqa: E402
 
 
-def train_pair(tokens: Path, workdir: Path, config: str, overrides: list[str]) -> dict[str, Path]:
+def train_pair(tokens: Path, workdir: Path, config: str, overrides: list[str], device: str) -> dict[str, Path]:
     runs = {}
     for arch in ("masked", "ar"):
         runs[arch] = workdir / f"transformer_{arch}"
         cfg = load_run_config(config, overrides + [f'model.arch="{arch}"'])
-        summary = train_transformer(cfg, tokens, runs[arch], resume=True, device="cpu", log=lambda m: None)
+        summary = train_transformer(cfg, tokens, runs[arch], resume=True, device=device, log=lambda m: None)
         print(f"{arch}: {summary['step']} steps, {summary['s_per_step']} s/step, "
               f"val token accuracy {summary['last_validation'].get('acc', float('nan')):.3f}", flush=True)
     return runs
 
 
 @torch.no_grad()
-def time_one_clip(run: Path, repeats: int, decode_steps: int) -> tuple[list[float], dict]:
-    """Seconds to sample one clip's tokens (predict task, test clip 0) on the CPU, repeats after one warm-up."""
-    model, saved = load_transformer(run, "cpu")
+def time_one_clip(run: Path, repeats: int, decode_steps: int, device: str) -> tuple[list[float], dict]:
+    """Seconds to sample one clip's tokens (predict task, test clip 0), repeats after one warm-up."""
+    dev = torch.device(device)
+    model, saved = load_transformer(run, dev)
     cache = load_token_cache(saved["tokens"]["tokens"], "test")
     layout = model.layout
     k = given_latent_frames(saved["tasks"]["predict_frames"], saved["tokens"], "tasks.predict_frames")
-    seq = layout.to_sequence(torch.from_numpy(cache.tokens[:1].astype(np.int64)))
-    given = given_mask(layout, "predict", 1, latent_frames=k)
-    cond = condition(layout, "predict", batch=1)
+    seq = layout.to_sequence(torch.from_numpy(cache.tokens[:1].astype(np.int64))).to(dev)
+    given = given_mask(layout, "predict", 1, latent_frames=k).to(dev)
+    cond = condition(layout, "predict", batch=1).to(dev)
     times = []
     for r in range(repeats + 1):
         t0 = time.perf_counter()
-        sample(model, seq, given, cond, generators([r]), steps=decode_steps)
+        with autocast_for(dev):
+            sample(model, seq, given, cond, generators([r]), steps=decode_steps)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         if r:
             times.append(time.perf_counter() - t0)
     info = {"tokens": layout.num_tokens, "generated_tokens": int((~given).sum()), "parameters": model.num_parameters(),
@@ -79,11 +86,11 @@ def view_psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def quality(runs: dict[str, Path], workdir: Path, decode_steps: int, clips: int | None) -> dict:
+def quality(runs: dict[str, Path], workdir: Path, decode_steps: int, clips: int | None, device: str) -> dict:
     out = {}
     for arch, run in runs.items():
         gen_dir = workdir / f"generated_{arch}"
-        generate(run, "predict", gen_dir, steps=decode_steps, num=clips, device="cpu", progress=False,
+        generate(run, "predict", gen_dir, steps=decode_steps, num=clips, device=device, progress=False,
                  log=lambda m: None)
         gen = load_generated(gen_dir)
         k = gen.records[0].given_frames
@@ -114,6 +121,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--decode-steps", type=int, default=12)
     ap.add_argument("--clips", type=int, default=None, help="test clips for PSNR [default: all]")
+    ap.add_argument("--device", default="cpu", help="where to sample and time: cpu (the comparison asked for) or cuda")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads [default: torch's]; 1 is robust on a machine shared with other jobs")
     ap.add_argument("--no-write", action="store_true")
@@ -128,12 +136,12 @@ def main() -> None:
     if args.masked and args.ar:
         runs = {"masked": args.masked, "ar": args.ar}
     else:
-        runs = train_pair(args.tokens, workdir, args.config, overrides)
-    speed = {arch: time_one_clip(run, args.repeats, args.decode_steps) for arch, run in runs.items()}
+        runs = train_pair(args.tokens, workdir, args.config, overrides, args.device)
+    speed = {arch: time_one_clip(run, args.repeats, args.decode_steps, args.device) for arch, run in runs.items()}
     (m_times, m_info), (a_times, a_info) = speed["masked"], speed["ar"]
     if (m_info["width"], m_info["depth"], m_info["grid"]) != (a_info["width"], a_info["depth"], a_info["grid"]):
         sys.exit(f"the two runs differ in width/depth/grid: {m_info} vs {a_info}")
-    psnr = quality(runs, workdir, args.decode_steps, args.clips)
+    psnr = quality(runs, workdir, args.decode_steps, args.clips, args.device)
     m_med, a_med = statistics.median(m_times), statistics.median(a_times)
     res = {"masked_s": m_times, "ar_s": a_times, "masked_median_s": m_med, "ar_median_s": a_med,
            "speedup": a_med / m_med, "psnr": psnr, "model": m_info, "ar_model": a_info, "workdir": str(workdir)}
@@ -145,7 +153,7 @@ def main() -> None:
     cmd = "python benchmarks/sampling.py " + " ".join(sys.argv[1:])
     body = f"""## Sampling: masked parallel decoding vs autoregressive (`benchmarks/sampling.py`)
 
-Machine: {machine()}; CPU, {torch.get_num_threads()} torch thread(s). Date: {today()}. Command: `{cmd}`.
+Machine: {machine()}; sampling on {args.device}{f', {torch.get_num_threads()} torch thread(s)' if args.device == 'cpu' else ''}. Date: {today()}. Command: `{cmd}`.
 Both models: width {m_info['width']}, {m_info['depth']} layers, {m_info['parameters'] / 1e6:.2f} M parameters,
 trained {m_info['train_steps']} (masked) and {a_info['train_steps']} (AR) steps on the same token cache; token grid
 {V} views x {t} x {h} x {w} = {m_info['tokens']} tokens per clip, {m_info['generated_tokens']} of them generated
