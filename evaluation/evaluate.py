@@ -399,13 +399,13 @@ def _write_visuals(root: Path, visuals: list, fps: float, ffmpeg: str | None, me
         stem = f"{row['index']:04d}_" + (f"sample{rec.sample_id:06d}" if rec.sample_id is not None
                                          else re.sub(r"[^A-Za-z0-9]+", "-", f"{rec.shape}_{rec.family}"))
         V, T, H, W, _ = gen.shape
-        scale = rp.scale_for(H, W)
         if "target" in arrays:
             columns = [arrays["target"], gen, rp.difference(arrays["target"], gen)]
         else:
             columns = [gen]
-        frames = rp.grid_frames(columns, scale)
-        entry = {"gif": folder / f"{stem}.gif", "plot": folder / f"{stem}_trajectory.png", "mp4": None}
+        frames = rp.grid_frames(columns, 1)
+        entry = {"gif": folder / f"{stem}.gif", "plot": folder / f"{stem}_trajectory.png", "mp4": None,
+                 "frame": frames[0], "scale": rp.scale_for(H, W)}
         rp.write_gif(entry["gif"], frames, fps)
         if ffmpeg:
             mp4 = folder / f"{stem}.mp4"
@@ -509,7 +509,7 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
                 cap = (f"clip {r['index']}" + (f", sample {r['sample_id']}" if r.get("sample_id") is not None else "")
                        + f": {r['shape']} / {r['family']}; fitted {r['fit_family']}")
                 mp4 = f' <a href="{rp.rel(m["mp4"], root)}">MP4</a>' if m["mp4"] else ""
-                parts.append(f'<div class="clip"><img src="{rp.rel(m["gif"], root)}" alt="{rp.esc(cap)}">'
+                parts.append(f'<div class="clip">{rp.img_tag(rp.rel(m["gif"], root), m["frame"], m["scale"], cap)}'
                              f'<p class="caption">{rp.esc(cap)}{mp4}</p></div>'
                              f'<div class="clip"><img src="{rp.rel(m["plot"], root)}" alt="trajectory {rp.esc(cap)}">'
                              f'</div><br>')
@@ -585,8 +585,9 @@ def compare(a: Path, b: Path, out: Path, *, split: str = "test", lpips_weights=N
         for s in common[:max_visual_clips]:
             ca, cb = np.asarray(clips_a[s]), np.asarray(clips_b[s])
             gif = folder / f"sample{s:06d}.gif"
-            rp.write_gif(gif, rp.grid_frames([ca, cb, rp.difference(ca, cb)], rp.scale_for(H, W)), fps)
-            parts.append(f'<div class="clip"><img src="{rp.rel(gif, tmp)}" alt="sample {s}">'
+            frames = rp.grid_frames([ca, cb, rp.difference(ca, cb)], 1)
+            rp.write_gif(gif, frames, fps)
+            parts.append(f'<div class="clip">{rp.img_tag(rp.rel(gif, tmp), frames[0], rp.scale_for(H, W), f"sample {s}")}'
                          f'<p class="caption">sample {s}</p></div>')
         parts.append('<p class="muted">metrics: <a href="metrics.json">metrics.json</a></p>')
         (tmp / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1, allow_nan=False))

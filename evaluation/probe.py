@@ -82,6 +82,7 @@ class ProbeModelConfig:
     coarse_input_stride: int = 1       # the coarse stage sees the frame average-pooled by this (1, 2 or 4)
     crop: int = 32                     # refine window (px, full resolution); 0 = no refine stage
     refine_iters: int = 2              # refine passes at inference, each re-centred on the last estimate
+    flip_test: bool = True             # inference also on the mirrored frame; the two estimates are averaged
     sigma_floor: float = 0.02          # px; sigma = floor + softplus(head)
 
     def validate(self) -> None:
@@ -246,13 +247,23 @@ class ProbeNet(nn.Module):
         logits, offsets, raw = self.refine(crops)
         return logits, offsets, raw, soft_argmax(logits, offsets, self.cfg.refine.heatmap_stride), origin
 
-    def locate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _locate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, _, raw, uv = self._coarse(x)
         if self.refine is not None:
             for _ in range(self.cfg.refine_iters):
                 _, _, raw, local, origin = self._refine(x, uv)
                 uv = local + origin
         return uv, _sigma(raw, self.cfg.sigma_floor)
+
+    def locate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centres (B, 2) px and sigma (B,) px; with flip_test (outside training) the mean of the estimates on the
+        frame and on its mirror image (u -> W - u), which halves the variance of errors that are independent."""
+        uv, sigma = self._locate(x)
+        if self.cfg.flip_test and not self.training:
+            uv_m, sigma_m = self._locate(x.flip(-1))
+            uv_m = torch.stack([x.shape[-1] - uv_m[:, 0], uv_m[:, 1]], 1)
+            uv, sigma = (uv + uv_m) / 2, (sigma + sigma_m) / 2
+        return uv, sigma
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -19,7 +19,7 @@ import numpy as np
 GAP = 2                     # px between tiles
 GAP_COLOUR = (255, 255, 255)
 DIFF_GAIN = 3               # the difference panel shows |a - b| * DIFF_GAIN (clipped)
-MIN_TILE = 128              # tiles are upscaled (nearest) by an integer factor to at least this many px
+MIN_TILE = 128              # GIFs are stored at native resolution and shown scaled (pixelated) to >= this many px
 MISSING = (64, 64, 64)
 
 
@@ -50,7 +50,14 @@ def atomic_dir(out: Path):
 # --- images -------------------------------------------------------------------------------------------------------
 
 def scale_for(height: int, width: int) -> int:
+    """Integer display scale that makes a height x width tile at least MIN_TILE px."""
     return max(1, math.ceil(MIN_TILE / max(height, width)))
+
+
+def img_tag(src: str, frame: np.ndarray, scale: int, alt: str) -> str:
+    """<img> showing an image of frame's size scaled by `scale` (CSS keeps the pixels sharp); src already escaped."""
+    h, w = frame.shape[:2]
+    return f'<img src="{src}" width="{w * scale}" height="{h * scale}" alt="{esc(alt)}">'
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -133,6 +140,15 @@ def plot_tracks(path: Path, tracks: dict[str, np.ndarray], title: str, given: in
         if given:
             ax.scatter(*X[:given].T, color=style["color"], s=10)
         ax.scatter(*X[given:].T, facecolors="none", edgecolors=style["color"], s=10)
+    pts = np.concatenate([np.asarray(X, dtype=np.float64).reshape(-1, 3) for X in tracks.values()])
+    pts = pts[np.isfinite(pts).all(1)]
+    if len(pts):  # equal scale on all axes, so a deviation looks as large as it is
+        lo, hi = np.percentile(pts, 2, axis=0), np.percentile(pts, 98, axis=0)
+        mid, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 0.05) * 1.1
+        ax.set_xlim(mid[0] - half, mid[0] + half)
+        ax.set_ylim(mid[1] - half, mid[1] + half)
+        ax.set_zlim(mid[2] - half, mid[2] + half)
+        ax.set_box_aspect((1, 1, 1))
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_zlabel("z")

@@ -64,6 +64,8 @@ def test_evaluate_identical_clips(setup, tmp_path, capsys, monkeypatch):
     root, ds = setup
     test = load_packed(ds, "test")
     gen = write_gen(tmp_path / "gen", test, np.array(test.rgb))
+    # a second run under the same directory name (the two get distinct names in the report)
+    cv_dir = write_gen(tmp_path / "other" / "gen", test, np.array(test.rgb), task="complete-view", given_views=[0, 2])
     monkeypatch.setattr(ev_metrics, "load_lpips", lambda path=None: load_lpips(random_backbone=True))
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
@@ -71,10 +73,15 @@ def test_evaluate_identical_clips(setup, tmp_path, capsys, monkeypatch):
     (fake_bin / "ffmpeg").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}:{__import__('os').environ['PATH']}")
     report = tmp_path / "report"
-    code, out, err = run(["evaluate", "--data", str(ds), "--generated", str(gen), "--probe", str(root / "probe"),
-                          "--out", str(report), "--no-progress"], capsys)
+    code, out, err = run(["evaluate", "--data", str(ds), "--generated", str(gen), "--generated", str(cv_dir),
+                          "--probe", str(root / "probe"), "--out", str(report), "--no-progress"], capsys)
     assert code == 0, err
     m = json.loads((report / "metrics.json").read_text())
+    assert [r["name"] for r in m["runs"]] == ["gen", "gen_2"] and list(m["runs"][1]["tasks"]) == ["complete-view"]
+    cvs = m["runs"][1]["tasks"]["complete-view"]
+    assert cvs["clips"][0]["eval_views"] == [1] and cvs["clips"][0]["eval_frames"] == list(range(FRAMES))
+    assert cvs["summary"]["model"]["psnr"] == 100.0 and "copy_last" not in cvs["summary"]
+    assert cvs["summary"]["model"]["ade"] == pytest.approx(cvs["summary"]["floor"]["ade"])
     assert m["schema"] == "magvit3d-evaluation" and m["lpips"]["available"] and "RANDOM" in m["lpips"]["backbone"]
     assert m["scene_extent"]["value"] > 0 and "diagonal" in m["scene_extent"]["definition"]
     assert m["mp4"] == "written"
@@ -98,7 +105,7 @@ def test_evaluate_identical_clips(setup, tmp_path, capsys, monkeypatch):
 
     links = html_links(report)
     gifs = [link for link in links if link.endswith(".gif")]
-    assert len(gifs) == len(test) and any(link.endswith(".mp4") for link in links)
+    assert len(gifs) == 2 * len(test) and any(link.endswith(".mp4") for link in links)
     for link in links:
         assert not link.startswith(("/", "http")) and ".." not in link
         assert (report / link).is_file(), link
