@@ -17,6 +17,8 @@ TINY = TokenizerConfig(channels=16, channel_mult=(1, 2), num_res_blocks=1, tempo
                        z_channels=8, codebook_size=64, fsq_levels=(4, 4, 4), dead_code_threshold=0)
 # three levels, both temporal: factor 4 in space and time, to exercise stacked strides
 TINY3 = dataclasses.replace(TINY, channel_mult=(1, 1, 2), temporal_downsample=(True, True))
+# patching (2 frames x 2 x 2 pixels folded into channels) under one more level: factor 4 in space and time
+PATCHED = dataclasses.replace(TINY, patch_size=2, patch_frames=2)
 
 
 def cfg_for(quantizer: str, base: TokenizerConfig = TINY, **kw) -> TokenizerConfig:
@@ -49,6 +51,27 @@ def test_shapes_and_aux(quantizer):
     assert model.num_parameters() > 0
 
 
+def test_patching_folds_pixels_into_channels_and_back():
+    cfg = dataclasses.replace(PATCHED, quantizer="fsq")
+    assert (cfg.spatial_factor, cfg.temporal_factor) == (4, 4)
+    assert cfg.latent_shape(8, 16, 16) == (2, 4, 4)
+    model = VideoTokenizer(cfg)
+    assert model.encoder.conv_in.conv.in_channels == 3 * 2 * 2 * 2
+    x = clip(t=8)
+    x_hat, idx, _ = model(x)
+    assert x_hat.shape == x.shape and idx.shape == (2, 2, 4, 4)
+    # a pixel's value reaches only the latent position of its own patch (1x1 convs see no neighbours)
+    point = dataclasses.replace(cfg, channel_mult=(1,), temporal_downsample=(), num_res_blocks=0)
+    enc = VideoTokenizer(point).encoder
+    enc.blocks, enc.norm_out = torch.nn.Identity(), torch.nn.Identity()   # GroupNorm mixes positions of a frame
+    enc.conv_in = torch.nn.Conv3d(3 * 8, 16, 1)
+    y = x.clone()
+    y[:, :, 5, 9, 2] += 1                      # frame 5, row 9, col 2 -> latent (t=2, h=4, w=1) of a 2x2x2 patch
+    with torch.no_grad():
+        changed = (enc(y) - enc(x)).abs().sum((0, 1)) > 0
+    assert changed.nonzero().tolist() == [[2, 4, 1]]
+
+
 def test_latent_shape_full_like():
     cfg = TokenizerConfig(channels=64, channel_mult=(1, 2, 2, 4), temporal_downsample=(False, True, True))
     assert cfg.latent_shape(16, 128, 128) == (4, 16, 16)
@@ -57,7 +80,7 @@ def test_latent_shape_full_like():
 
 # --- causality -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("base,k", [(TINY, 2), (TINY, 4), (TINY3, 4)])
+@pytest.mark.parametrize("base,k", [(TINY, 2), (TINY, 4), (TINY3, 4), (PATCHED, 4)])
 @pytest.mark.parametrize("quantizer", ["vq", "lfq", "fsq"])
 def test_encoder_is_causal(quantizer, base, k):
     torch.manual_seed(0)
@@ -80,7 +103,7 @@ def test_encoder_is_causal(quantizer, base, k):
         assert torch.allclose(model.encoder(x[:, :, :k]), zx[:, :, :m], atol=1e-5)
 
 
-@pytest.mark.parametrize("base", [TINY, TINY3])
+@pytest.mark.parametrize("base", [TINY, TINY3, PATCHED])
 def test_decoder_is_causal(base):
     torch.manual_seed(0)
     cfg = cfg_for("vq", base)

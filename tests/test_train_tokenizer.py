@@ -67,6 +67,30 @@ def test_training_lowers_the_reconstruction_loss_and_logs_validation(packed, tmp
                                                                   "config.json", "train_state.pt"}
 
 
+def test_random_crop_is_aligned_reproducible_and_inside():
+    import torch
+
+    from training.data import random_crop
+
+    x = torch.arange(2 * 1 * 8 * 6 * 6).view(2, 1, 8, 6, 6)
+    a, b = random_crop(x, 4, 4, 2, seed=7), random_crop(x, 4, 4, 2, seed=7)
+    assert a.shape == (2, 1, 4, 4, 4) and torch.equal(a, b)
+    for i in range(2):
+        t0 = int(a[i, 0, 0, 0, 0] - x[i, 0, 0, 0, 0]) // 36
+        y0 = (int(a[i, 0, 0, 0, 0] - x[i, 0, 0, 0, 0]) % 36) // 6
+        x0 = int(a[i, 0, 0, 0, 0] - x[i, 0, 0, 0, 0]) % 6
+        assert t0 % 2 == 0 and t0 + 4 <= 8 and y0 + 4 <= 6 and x0 + 4 <= 6
+        assert torch.equal(a[i], x[i, :, t0:t0 + 4, y0:y0 + 4, x0:x0 + 4])
+    assert torch.equal(random_crop(x, 0, 0, 2, seed=1), x)            # 0 keeps the whole clip
+    seen = {int(random_crop(x, 4, 4, 2, seed=s)[0, 0, 0, 0, 0]) for s in range(20)}
+    assert len(seen) > 3                                               # windows move with the seed
+
+
+def test_training_on_crops_runs_and_validates_on_whole_clips(packed, tmp_path):
+    s = train_tokenizer(tiny(**{"train.crop_size": 8, "train.crop_frames": 2}), packed, tmp_path / "c", **QUIET)
+    assert s["finished"] and s["last_validation"]["psnr"] > 0
+
+
 def test_lr_schedule_warms_up_then_decays():
     t = tiny().train
     assert lr_at(0, t) == pytest.approx(t.lr / 2)
@@ -93,6 +117,8 @@ def cli(*args):
     (["--set", "model.channel_mult=[1,1,1,1,1,1]", "--set", "model.temporal_downsample=[false,false,false,false,false]"],
      "resolution 16 is not divisible by the spatial downsampling factor 32"),
     (["--set", "train.sptes=3"], "unknown config key 'train.sptes'"),
+    (["--set", "train.crop_size=5"], "train.crop_size = 5: must be 0 (whole frames) or a multiple of the spatial"),
+    (["--set", "train.crop_size=32"], "train.crop_size 32 / crop_frames 0 exceed the dataset's 16x16x4 clips"),
 ])
 def test_bad_input_one_line_exit_2(packed, tmp_path, extra, needle):
     out = cli("train-tokenizer", "--data", packed, "--out", tmp_path / "r", "-c", "tiny", "--no-progress", *extra)

@@ -39,6 +39,22 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def random_crop(x: torch.Tensor, size: int, frames: int, frame_multiple: int, seed: int) -> torch.Tensor:
+    """A random (frames, size, size) window of each clip in a batch (B, C, T, H, W); 0 keeps that dimension whole.
+    Windows start on a multiple of frame_multiple in time, so a cropped clip splits into the tokenizer's frame groups
+    the way a whole clip does. Drawn from `seed` alone, so a resumed run crops exactly like an uninterrupted one."""
+    b, _, t, h, w = x.shape
+    size_h, size_w, frames = size or h, size or w, frames or t
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(b):
+        t0 = int(torch.randint((t - frames) // frame_multiple + 1, (1,), generator=g)) * frame_multiple
+        y0 = int(torch.randint(h - size_h + 1, (1,), generator=g))
+        x0 = int(torch.randint(w - size_w + 1, (1,), generator=g))
+        out.append(x[i, :, t0:t0 + frames, y0:y0 + size_h, x0:x0 + size_w])
+    return torch.stack(out)
+
+
 def infinite_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, start_step: int = 0,
                     rank: int = 0, world: int = 1):
     """Yield batches forever, reshuffled every epoch from (seed, epoch), so a resumed run at step n sees exactly

@@ -4,15 +4,21 @@ Clips are (B, 3, T, H, W) in [-1, 1]; views are folded into B by the caller. The
 (B, d, t, h, w), the quantizer turns each latent vector into one token, and the decoder maps (B, d, t, h, w) back to
 (B, 3, T, H, W).
 
-Temporal scheme ("T divisible by f"): with a total temporal factor f = 2 ** (number of True in temporal_downsample),
-T must be a multiple of f and latent frame j covers input frames [j*f, (j+1)*f). Causality holds both ways:
+Patching: the encoder first folds patch_frames x patch_size x patch_size pixels into channels (space-to-depth), and the
+decoder's last conv unfolds them, so the convs run at a fraction of the pixel resolution. On a CPU that is what buys
+enough training steps: the images are smooth (4x bicubic down/up of the demo renders keeps 29.3 dB), and a full-res
+conv stack spends most of its time on detail a linear patch map already carries.
+
+Temporal scheme ("T divisible by f"): with a total temporal factor f = patch_frames * 2 ** (number of True in
+temporal_downsample), T must be a multiple of f and latent frame j covers input frames [j*f, (j+1)*f). Causality holds
+both ways:
   - encoder: latent frame j depends only on input frames < (j+1)*f (so the first k = m*f frames give the first m latent
     frames, bit for bit, whatever follows them);
   - decoder: output frames [j*f, (j+1)*f) depend only on latent frames <= j.
 Three ingredients make that true: every conv pads time on the left only; a temporal stride-s conv pads kernel-s frames
 so that its output j ends exactly at input frame (j+1)*s - 1; and GroupNorm normalizes each frame separately (a plain
-GroupNorm over (C, T, H, W) would leak statistics of future frames into past ones). Temporal upsampling in the decoder is
-depth-to-space: a causal conv makes s frames' worth of channels from latent frame j, which become output frames j*s..j*s+s-1.
+GroupNorm over (C, T, H, W) would leak statistics of future frames into past ones); a temporal patch never spans two
+groups. Temporal upsampling in the decoder is depth-to-space: a causal conv makes s frames' worth of channels from latent frame j, which become output frames j*s..j*s+s-1.
 For 16 frames and two temporal downsamplings: 16 -> 4 latent frames (DESIGN: 128x128x16 -> 4x16x16 tokens per view).
 
 Quantizers share one interface: forward(z) -> (z_q, indices, aux), z_q straight-through (forward value = the code,
@@ -59,14 +65,16 @@ class TokenizerConfig:
     entropy_temperature: float = 0.01
     dead_code_threshold: int = 100                 # vq: restart codes unused for this many training steps; 0 = never
     fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
+    patch_size: int = 1                            # pixels folded into channels first (p x p), as in ViT patching:
+    patch_frames: int = 1                          # ...and frames (q); the convs then run at 1/p resolution, 1/q rate
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
+        return self.patch_size * 2 ** (len(self.channel_mult) - 1)
 
     @property
     def temporal_factor(self) -> int:
-        return 2 ** sum(bool(t) for t in self.temporal_downsample)
+        return self.patch_frames * 2 ** sum(bool(t) for t in self.temporal_downsample)
 
     @property
     def code_dim(self) -> int:
@@ -90,6 +98,8 @@ class TokenizerConfig:
             if self.channels < 1 or (self.channels * m) % self.norm_groups:
                 raise ValueError(f"width channels*mult = {self.channels}*{m} is not a multiple of "
                                  f"norm_groups = {self.norm_groups}")
+        if self.patch_size < 1 or self.patch_frames < 1:
+            raise ValueError(f"patch_size {self.patch_size} and patch_frames {self.patch_frames} must be >= 1")
         if self.num_res_blocks < 0:
             raise ValueError(f"num_res_blocks {self.num_res_blocks} must be >= 0")
         if self.quantizer == "vq" and (self.z_channels < 1 or self.codebook_size < 2):
@@ -108,7 +118,7 @@ class TokenizerConfig:
             for r in ((resolution, resolution) if isinstance(resolution, int) else resolution):
                 if r < 1 or r % self.spatial_factor:
                     raise ValueError(f"resolution {r} is not divisible by the spatial downsampling factor "
-                                     f"{self.spatial_factor} (2 ** (len(channel_mult) - 1))")
+                                     f"{self.spatial_factor} (patch_size * 2 ** (len(channel_mult) - 1))")
         if frames is not None and (frames < 1 or frames % self.temporal_factor):
             raise ValueError(f"frames {frames} is not a multiple of the temporal downsampling factor "
                              f"{self.temporal_factor}; latent frame j covers frames [j*f, (j+1)*f)")
@@ -196,7 +206,8 @@ class Encoder(nn.Module):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
         g = cfg.norm_groups
-        self.conv_in = CausalConv3d(3, widths[0])
+        self.patch = (cfg.patch_frames, cfg.patch_size)
+        self.conv_in = CausalConv3d(3 * cfg.patch_frames * cfg.patch_size ** 2, widths[0])
         blocks, cin = [], widths[0]
         for i, w in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
@@ -210,6 +221,8 @@ class Encoder(nn.Module):
         self.conv_out = CausalConv3d(cin, cfg.code_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, p = self.patch   # a patch of q frames stays inside one latent frame's group, so patching is causal
+        x = rearrange(x, "b c (t q) (h p) (w r) -> b (c q p r) t h w", q=q, p=p, r=p)
         h = self.blocks(self.conv_in(x))
         return self.conv_out(F.silu(self.norm_out(h)))
 
@@ -230,11 +243,14 @@ class Decoder(nn.Module):
                 blocks.append(Upsample(cin, cfg.temporal_downsample[i - 1]))
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = FrameGroupNorm(g, cin)
-        self.conv_out = CausalConv3d(cin, 3)
+        self.patch = (cfg.patch_frames, cfg.patch_size)
+        self.conv_out = CausalConv3d(cin, 3 * cfg.patch_frames * cfg.patch_size ** 2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.blocks(self.conv_in(z))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        q, p = self.patch
+        x = self.conv_out(F.silu(self.norm_out(h)))
+        return rearrange(x, "b (c q p r) t h w -> b c (t q) (h p) (w r)", q=q, p=p, r=p)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from datagen.config import UserError, load_config, to_dict
 from datagen.dataset import load_dataset_json, write_json_atomic
 from training import checkpoint as ckpt
 from training import loop
-from training.data import PackedViewClips, infinite_loader, to_model_range, to_uint8
+from training.data import PackedViewClips, infinite_loader, random_crop, to_model_range, to_uint8
 from training.discriminator import LeCAM, PatchDiscriminator3D, generator_loss, hinge_d_loss
 from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
 from training.metrics import psnr_per_clip, ssim_per_clip
@@ -61,6 +61,8 @@ class TrainSection:
     log_every: int = 10
     seed: int = 0
     workers: int = 1                  # DataLoader worker processes
+    crop_size: int = 0                # train on random crop_size x crop_size windows (0 = whole frames): the model is
+    crop_frames: int = 0              # convolutional, and on a CPU smaller windows buy more, more varied steps
     compile: bool = False             # torch.compile the model (CUDA recommended)
 
 
@@ -86,6 +88,13 @@ class TokenizerRunConfig:
             raise UserError("train.disc_weight, disc_start and lecam_weight must be >= 0, disc_lr > 0, disc_channels >= 1")
         if t.perceptual_weight < 0:
             raise UserError(f"train.perceptual_weight = {t.perceptual_weight}: must be >= 0")
+        sf, tf = self.model.spatial_factor, self.model.temporal_factor
+        if t.crop_size < 0 or t.crop_size % sf:
+            raise UserError(f"train.crop_size = {t.crop_size}: must be 0 (whole frames) or a multiple of the spatial "
+                            f"downsampling factor {sf}")
+        if t.crop_frames < 0 or t.crop_frames % tf:
+            raise UserError(f"train.crop_frames = {t.crop_frames}: must be 0 (whole clips) or a multiple of the "
+                            f"temporal downsampling factor {tf}")
         if not 0 <= t.ema_decay < 1:
             raise UserError(f"train.ema_decay = {t.ema_decay}: must be in [0, 1)")
 
@@ -138,6 +147,9 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
         raise UserError(f"dataset {data} ({W}x{H}, {info['frames']} frames) does not fit the tokenizer: {e}") from None
     train_set = PackedViewClips(data, "train")
     val_set = PackedViewClips(data, "val") if info["counts"].get("val") else train_set
+    if t.crop_size > min(H, W) or t.crop_frames > info["frames"]:
+        raise UserError(f"train.crop_size {t.crop_size} / crop_frames {t.crop_frames} exceed the dataset's "
+                        f"{W}x{H}x{info['frames']} clips")
     if len(train_set) < t.batch_size:
         raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_set)} training view-clips of {data}")
     run_config = {"model": to_dict(cfg.model), "train": to_dict(cfg.train),
@@ -227,7 +239,10 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
         while step < stop_at:
             if stop.requested:  # Ctrl-C or SIGTERM (schedulers send it before killing): stop at a step boundary
                 raise KeyboardInterrupt
-            x = to_model_range(next(batches).to(dev, non_blocking=True))
+            x = next(batches)
+            if t.crop_size or t.crop_frames:
+                x = random_crop(x, t.crop_size, t.crop_frames, cfg.model.temporal_factor, t.seed * 1_000_003 + step)
+            x = to_model_range(x.to(dev, non_blocking=True))
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, t)
             with autocast:
