@@ -44,7 +44,7 @@ class LazyGroup(click.Group):
             "reconstruct": "training.cli:reconstruct_cmd", "train-transformer": "training.cli:train_transformer_cmd",
             "generate": "training.cli:generate_cmd",
             "train-probe": "evaluation.cli:train_probe_cmd", "evaluate": "evaluation.cli:evaluate_cmd",
-            "compare": "evaluation.cli:compare_cmd"}
+            "compare": "evaluation.cli:compare_cmd", "demo": "evaluation.pipeline:demo_cmd"}
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.lazy])

@@ -181,7 +181,7 @@ def test_tokenize_refuses_a_dataset_of_another_size(packed, tmp_path):
         tokenize_dataset(run, other, progress=False)
 
 
-@pytest.mark.parametrize("preset,clip,grid", [("tiny", (4, 32, 32), (2, 16, 16)), ("demo", (16, 64, 64), (4, 16, 16)),
+@pytest.mark.parametrize("preset,clip,grid", [("tiny", (4, 32, 32), (2, 16, 16)), ("demo", (16, 64, 64), (4, 8, 8)),
                                               ("full", (16, 128, 128), (4, 16, 16))])
 def test_presets_load_and_give_the_planned_token_grid(preset, clip, grid):
     cfg = load_run_config(preset)

@@ -1,0 +1,315 @@
+"""`magvit3d demo`: the whole pipeline, stage by stage, in one work directory.
+
+    render -> verify -> pack -> train tokenizer -> tokenize -> train transformer -> train probe
+           -> generate (predict, class-conditional generate, complete-view) -> evaluate (REPORT/index.html)
+
+Each stage runs the same function as its own command, with the preset's config (configs/<kind>/<preset>.toml) plus
+`--set STAGE.KEY=VALUE` overrides. WORKDIR/demo_state.json records, per finished stage, a key: the hash of its config
+and of the keys of the stages it reads from. A stage whose key is unchanged and whose output exists is skipped; an
+unfinished training stage resumes from its last checkpoint; a stage whose config changed is redone from scratch
+(its output, which lives inside WORKDIR, is replaced), and so is everything downstream of it.
+
+It lives in `evaluation` because that is the one package allowed to import all the others.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from datagen.config import UserError, load_config, to_dict
+from datagen.dataset import read_json, write_json_atomic
+
+PRESETS = ("tiny", "demo", "full")
+STAGE_KINDS = ("dataset", "tokenizer", "transformer", "probe")   # the config kinds `--set KIND.KEY=VALUE` addresses
+STATE_FILE = "demo_state.json"
+
+
+@dataclass
+class DemoPlan:
+    preset: str
+    workdir: Path
+    device: str = "auto"
+    overrides: dict[str, list[str]] = field(default_factory=dict)
+    generate_steps: int = 12
+    seed: int = 0
+
+    @property
+    def dataset(self) -> Path:
+        return self.workdir / "dataset"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.workdir / "tokenizer"
+
+    @property
+    def transformer(self) -> Path:
+        return self.workdir / "transformer"
+
+    @property
+    def probe(self) -> Path:
+        return self.workdir / "probe"
+
+    def generated(self, task: str) -> Path:
+        return self.workdir / "generated" / task
+
+    @property
+    def report(self) -> Path:
+        return self.workdir / "report"
+
+
+def split_overrides(items) -> dict[str, list[str]]:
+    """'tokenizer.train.steps=5' -> {'tokenizer': ['train.steps=5']}; the first dotted part names the stage config."""
+    out: dict[str, list[str]] = {k: [] for k in STAGE_KINDS}
+    for item in items:
+        kind, _, rest = item.partition(".")
+        if kind not in STAGE_KINDS or not rest or "=" not in rest:
+            raise UserError(f"--set {item!r}: expected KIND.KEY=VALUE with KIND one of {', '.join(STAGE_KINDS)}, "
+                            f"e.g. tokenizer.train.steps=100")
+        out[kind].append(rest)
+    return out
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _peak_rss_gb() -> dict:
+    """Peak resident memory of this process and of its largest finished child (Blender workers, loader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # Linux reports KiB
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return {"self_gb": round(own, 3), "largest_child_gb": round(children, 3)}
+
+
+class StageRunner:
+    """Runs stages in order, skipping the ones whose key and output are unchanged, timing the others."""
+
+    def __init__(self, plan: DemoPlan, log):
+        self.plan, self.log = plan, log
+        self.path = plan.workdir / STATE_FILE
+        self.state = read_json(self.path, "demo state") if self.path.exists() else {"stages": {}}
+        self.keys: dict[str, str] = {}
+        self.rows: list[dict] = []
+
+    def run(self, name: str, config, inputs: list[str], outputs: list[Path], fn, owned: Path | None = None):
+        """fn() does the stage's work and returns a dict of headline numbers. `outputs` must exist for the stage to
+        count as done; `owned` is the directory the stage writes, removed before a rerun after a config change (with an
+        unchanged key an unfinished stage resumes in it instead)."""
+        key = _key(name, config, [self.keys[i] for i in inputs])
+        self.keys[name] = key
+        saved = self.state["stages"].get(name, {})
+        if saved.get("key") == key and saved.get("done") and all(p.exists() for p in outputs):
+            self.log(f"[{name}] up to date, skipped")
+            self.rows.append({"stage": name, "seconds": 0.0, "skipped": True, **saved.get("result", {})})
+            return saved.get("result", {})
+        if saved.get("key") not in (None, key) and owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)   # config changed: the old output can't be resumed or reused
+        self.state["stages"][name] = {"key": key, "done": False}
+        self._save()
+        self.log(f"[{name}] running")
+        t0 = time.perf_counter()
+        result = fn() or {}
+        seconds = time.perf_counter() - t0
+        self.state["stages"][name] = {"key": key, "done": True, "seconds": round(seconds, 1), "result": result}
+        self._save()
+        self.rows.append({"stage": name, "seconds": round(seconds, 1), "skipped": False, **result})
+        self.log(f"[{name}] done in {seconds:.1f} s")
+        return result
+
+    def _save(self):
+        self.plan.workdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.state)
+
+
+def load_stage_configs(plan: DemoPlan) -> dict:
+    """Every stage's config from the preset + overrides; all of them load (and fail) before any work starts."""
+    from datagen.spec import DatasetConfig
+    from evaluation.probe import load_run_config as load_probe_config
+    from training.train_tokenizer import load_run_config as load_tokenizer_config
+    from training.train_transformer import load_run_config as load_transformer_config
+
+    ov = plan.overrides
+    return {"dataset": load_config(DatasetConfig, "dataset", plan.preset, ov.get("dataset", [])),
+            "tokenizer": load_tokenizer_config(plan.preset, ov.get("tokenizer", [])),
+            "transformer": load_transformer_config(plan.preset, ov.get("transformer", [])),
+            "probe": load_probe_config(plan.preset, ov.get("probe", []))}
+
+
+def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
+    """Run (or resume) the whole pipeline; returns the summary also written to WORKDIR/demo_summary.json."""
+    from datagen.pack import pack_dataset
+    from datagen.render import render_dataset
+    from datagen.verify import verify_dataset
+    from evaluation.evaluate import evaluate
+    from evaluation.probe import train_probe
+    from training.generate import generate
+    from training.tokenize import tokenize_dataset
+    from training.train_tokenizer import train_tokenizer
+    from training.train_transformer import train_transformer
+
+    if plan.preset not in PRESETS:
+        raise UserError(f"unknown preset {plan.preset!r}; allowed: {', '.join(PRESETS)}")
+    if plan.workdir.exists() and not plan.workdir.is_dir():
+        raise UserError(f"--workdir {plan.workdir} exists and is not a directory")
+    cfgs = load_stage_configs(plan)
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    runner = StageRunner(plan, log)
+    t_start = time.perf_counter()
+
+    def render():
+        s = render_dataset(cfgs["dataset"], plan.dataset, device=plan.device, progress=progress, log=log)
+        if s["failed"]:
+            raise UserError(f"{len(s['failed'])} sample(s) failed to render twice: "
+                            f"{[f['sample_id'] for f in s['failed']]}; see {plan.dataset}/logs and rerun to retry")
+        return {"clips": s["rendered"] + s.get("already_complete", 0), "device": s["device"]}
+
+    def verify():
+        r = verify_dataset(plan.dataset, progress=progress)
+        if not r["ok"]:
+            bad = sorted({e["sample_id"] for e in r["errors"] if e["sample_id"] is not None})
+            raise UserError(f"verify found {len(r['errors'])} problem(s) in {plan.dataset}; failing samples {bad}; "
+                            f"run `magvit3d verify {plan.dataset}` for details")
+        return {"samples_checked": r["samples_checked"]}
+
+    def pack():
+        s = pack_dataset(plan.dataset, progress=progress)
+        return {"splits": {k: v["samples"] for k, v in s["splits"].items()}}
+
+    def tokenizer():
+        s = train_tokenizer(cfgs["tokenizer"], plan.dataset, plan.tokenizer, resume=True, device=plan.device,
+                            progress=progress, log=log)
+        v = s.get("last_validation") or {}
+        return {"val_psnr": v.get("psnr"), "val_ssim": v.get("ssim"), "codebook_usage": v.get("usage")}
+
+    def tokenize():
+        s = tokenize_dataset(plan.tokenizer, plan.dataset, device=_device(plan.device), progress=progress)
+        return {"shapes": {k: v["shape"] for k, v in s.items()}}
+
+    def transformer():
+        s = train_transformer(cfgs["transformer"], plan.tokenizer, plan.transformer, resume=True, device=plan.device,
+                              progress=progress, log=log)
+        v = s.get("last_validation") or {}
+        return {k: v[k] for k in ("acc", "acc_predict", "loss") if k in v}
+
+    def probe():
+        s = train_probe(cfgs["probe"], plan.dataset, plan.probe, resume=True, device=plan.device, progress=progress,
+                        log=log)
+        v = s.get("last_validation") or {}
+        return {k: v[k] for k in ("median_px", "mean_px") if k in v}
+
+    def gen(task):
+        def fn():
+            s = generate(plan.transformer, task, plan.generated(task), steps=plan.generate_steps, seed=plan.seed,
+                         num=1 if task == "generate" else None, device=plan.device, progress=progress, log=log)
+            return {"clips": s.get("clips")}
+        return fn
+
+    def report():
+        m = evaluate(plan.dataset, [plan.generated(t) for t in TASKS], plan.probe, plan.report, progress=progress,
+                     log=log)
+        return {"metrics": str(plan.report / "metrics.json"), "headline": headline(m)}
+
+    TASKS = ("predict", "generate", "complete-view")
+    P = plan
+    runner.run("render", to_dict(cfgs["dataset"]), [], [P.dataset / "dataset.json"], render, owned=P.dataset)
+    runner.run("verify", {}, ["render"], [P.dataset / "dataset.json"], verify)
+    runner.run("pack", {}, ["verify"], [P.dataset / "packed"], pack, owned=P.dataset / "packed")
+    runner.run("train-tokenizer", to_dict(cfgs["tokenizer"]), ["pack"], [P.tokenizer / "summary.json"], tokenizer,
+               owned=P.tokenizer)
+    runner.run("tokenize", {}, ["train-tokenizer"], [P.tokenizer / "tokens"], tokenize, owned=P.tokenizer / "tokens")
+    runner.run("train-transformer", to_dict(cfgs["transformer"]), ["tokenize"], [P.transformer / "summary.json"],
+               transformer, owned=P.transformer)
+    runner.run("train-probe", to_dict(cfgs["probe"]), ["pack"], [P.probe / "summary.json"], probe, owned=P.probe)
+    for task in TASKS:
+        runner.run(f"generate-{task}", {"steps": P.generate_steps, "seed": P.seed}, ["train-transformer"],
+                   [P.generated(task)], gen(task), owned=P.generated(task))
+    runner.run("evaluate", {}, [f"generate-{t}" for t in TASKS] + ["train-probe"], [P.report / "index.html"], report,
+               owned=P.report)
+    summary = {"preset": plan.preset, "workdir": str(plan.workdir), "report": str(plan.report / "index.html"),
+               "wall_seconds_this_run": round(time.perf_counter() - t_start, 1),
+               "stage_seconds_total": round(sum(s.get("seconds", 0) for s in runner.state["stages"].values()), 1),
+               "peak_rss": _peak_rss_gb(), "stages": runner.rows}
+    write_json_atomic(plan.workdir / "demo_summary.json", summary)
+    return summary
+
+
+def _device(name: str):
+    from training.loop import pick_device
+
+    return pick_device(name)
+
+
+def headline(metrics: dict) -> dict:
+    """The few numbers the summary table shows, from evaluate's metrics.json: per task and method (model, floor,
+    copy_last, constant_velocity) PSNR, ADE in % of the scene extent, reprojection error and family accuracy."""
+    out = {}
+    for run in metrics.get("runs", []):
+        for task, block in run.get("tasks", {}).items():
+            for method, vals in (block.get("summary") or {}).items():
+                if not isinstance(vals, dict):
+                    continue
+                for k in ("psnr", "lpips", "ade_pct", "reprojection_px", "family_accuracy"):
+                    if vals.get(k) is not None:
+                        out[f"{task}.{method}.{k}"] = vals[k]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# command line (registered lazily by datagen.cli as `magvit3d demo`)
+
+@click.command("demo")
+@click.option("--preset", default="demo", show_default=True, type=click.Choice(PRESETS),
+              help="tiny: seconds per stage (tests); demo: ~20 min on a 2-core CPU; full: the seed's scale, one GPU.")
+@click.option("--workdir", default="demo_out", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Everything goes here: dataset/, tokenizer/, transformer/, probe/, generated/, report/.")
+@click.option("--set", "overrides", multiple=True, metavar="KIND.KEY=VALUE",
+              help="Override a stage config key, KIND one of dataset, tokenizer, transformer, probe, "
+                   "e.g. --set tokenizer.train.steps=100 --set dataset.dataset.num_samples=64. Repeatable.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (GPU when there is one, else CPU) for rendering and training; cpu to force the CPU.")
+@click.option("--steps", "generate_steps", default=12, show_default=True, type=click.IntRange(min=1),
+              help="Parallel-decoding steps when generating.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+def demo_cmd(preset, workdir, overrides, device, generate_steps, no_progress):
+    """Run the whole pipeline end to end: render -> verify -> pack -> train tokenizer -> tokenize -> train
+    transformer -> train probe -> generate (frame prediction on held-out clips, class-conditional generation for
+    every shape x family, view completion) -> evaluate, ending with WORKDIR/report/index.html.
+
+    Rerunning resumes: finished stages whose config is unchanged are skipped, an interrupted training continues
+    from its last checkpoint. Stage times and headline numbers go to WORKDIR/demo_summary.json."""
+    plan = DemoPlan(preset=preset, workdir=workdir, device=device, overrides=split_overrides(overrides),
+                    generate_steps=generate_steps)
+    summary = run_demo(plan, progress=not no_progress, log=lambda m: click.echo(m, err=True))
+    click.echo(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{'stage':<28}{'seconds':>9}  result"]
+    for row in summary["stages"]:
+        extra = {k: v for k, v in row.items() if k not in ("stage", "seconds", "skipped", "headline", "metrics")}
+        text = "skipped (up to date)" if row["skipped"] else ", ".join(f"{k}={_short(v)}" for k, v in extra.items())
+        lines.append(f"{row['stage']:<28}{row['seconds']:>9.1f}  {text}")
+        groups: dict[str, list[str]] = {}
+        for k, v in (row.get("headline") or {}).items():
+            prefix, _, metric = k.rpartition(".")
+            groups.setdefault(prefix, []).append(f"{metric}={_short(v)}")
+        for prefix, items in groups.items():
+            lines.append(f"{'':<39}{prefix:<28}{', '.join(items)}")
+    rss = summary["peak_rss"]
+    lines.append(f"wall time this run {summary['wall_seconds_this_run']:.0f} s; peak RSS {rss['self_gb']:.2f} GB "
+                 f"(largest child {rss['largest_child_gb']:.2f} GB)")
+    lines.append(f"report: {summary['report']}")
+    return "\n".join(lines)
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,138 @@
+"""`magvit3d demo` (evaluation/pipeline.py): the whole pipeline on the tiny preset with a real Blender render, stage
+skipping and resume after an interruption, the full preset's configs at reduced size, and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datagen.config import UserError
+from evaluation import pipeline
+from evaluation.pipeline import DemoPlan, run_demo, split_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+# the tiny preset with even fewer steps: the point here is the wiring, not the numbers
+FAST = ["tokenizer.train.steps=6", "tokenizer.train.val_every=3", "tokenizer.train.ckpt_every=3",
+        "transformer.train.steps=6", "transformer.train.val_every=3", "transformer.train.ckpt_every=3",
+        "probe.train.steps=6", "probe.train.val_every=3", "probe.train.ckpt_every=3"]
+
+
+def plan(workdir: Path, extra=(), preset="tiny") -> DemoPlan:
+    return DemoPlan(preset=preset, workdir=workdir, device="cpu", overrides=split_overrides([*FAST, *extra]))
+
+
+def stage_rows(summary: dict) -> dict:
+    return {row["stage"]: row for row in summary["stages"]}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo") / "work"
+    summary = run_demo(plan(work), progress=False, log=lambda m: None)
+    return work, summary
+
+
+def test_tiny_demo_runs_every_stage_and_writes_the_report(finished):
+    work, summary = finished
+    rows = stage_rows(summary)
+    assert list(rows) == ["render", "verify", "pack", "train-tokenizer", "tokenize", "train-transformer",
+                          "train-probe", "generate-predict", "generate-generate", "generate-complete-view", "evaluate"]
+    assert not any(r["skipped"] for r in rows.values())
+    assert rows["render"]["clips"] == 6
+    html = (work / "report" / "index.html").read_text()
+    metrics = json.loads((work / "report" / "metrics.json").read_text())
+    assert {t for run in metrics["runs"] for t in run["tasks"]} == {"predict", "generate", "complete-view"}
+    gifs = list((work / "report").rglob("*.gif"))
+    assert gifs and all(p.relative_to(work / "report").as_posix() in html for p in gifs[:3])
+    head = rows["evaluate"]["headline"]
+    assert "predict.model.psnr" in head and "predict.copy_last.psnr" in head and "predict.floor.ade_pct" in head
+    saved = json.loads((work / "demo_summary.json").read_text())
+    assert saved["report"] == str(work / "report" / "index.html") and saved["peak_rss"]["self_gb"] > 0
+
+
+def test_rerun_skips_finished_stages_and_a_changed_config_redoes_only_downstream(finished):
+    work, _ = finished
+    again = stage_rows(run_demo(plan(work), progress=False, log=lambda m: None))
+    assert all(r["skipped"] for r in again.values())
+    tok_mtime = (work / "tokenizer" / "summary.json").stat().st_mtime
+    changed = stage_rows(run_demo(plan(work, ["transformer.train.lr=0.001"]), progress=False, log=lambda m: None))
+    upstream = ["render", "verify", "pack", "train-tokenizer", "tokenize", "train-probe"]
+    assert all(changed[s]["skipped"] for s in upstream)
+    assert not any(changed[s]["skipped"] for s in ("train-transformer", "generate-predict", "evaluate"))
+    assert (work / "tokenizer" / "summary.json").stat().st_mtime == tok_mtime
+    cfg = json.loads((work / "transformer" / "summary.json").read_text())
+    assert cfg["step"] == 6
+
+
+def test_interrupted_transformer_training_resumes_without_redoing_render_or_tokenizer(finished, tmp_path,
+                                                                                       monkeypatch):
+    import training.train_transformer as tt
+
+    work, _ = finished
+    fresh = tmp_path / "work"
+    # reuse the finished run's dataset (a copy) so this test does not render again
+    import shutil
+
+    shutil.copytree(work / "dataset", fresh / "dataset")
+    real = tt.train_transformer
+
+    def interrupted(*args, **kwargs):
+        real(*args, **{**kwargs, "max_steps_this_run": 2})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tt, "train_transformer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(plan(fresh), progress=False, log=lambda m: None)
+    state = json.loads((fresh / "demo_state.json").read_text())["stages"]
+    assert state["train-tokenizer"]["done"] and not state["train-transformer"]["done"]
+    monkeypatch.setattr(tt, "train_transformer", real)
+    logs = []
+    rows = stage_rows(run_demo(plan(fresh), progress=False, log=logs.append))
+    assert rows["train-tokenizer"]["skipped"] and rows["render"]["skipped"] and not rows["train-transformer"]["skipped"]
+    assert any("from step 2" in m for m in logs), logs
+    assert json.loads((fresh / "transformer" / "summary.json").read_text())["step"] == 6
+    assert (fresh / "report" / "index.html").exists()
+
+
+def test_full_preset_configs_load_and_one_step_of_each_training_stage_runs(tmp_path):
+    """The full preset's own model sizes (tokenizer, 768 x 12 transformer, probe) at one training step each, on a
+    small dataset; only the dataset size and step counts are overridden."""
+    cfgs = pipeline.load_stage_configs(DemoPlan("full", tmp_path, overrides=split_overrides([])))
+    assert cfgs["transformer"].model.width == 768 and cfgs["transformer"].model.depth == 12
+    assert cfgs["dataset"].render.resolution == 128 and 1024 <= cfgs["tokenizer"].model.codebook_size <= 2048
+    small = ["dataset.dataset.num_samples=6", "dataset.render.resolution=32", "dataset.render.frames=4",
+             "dataset.render.samples=1"]
+    one = [f"{kind}.train.{key}=1" for kind in ("tokenizer", "transformer", "probe")
+           for key in ("steps", "val_every", "ckpt_every")]
+    one += ["tokenizer.train.val_clips=2", "transformer.train.val_clips=2", "tokenizer.train.crop_size=0",
+            "tokenizer.train.crop_frames=0", "tokenizer.train.batch_size=2", "transformer.train.batch_size=2",
+            "tokenizer.train.warmup_steps=0", "transformer.train.warmup_steps=0", "probe.train.warmup_steps=0"]
+    p = DemoPlan("full", tmp_path / "w", device="cpu", overrides=split_overrides(small + one),
+                 generate_steps=2)
+    summary = run_demo(p, progress=False, log=lambda m: None)
+    rows = stage_rows(summary)
+    assert rows["evaluate"]["headline"]
+    for run in ("tokenizer", "transformer", "probe"):
+        assert json.loads((tmp_path / "w" / run / "summary.json").read_text())["step"] == 1
+
+
+def test_bad_set_is_a_one_line_error():
+    with pytest.raises(UserError, match="expected KIND.KEY=VALUE with KIND one of dataset, tokenizer"):
+        split_overrides(["model.width=3"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--preset", "huge"], "'huge' is not one of 'tiny', 'demo', 'full'"),
+    (["--set", "tokenizer.train.stpes=3"], "unknown config key 'train.stpes'"),
+    (["--set", "nope"], "expected KIND.KEY=VALUE"),
+])
+def test_demo_bad_input_exit_2_and_nothing_written(tmp_path, args, needle):
+    out = subprocess.run([sys.executable, "-m", "datagen.cli", "demo", "--workdir", str(tmp_path / "w"), *args],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], out.stderr
+    assert not (tmp_path / "w").exists()
