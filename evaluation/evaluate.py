@@ -137,13 +137,17 @@ def probe_reference(ds: Dataset, refs: References, split: str, extent: float) ->
     sids = [int(s) for s in p.sample_ids]
     refs.prefetch(sids)
     uv_pred = np.stack([refs[s]["det"]["uv"] for s in sids])
-    stats2d = error_stats(uv_pred, p.array("centers_2d"), p.array("visibility", bool))
+    centres, visible = p.array("centers_2d"), p.array("visibility", bool)
+    stats2d = error_stats(uv_pred, centres, visible)
+    shapes = np.array(p.index["labels"]["shape"])
+    by_shape = {name: error_stats(uv_pred[shapes == name], centres[shapes == name], visible[shapes == name])
+                for name in sorted(set(shapes))}
     rows = []
     for s in sids:
         r, gt = refs[s], ds.field(s, "positions")
         fam = ds.labels(s)[1]
         e = displacement_errors(r["track"], gt)
-        rows.append({"ade": e["ade"], "fde": e["fde"], "reprojection_px": mean_reprojection_error(r["P"], r["track"],
+        rows.append({"shape": ds.labels(s)[0], "ade": e["ade"], "fde": e["fde"], "reprojection_px": mean_reprojection_error(r["P"], r["track"],
                                                                                                   r["det"]["uv"]),
                      "family_correct": r["fit"]["best"] == fam,
                      "gt_family_correct": fit_families(gt, ds.fps, ds.gravity)["best"] == fam, "family": fam})
@@ -152,7 +156,10 @@ def probe_reference(ds: Dataset, refs: References, split: str, extent: float) ->
     for fam in sorted({r["family"] for r in rows}):
         sel = [r for r in rows if r["family"] == fam]
         by_family[fam] = float(np.mean([r["family_correct"] for r in sel]))
-    return {"split": split, "clips": len(sids), "2d_error": stats2d,
+    for name, stats in by_shape.items():
+        a = mean_of([r for r in rows if r["shape"] == name], "ade")
+        stats.update(clips=sum(r["shape"] == name for r in rows), ade=a, ade_pct=as_percent(a, extent))
+    return {"split": split, "clips": len(sids), "2d_error": stats2d, "2d_error_by_shape": by_shape,
             "ade": ade, "ade_pct": as_percent(ade, extent), "fde": fde, "fde_pct": as_percent(fde, extent),
             "reprojection_px": mean_of(rows, "reprojection_px"),
             "family_accuracy": float(np.mean([r["family_correct"] for r in rows])),
@@ -476,6 +483,11 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
                           [[ref["clips"], e2["median_px"], e2["mean_px"], e2["p90_px"], ref["ade"], ref["ade_pct"],
                             ref["fde"], ref["fde_pct"], ref["reprojection_px"], ref["family_accuracy"],
                             ref["family_accuracy_gt_positions"]]]))
+    parts.append(rp.table(["shape", "clips", "2D median px", "2D mean px", "2D p90 px", "ADE", "ADE %"],
+                          [[name, e["clips"], e["median_px"], e["mean_px"], e["p90_px"], e["ade"], e["ade_pct"]]
+                           for name, e in ref["2d_error_by_shape"].items()]))
+    fam = ref["family_accuracy_by_family"]
+    parts.append(rp.table(["family"] + list(fam), [["family accuracy (probe on renders)"] + list(fam.values())]))
     for run in metrics["runs"]:
         info = run["info"]
         parts.append(f"<h2>{rp.esc(run['name'])}</h2><p class=\"muted\">{rp.esc(run['generated'])}; "

@@ -61,8 +61,8 @@ def test_crop_and_flip_keep_the_pixel_convention():
 
     img = torch.zeros(1, 3, 8, 8)
     img[0, :, 2, 5] = 1.0                                                     # pixel (row 2, col 5): centre (5.5, 2.5)
-    t = ProbeTrainSection(flip=True, jitter=0, blur_prob=0, noise=0)
-    for seed in range(20):
+    t = ProbeTrainSection(flip=True, rot90=True, jitter=0, blur_prob=0, noise=0)
+    for seed in range(30):
         y, uv = augment(img, torch.tensor([[5.5, 2.5]]), t, torch.Generator().manual_seed(seed))
         i, j = divmod(int(y[0, 0].argmax()), 8)
         assert (j + 0.5, i + 0.5) == tuple(uv[0].tolist())
