@@ -83,6 +83,15 @@ class Dataset:
     def fps(self) -> float:
         return float(self.info["fps"])
 
+    @property
+    def min_climb(self) -> float:
+        """The slowest climb rate the dataset draws for helices (m/s): family fits hold helices to it."""
+        rng = self.info["config"]["trajectories"].get("climb_rate_range", [0.0, 0.0])
+        return float(min(abs(rng[0]), abs(rng[1])))
+
+    def fit(self, track) -> dict:
+        return fit_families(track, self.fps, self.gravity, min_climb=self.min_climb)
+
 
 def open_dataset(root: Path) -> Dataset:
     """Every split of dataset.json, packed (one-line UserError when a split is not packed)."""
@@ -122,7 +131,7 @@ class References:
             P = self.ds.P(s)
             track = track_from_detections(P, d)
             self.cache[s] = {"det": d, "track": track, "P": P,
-                             "fit": fit_families(track, self.ds.fps, self.ds.gravity)}
+                             "fit": self.ds.fit(track)}
 
     def __getitem__(self, sid: int) -> dict:
         self.prefetch([sid])
@@ -150,7 +159,7 @@ def probe_reference(ds: Dataset, refs: References, split: str, extent: float) ->
         rows.append({"shape": ds.labels(s)[0], "ade": e["ade"], "fde": e["fde"], "reprojection_px": mean_reprojection_error(r["P"], r["track"],
                                                                                                   r["det"]["uv"]),
                      "family_correct": r["fit"]["best"] == fam,
-                     "gt_family_correct": fit_families(gt, ds.fps, ds.gravity)["best"] == fam, "family": fam})
+                     "gt_family_correct": ds.fit(gt)["best"] == fam, "family": fam})
     ade, fde = mean_of(rows, "ade"), mean_of(rows, "fde")
     by_family = {}
     for fam in sorted({r["family"] for r in rows}):
@@ -237,7 +246,7 @@ def evaluate_clip(i: int, rec, gen: np.ndarray, det: dict, ds: Dataset, refs: Re
     ref = refs[sid]
     P = ref["P"]
     track = track_from_detections(P, det)
-    fit = fit_families(track, ds.fps, ds.gravity)
+    fit = ds.fit(track)
     centres, vis = ds.field(sid, "centers_2d"), ds.field(sid, "visibility", bool)
     rv, rf = np.ix_(region.views, region.frames)
     row = {"index": i, "sample_id": sid, "task": rec.task, "shape": rec.shape, "family": rec.family, "seed": rec.seed,
@@ -270,7 +279,7 @@ def evaluate_generate_clip(i: int, rec, det: dict, ds: Dataset) -> tuple[dict, d
     sid = next(iter(ds.where))
     P = ds.P(sid)
     track = track_from_detections(P, det)
-    fit = fit_families(track, ds.fps, ds.gravity)
+    fit = ds.fit(track)
     T = len(track)
     row = {"index": i, "sample_id": None, "task": rec.task, "shape": rec.shape, "family": rec.family, "seed": rec.seed,
            "reprojection_px": mean_reprojection_error(P, track, det["uv"]),

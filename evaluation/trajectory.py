@@ -19,7 +19,8 @@ over +-[0.05, 12] rad/s refined with a bounded scalar search. The chosen family 
     n log(RSS / n + s0^2) + 2 p log(n)        (n = 3 T residuals, p parameters)
 where s0 (default 2 mm) is a noise floor: below it residuals count as a perfect fit, so on clean tracks the family
 with the fewest parameters that fits wins (a helix with a huge radius and no turn can mimic a line, but costs one
-more parameter). The penalty is twice BIC's: with BIC's, pure noise buys a circle a spurious climb in ~5% of
+more parameter). Helical fits may be held to a minimum climb rate (the dataset's slowest; see fit_families).
+The penalty is twice BIC's: with BIC's, pure noise buys a circle a spurious climb in ~5% of
 noisy 16-frame tracks (a chi-square(1) above log 48); with twice it, ~0.5%.
 """
 from __future__ import annotations
@@ -136,11 +137,26 @@ def _ring_system(t, X, omega, climb: bool):
     return A, X.reshape(-1)
 
 
-def _fit_ring(t, X, climb: bool):
+def _ring_lstsq(t, X, omega, climb: bool, min_climb: float) -> tuple[np.ndarray, float]:
+    """Least squares for a fixed omega; with climb, |k| >= min_climb (else k = +-min_climb, the better)."""
+    coef, rss = _lstsq(*_ring_system(t, X, omega, climb))
+    if not climb or abs(coef[5]) >= min_climb:
+        return coef, rss
+    best = None
+    for k in (min_climb, -min_climb):
+        Y = X.copy()
+        Y[:, 2] -= k * t
+        c, r = _lstsq(*_ring_system(t, Y, omega, False))
+        if best is None or r < best[1]:
+            best = (np.append(c, k), r)
+    return best
+
+
+def _fit_ring(t, X, climb: bool, min_climb: float = 0.0):
     from scipy.optimize import minimize_scalar
 
     def rss(omega):
-        return _lstsq(*_ring_system(t, X, omega, climb))[1]
+        return _ring_lstsq(t, X, omega, climb, min_climb)[1]
     lo, hi = OMEGA_RANGE
     grid = np.concatenate([-np.geomspace(hi, lo, 120), np.geomspace(lo, hi, 120)])
     values = np.array([rss(w) for w in grid])
@@ -150,7 +166,7 @@ def _fit_ring(t, X, climb: bool):
         a, b = (grid[k], b) if grid[k] > 0 else (a, grid[k])
     res = minimize_scalar(rss, bounds=(min(a, b), max(a, b)), method="bounded", options={"xatol": 1e-6})
     omega = float(res.x) if res.fun <= values[k] else float(grid[k])
-    coef, r = _lstsq(*_ring_system(t, X, omega, climb))
+    coef, r = _ring_lstsq(t, X, omega, climb, min_climb)
     params = {"center": coef[:3].tolist(), "radius": float(np.hypot(coef[3], coef[4])),
               "phase": float(np.arctan2(coef[4], coef[3])), "angular_speed": abs(omega),
               "direction": 1 if omega > 0 else -1}
@@ -163,10 +179,12 @@ def _fit_ring(t, X, climb: bool):
     return params, r, curve
 
 
-def fit_families(track, fps: float, gravity: float, noise_floor: float = NOISE_FLOOR) -> dict:
+def fit_families(track, fps: float, gravity: float, noise_floor: float = NOISE_FLOOR, min_climb: float = 0.0) -> dict:
     """Fit the four families to a (T, 3) track (NaN frames dropped); returns
     {"best": family or None, "fits": {family: {"rmse", "score", "params", "fitted"}}} where "fitted" is the fitted
-    curve at every frame (T, 3) (an array: leave it out of JSON). best None when fewer than 4 frames remain."""
+    curve at every frame (T, 3) (an array: leave it out of JSON). best None when fewer than 4 frames remain.
+    min_climb (m/s): a helix climbs at least this fast (evaluation passes the dataset's slowest climb rate), so a
+    circle whose track wobbles in z is not taken for a slow helix."""
     X = np.asarray(track, dtype=np.float64)
     t_all = np.arange(len(X)) / fps
     t = t_all
@@ -182,7 +200,7 @@ def fit_families(track, fps: float, gravity: float, noise_floor: float = NOISE_F
         elif family == "parabolic":
             params, rss, curve = _fit_parabolic(t, X, gravity)
         else:
-            params, rss, curve = _fit_ring(t, X, climb=family == "helical")
+            params, rss, curve = _fit_ring(t, X, family == "helical", min_climb)
         score = n * np.log(rss / n + noise_floor ** 2) + 2 * PARAMS[family] * np.log(n)
         fits[family] = {"rmse": float(np.sqrt(rss / len(X))), "score": float(score), "params": params,
                         "fitted": curve(t_all)}
