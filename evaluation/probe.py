@@ -602,6 +602,8 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
     stop.restore()
     metrics.close()
     bar.close()
+    if not last_val:  # nothing validated in this run (e.g. --resume of a finished run): the summary still says how good
+        last_val = {"step": step, "split": val_split, **validate()}
     seconds = time.perf_counter() - t0
     summary = {"run": str(out), "step": step, "finished": step >= t.steps, "seconds_this_run": round(seconds, 2),
                "frames_per_s": round((step - start_step) * t.batch_size / seconds, 1) if seconds > 0 else None,

@@ -103,6 +103,8 @@ def test_resume_is_bit_exact(dataset, tmp_path):
     assert resumed["step"] == whole["step"] == 20
     a, b = load_probe(tmp_path / "whole").model.state_dict(), load_probe(tmp_path / "split").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    again = train_probe(cfg, dataset, tmp_path / "split", resume=True, progress=False, log=lambda m: None)
+    assert again["step"] == 20 and again["last_validation"]["median_px"] == whole["last_validation"]["median_px"]
     changed = load_run_config("tiny", ["train.steps=20", "train.lr=1e-3"])
     with pytest.raises(UserError, match="different train config"):
         train_probe(changed, dataset, tmp_path / "split", resume=True, progress=False)
