@@ -27,7 +27,7 @@ import numpy as np
 from datagen.config import UserError
 from datagen.dataset import load_dataset_json
 from evaluation import report as rp
-from evaluation.metrics import (UNAVAILABLE, Region, clip_metrics, full_region, lpips_size_note, lpips_status, mean_of,
+from evaluation.metrics import (Region, clip_metrics, full_region, lpips_size_note, lpips_status, mean_of,
                                 open_lpips, task_region)
 from evaluation.probe import Probe, error_stats, load_probe
 from evaluation.trajectory import (as_percent, constant_velocity, copy_last, displacement_errors, fit_families,
