@@ -15,13 +15,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Until the training and evaluation stages land, the demo renders the demo dataset, checks it,
-# packs it and writes a preview of one clip. Rerunning resumes: complete samples are skipped.
+# The main job: render -> verify -> pack -> train tokenizer -> tokenize -> train transformer -> train probe ->
+# generate -> evaluate, ending with $(DEMO_DIR)/report/index.html. Rerunning resumes where it stopped.
 demo: setup
-	$(BIN)/magvit3d render $(DEMO_DIR)/dataset --config demo
-	$(BIN)/magvit3d verify $(DEMO_DIR)/dataset --no-progress
-	$(BIN)/magvit3d pack $(DEMO_DIR)/dataset
-	$(BIN)/magvit3d preview $(DEMO_DIR)/dataset --sample 0 --out $(DEMO_DIR)/preview_000000
+	$(BIN)/magvit3d demo --workdir $(DEMO_DIR)
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -103,12 +103,12 @@ def test_full_preset_configs_load_and_one_step_of_each_training_stage_runs(tmp_p
     cfgs = pipeline.load_stage_configs(DemoPlan("full", tmp_path, overrides=split_overrides([])))
     assert cfgs["transformer"].model.width == 768 and cfgs["transformer"].model.depth == 12
     assert cfgs["dataset"].render.resolution == 128 and 1024 <= cfgs["tokenizer"].model.codebook_size <= 2048
-    small = ["dataset.dataset.num_samples=6", "dataset.render.resolution=32", "dataset.render.frames=4",
+    small = ["dataset.dataset.num_samples=6", "dataset.render.resolution=32", "dataset.render.frames=8",
              "dataset.render.samples=1"]
     one = [f"{kind}.train.{key}=1" for kind in ("tokenizer", "transformer", "probe")
            for key in ("steps", "val_every", "ckpt_every")]
     one += ["tokenizer.train.val_clips=2", "transformer.train.val_clips=2", "tokenizer.train.crop_size=0",
-            "tokenizer.train.crop_frames=0", "tokenizer.train.batch_size=2", "transformer.train.batch_size=2",
+            "tokenizer.train.crop_frames=0", "tokenizer.train.batch_size=2", "tokenizer.train.workers=0", "transformer.train.batch_size=2", "probe.train.batch_size=8", "probe.train.val_frames=8",
             "tokenizer.train.warmup_steps=0", "transformer.train.warmup_steps=0", "probe.train.warmup_steps=0"]
     p = DemoPlan("full", tmp_path / "w", device="cpu", overrides=split_overrides(small + one),
                  generate_steps=2)
