@@ -29,6 +29,10 @@ What runs:
   frames). Its loss is MSE reconstruction + LFQ aux losses, hard-coded; so by default (--recon-loss l2) ours is
   trained with L2 too (train.recon_loss=l2), the same objective family; --recon-loss config keeps our config's.
   Same optimizer, schedule, gradient clipping, EMA decay and batch size as ours.
+- Whole clips for both: the config's train.crop_size / crop_frames (random crops, which make our CPU training
+  cheaper per step) are not used here, so the two architectures see identical inputs.
+- A patched config of ours (the demo preset: 4 frames x 8 x 8 px folded into channels) has no conv pyramid to
+  mirror; the peer then gets a conventional pyramid reaching the same token grid (see pyramid_for).
 - Schedule over a wall-clock budget: linear warm-up for train.warmup_steps steps, then cosine decay from train.lr to
   train.lr * min_lr_ratio over the model's own training time (progress = seconds trained / budget).
 - Both models read the same packed clips (datagen.pack / training.data.PackedViewClips, views folded into the batch)
@@ -120,9 +124,23 @@ def num_params(module: torch.nn.Module) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 # the peer's configuration, derived from ours
 
+def pyramid_for(model_cfg) -> tuple[list[int], list[bool], int]:
+    """(widths, temporal flags, per-level units) of the conventional conv pyramid the peer is built as. A patched
+    config of ours (pixels folded into channels, convs at the token grid) has no pyramid to mirror, so the peer
+    gets one that reaches the same token grid: log2(spatial factor) levels doubling from 32 channels up to our
+    width, halving time on the first log2(temporal factor) of them."""
+    if model_cfg.patch_size == 1 and model_cfg.patch_frames == 1:
+        return ([model_cfg.channels * m for m in model_cfg.channel_mult], list(model_cfg.temporal_downsample),
+                2 * model_cfg.num_res_blocks)
+    n_space = int(math.log2(model_cfg.spatial_factor))
+    n_time = int(math.log2(model_cfg.temporal_factor))
+    top = model_cfg.channels * model_cfg.channel_mult[-1]
+    widths = [min(top, 32 * 2 ** i) for i in range(n_space + 1)]
+    return widths, [i < n_time for i in range(n_space)], 2
+
+
 def peer_layers(model_cfg, bottom_units: int) -> tuple:
-    widths = [model_cfg.channels * m for m in model_cfg.channel_mult]
-    per_level = 2 * model_cfg.num_res_blocks
+    widths, temporal, per_level = pyramid_for(model_cfg)
     layers = []
     for i, w in enumerate(widths):
         last = i == len(widths) - 1
@@ -131,7 +149,7 @@ def peer_layers(model_cfg, bottom_units: int) -> tuple:
             layers.append(("consecutive_residual", units))
         if not last:
             layers.append(("compress_space", widths[i + 1]))
-            if model_cfg.temporal_downsample[i]:
+            if temporal[i]:
                 layers.append(("compress_time", widths[i + 1]))
     return tuple(layers)
 
@@ -140,7 +158,7 @@ def peer_kwargs(model_cfg, image_size: int, bottom_units: int) -> dict:
     size = model_cfg.codebook_size
     if size & (size - 1):   # LFQ: a power of two
         size = 1 << (size - 1).bit_length()
-    return dict(image_size=image_size, init_dim=model_cfg.channels * model_cfg.channel_mult[0],
+    return dict(image_size=image_size, init_dim=pyramid_for(model_cfg)[0][0],
                 layers=peer_layers(model_cfg, bottom_units), codebook_size=size, use_gan=False,
                 perceptual_loss_weight=0.0)
 
