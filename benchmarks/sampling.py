@@ -43,9 +43,13 @@ from training.tokenize import load_tokenizer  # noqa: E402
 from training.train_transformer import given_latent_frames, load_run_config, train_transformer  # noqa: E402
 
 
-def train_pair(tokens: Path, workdir: Path, config: str, overrides: list[str], device: str) -> dict[str, Path]:
-    runs = {}
+def train_pair(tokens: Path, workdir: Path, config: str, overrides: list[str], device: str,
+               given: dict[str, Path | None]) -> dict[str, Path]:
+    """Train the archs not given as runs (e.g. --masked RUN trains only the AR model, with the same preset)."""
+    runs = {arch: run for arch, run in given.items() if run is not None}
     for arch in ("masked", "ar"):
+        if arch in runs:
+            continue
         runs[arch] = workdir / f"transformer_{arch}"
         cfg = load_run_config(config, overrides + [f'model.arch="{arch}"'])
         summary = train_transformer(cfg, tokens, runs[arch], resume=True, device=device, log=lambda m: None)
@@ -133,10 +137,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="magvit3d-sampling-"))
     workdir.mkdir(parents=True, exist_ok=True)
     overrides = args.overrides + ([f"train.steps={args.steps}"] if args.steps else [])
-    if args.masked and args.ar:
-        runs = {"masked": args.masked, "ar": args.ar}
-    else:
-        runs = train_pair(args.tokens, workdir, args.config, overrides, args.device)
+    runs = train_pair(args.tokens, workdir, args.config, overrides, args.device, {"masked": args.masked, "ar": args.ar})
     speed = {arch: time_one_clip(run, args.repeats, args.decode_steps, args.device) for arch, run in runs.items()}
     (m_times, m_info), (a_times, a_info) = speed["masked"], speed["ar"]
     if (m_info["width"], m_info["depth"], m_info["grid"]) != (a_info["width"], a_info["depth"], a_info["grid"]):

@@ -181,9 +181,14 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
         s = pack_dataset(plan.dataset, progress=progress)
         return {"splits": {k: v["samples"] for k, v in s["splits"].items()}}
 
+    def finished(summary: dict, stage: str) -> dict:
+        if not summary.get("finished", True):   # stopped early: never record an unfinished training as done
+            raise UserError(f"{stage} stopped at step {summary['step']} before its last step; rerun to continue")
+        return summary
+
     def tokenizer():
-        s = train_tokenizer(cfgs["tokenizer"], plan.dataset, plan.tokenizer, resume=True, device=plan.device,
-                            progress=progress, log=log)
+        s = finished(train_tokenizer(cfgs["tokenizer"], plan.dataset, plan.tokenizer, resume=True,
+                                     device=plan.device, progress=progress, log=log), "train-tokenizer")
         v = s.get("last_validation") or {}
         return {"val_psnr": v.get("psnr"), "val_ssim": v.get("ssim"), "codebook_usage": v.get("usage")}
 
@@ -192,14 +197,14 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
         return {"shapes": {k: v["shape"] for k, v in s.items()}}
 
     def transformer():
-        s = train_transformer(cfgs["transformer"], plan.tokenizer, plan.transformer, resume=True, device=plan.device,
-                              progress=progress, log=log)
+        s = finished(train_transformer(cfgs["transformer"], plan.tokenizer, plan.transformer, resume=True,
+                                       device=plan.device, progress=progress, log=log), "train-transformer")
         v = s.get("last_validation") or {}
         return {k: v[k] for k in ("acc", "acc_predict", "loss") if k in v}
 
     def probe():
-        s = train_probe(cfgs["probe"], plan.dataset, plan.probe, resume=True, device=plan.device, progress=progress,
-                        log=log)
+        s = finished(train_probe(cfgs["probe"], plan.dataset, plan.probe, resume=True, device=plan.device,
+                                 progress=progress, log=log), "train-probe")
         v = s.get("last_validation") or {}
         return {k: v[k] for k in ("median_px", "mean_px") if k in v}
 
