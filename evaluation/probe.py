@@ -517,12 +517,7 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
                   "data": {"path": str(data), "config_hash": info["config_hash"], "image_size": [W, H],
                            "frames": info["frames"], "views": info["views"]}}
 
-    latest = ckpt.latest_checkpoint(out) if out.exists() else None
-    if latest is not None and not resume:
-        raise UserError(f"{out} already holds a probe run (step {ckpt.load_config_json(latest)['step']}); "
-                        f"pass --resume to continue it or choose another --out")
-    if resume and latest is None:
-        log(f"--resume: no checkpoint in {out} yet; starting from step 0")
+    latest = ckpt.checkpoint_to_resume(out, resume, "probe", log)
     if t.threads:
         torch.set_num_threads(t.threads)
     dev = pick_device(device)

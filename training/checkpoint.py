@@ -68,6 +68,19 @@ def latest_checkpoint(run: Path) -> Path | None:
     return ckpt
 
 
+def checkpoint_to_resume(run: Path, resume: bool, kind: str, log=print) -> Path | None:
+    """The checkpoint a training command continues from: None for a fresh run; an existing run without --resume is
+    a one-line UserError (so a typo in --out never silently continues or overwrites someone's run)."""
+    run = Path(run)
+    latest = latest_checkpoint(run) if run.exists() else None
+    if latest is not None and not resume:
+        raise UserError(f"{run} already holds a {kind} run (step {load_config_json(latest)['step']}); "
+                        f"pass --resume to continue it or choose another --out")
+    if resume and latest is None:
+        log(f"--resume: no checkpoint in {run} yet; starting from step 0")
+    return latest
+
+
 def load_weights(path: Path, module: torch.nn.Module, what: str = "model") -> None:
     """Load safetensors weights into `module`; a missing or wrong-shaped tensor is a one-line UserError."""
     try:

@@ -156,12 +156,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
                   "data": {"path": str(data), "config_hash": info["config_hash"], "image_size": [W, H],
                            "frames": info["frames"]}, "kind": "tokenizer"}
 
-    latest = ckpt.latest_checkpoint(out) if out.exists() else None
-    if latest is not None and not resume:
-        raise UserError(f"{out} already holds a tokenizer run (step {ckpt.load_config_json(latest)['step']}); "
-                        f"pass --resume to continue it or choose another --out")
-    if resume and latest is None:
-        log(f"--resume: no checkpoint in {out} yet; starting from step 0")
+    latest = ckpt.checkpoint_to_resume(out, resume, "tokenizer", log)
 
     rank, world, ddp_device = init_distributed(device)
     main = rank == 0  # only rank 0 writes metrics, validates and saves checkpoints

@@ -238,12 +238,7 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
                         f"{train_cache.directory}")
     run_config = run_config_for(cfg, train_cache)
 
-    latest = ckpt.latest_checkpoint(out) if out.exists() else None
-    if latest is not None and not resume:
-        raise UserError(f"{out} already holds a transformer run (step {ckpt.load_config_json(latest)['step']}); "
-                        f"pass --resume to continue it or choose another --out")
-    if resume and latest is None:
-        log(f"--resume: no checkpoint in {out} yet; starting from step 0")
+    latest = ckpt.checkpoint_to_resume(out, resume, "transformer", log)
 
     rank, world, ddp_device = init_distributed(device)
     main = rank == 0
