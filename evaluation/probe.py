@@ -496,7 +496,7 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
 
     from datagen.dataset import load_dataset_json, write_json_atomic
     from training import checkpoint as ckpt
-    from training.loop import GracefulStop, MetricsLog, lr_at, pick_device
+    from training.loop import GracefulStop, MetricsLog, checkpoint_on_interrupt, lr_at, pick_device
 
     data, out = Path(data), Path(out)
     t = cfg.train
@@ -558,7 +558,7 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
     bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True, desc="probe")
     t0, last_val, stop = time.perf_counter(), {}, GracefulStop()
     model.train()
-    try:
+    with checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log):
         while step < stop_at:
             if stop.requested:
                 raise KeyboardInterrupt
@@ -587,16 +587,6 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
                           f"mean {last_val['mean_px']:.3f} px, p90 {last_val['p90_px']:.3f} px")
             if step % t.ckpt_every == 0 or step == stop_at:
                 save()
-    except KeyboardInterrupt:
-        stop.restore()
-        save()
-        metrics.close()
-        bar.close()
-        log(f"interrupted at step {step}; checkpoint saved, rerun with --resume to continue")
-        raise
-    stop.restore()
-    metrics.close()
-    bar.close()
     if not last_val:  # nothing validated in this run (e.g. --resume of a finished run): the summary still says how good
         last_val = {"step": step, "split": val_split, **validate()}
     seconds = time.perf_counter() - t0

@@ -6,6 +6,7 @@ Used by training/train_tokenizer.py and training/train_transformer.py.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -95,6 +96,27 @@ class GracefulStop:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+
+
+@contextlib.contextmanager
+def checkpoint_on_interrupt(stop: GracefulStop, bar, metrics, save, current_step, log, main: bool = True):
+    """Wraps a training loop. Ctrl-C / SIGTERM (raised as KeyboardInterrupt at a step boundary by the loop, or at
+    once on a second signal) saves a checkpoint on the writing rank and re-raises; either way the signal handlers
+    are restored and the progress bar and metrics log closed. current_step() gives the step reached."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        stop.restore()
+        if main:
+            save()
+            metrics.close()
+        bar.close()
+        log(f"interrupted at step {current_step()}; checkpoint saved, rerun with --resume to continue")
+        raise
+    stop.restore()
+    bar.close()
+    if metrics is not None:
+        metrics.close()
 
 
 def rng_state() -> dict:

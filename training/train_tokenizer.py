@@ -230,7 +230,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True, desc="tokenizer")
     t0, last_val = time.perf_counter(), {}
     stop = GracefulStop()
-    try:
+    with loop.checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, main):
         while step < stop_at:
             if stop.requested:  # Ctrl-C or SIGTERM (schedulers send it before killing): stop at a step boundary
                 raise KeyboardInterrupt
@@ -292,18 +292,6 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
                           f"codebook usage {last_val['usage']:.1%}, perplexity {last_val['perplexity']:.1f}")
             if step % t.ckpt_every == 0 or step == stop_at:
                 save()
-    except KeyboardInterrupt:
-        stop.restore()
-        if main:
-            save()
-            metrics.close()
-        bar.close()
-        log(f"interrupted at step {step}; checkpoint saved, rerun with --resume to continue")
-        raise
-    stop.restore()
-    bar.close()
-    if metrics is not None:
-        metrics.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -289,7 +289,7 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
                desc=f"transformer ({cfg.model.arch})")
     t0, last_val = time.perf_counter(), {}
     stop = GracefulStop()
-    try:
+    with loop.checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, main):
         while step < stop_at:
             if stop.requested:  # Ctrl-C or SIGTERM: stop at a step boundary
                 raise KeyboardInterrupt
@@ -331,18 +331,6 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
                           + (f" (predict {last_val['acc_predict']:.1%})" if "acc_predict" in last_val else ""))
             if step % t.ckpt_every == 0 or step == stop_at:
                 save()
-    except KeyboardInterrupt:
-        stop.restore()
-        if main:
-            save()
-            metrics.close()
-        bar.close()
-        log(f"interrupted at step {step}; checkpoint saved, rerun with --resume to continue")
-        raise
-    stop.restore()
-    bar.close()
-    if metrics is not None:
-        metrics.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
