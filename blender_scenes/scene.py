@@ -56,8 +56,15 @@ def select_cycles_device(device: str) -> dict:
 
 # --- scene construction --------------------------------------------------------------------------
 
-def _mesh_vertices_faces(shape: str, dims):
-    """Vertices centred on the bounding-box centre (the object's origin) and faces for a primitive."""
+def _mesh_vertices_faces(shape: str, dims, bbox_offset=(0.0, 0.0, 0.0)):
+    """Vertices and faces of a primitive whose bounding-box centre lies at bbox_offset from the object's origin (the
+    spec puts the origin at the centre of mass: datagen.spec.bbox_offset)."""
+    verts, faces = _box_centred_vertices_faces(shape, dims)
+    ox, oy, oz = bbox_offset
+    return [(x + ox, y + oy, z + oz) for x, y, z in verts], faces
+
+
+def _box_centred_vertices_faces(shape: str, dims):
     sx, sy, sz = (d / 2 for d in dims)
     if shape == "cube":
         v = [(x * sx, y * sy, z * sz) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
@@ -173,6 +180,8 @@ def build_scene(spec: dict, device: str = "CPU", threads: int = 0) -> dict:
     # A fresh empty file per sample keeps memory flat; unlike read_factory_settings it keeps the
     # preferences, where the Cycles compute device lives.
     bpy.ops.wm.read_homefile(use_empty=True, use_factory_startup=True)
+    # No .blend file from anywhere is ever opened; keep embedded-script auto-execution off all the same.
+    bpy.context.preferences.filepaths.use_scripts_auto_execute = False
     scene = bpy.context.scene
     r = spec["render"]
 
@@ -186,7 +195,7 @@ def build_scene(spec: dict, device: str = "CPU", threads: int = 0) -> dict:
 
     # the moving object
     o = spec["object"]
-    verts, faces = _mesh_vertices_faces(o["shape"], o["dimensions"])
+    verts, faces = _mesh_vertices_faces(o["shape"], o["dimensions"], o["bbox_offset"])
     mesh = bpy.data.meshes.new(o["shape"])
     mesh.from_pydata(verts, [], faces)
     mesh.update()

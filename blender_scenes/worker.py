@@ -10,6 +10,15 @@ Replies go to file descriptor N (stdout belongs to Blender's own log output), on
     {"event": "error", "error": "..."}                                                          setup failed; exits 3
 The worker exits when stdin closes, and dies with its parent (Linux).
 
+Safety: Blender's auto-execution of scripts embedded in .blend files stays off (the ready and done replies report
+`scripts_auto_execute`, always false), and no .blend file is ever opened: every sample starts from Blender's
+built-in empty factory scene (the done reply's `blend_file` is "").
+
+Fault injection (for tests of the orchestrator's crash handling; never set in normal use):
+    MAGVIT3D_FAULT_CRASH_SAMPLE=3[,7,...]   the worker renders sample 3, then dies with os.abort() before replying,
+                                            as a Blender crash in the middle of that sample would (partial output
+                                            is left in the sample's temporary directory).
+
 Also usable on its own, e.g. under a user's own Blender:
     blender --background --python blender_scenes/worker.py -- --spec spec.json --out DIR [--device auto]
     python -m blender_scenes.worker --spec spec.json --out DIR
@@ -50,6 +59,32 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
+FAULT_CRASH_ENV = "MAGVIT3D_FAULT_CRASH_SAMPLE"
+
+
+def _fault_crash_ids() -> set[int]:
+    text = os.environ.get(FAULT_CRASH_ENV, "").strip()
+    return {int(x) for x in text.split(",") if x.strip()} if text else set()
+
+
+def _crash_now() -> None:
+    """Die the way a crashing Blender does (SIGABRT), without leaving a core file behind."""
+    try:
+        import resource
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):
+        pass
+    os.abort()
+
+
+def safety_state() -> dict:
+    """What the parent checks about Blender's script safety: auto-execution off, no .blend file loaded."""
+    import bpy
+
+    return {"scripts_auto_execute": bool(bpy.context.preferences.filepaths.use_scripts_auto_execute),
+            "blend_file": bpy.data.filepath}
+
+
 def render_request(spec: dict, out_dir: str, device: str, threads: int = 0, allow_software_eevee: bool = False) -> dict:
     from blender_scenes import scene
 
@@ -61,7 +96,12 @@ def render_request(spec: dict, out_dir: str, device: str, threads: int = 0, allo
     cameras = scene.build_scene(spec, device, threads)
     t1 = time.perf_counter()
     timings = scene.render_views(spec, cameras, out_dir)
-    return {"build_seconds": t1 - t0, **timings, "seconds": time.perf_counter() - t0}
+    if spec.get("sample_id") in _fault_crash_ids():
+        _crash_now()
+    safety = safety_state()
+    if safety["scripts_auto_execute"] or safety["blend_file"]:
+        raise RuntimeError(f"unsafe Blender state after building the scene: {safety}")
+    return {"build_seconds": t1 - t0, **timings, "seconds": time.perf_counter() - t0, **safety}
 
 
 def main(argv=None) -> int:
@@ -92,7 +132,7 @@ def main(argv=None) -> int:
         print(json.dumps({"event": "done", "sample_id": spec.get("sample_id"), **out}))
         return 0
 
-    reply(event="ready", blender=bpy.app.version_string, pid=os.getpid(), **dev)
+    reply(event="ready", blender=bpy.app.version_string, pid=os.getpid(), **dev, **safety_state())
     for line in sys.stdin:
         if not line.strip():
             continue

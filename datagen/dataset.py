@@ -11,10 +11,12 @@ A sample directory is complete or absent: it is rendered into samples/.tmp-00012
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,32 @@ import numpy as np
 from datagen import __version__
 from datagen.config import UserError, to_dict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: positions are the centre of mass (cone origin h/4 above its base)
 TMP_PREFIX = ".tmp-"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
+# errnos that mean "the storage refused the write", not a bug: reported as one line, finished work is kept
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+class WriteFailed(OSError):
+    """Writing into the dataset failed (disk full, quota, file size limit, read-only or failing disk); everything
+    committed before stays intact. An OSError whose filename is the file that failed and whose strerror says what
+    stopped and what to do, so the CLI prints it as one line ('FILE: REASON; ...') with exit status 1."""
+
+
+@contextmanager
+def write_errors(doing: str, kept: str):
+    """Turn an OSError of the storage (see WRITE_ERRNOS) inside the block into a WriteFailed whose text reads
+    '<file>: <reason> (disk full, quota or file size limit?); <doing> stopped; <kept>'. Other errors pass unchanged."""
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise WriteFailed(e.errno, f"{e.strerror or e} (disk full, quota or file size limit?); {doing} stopped; {kept}",
+                          e.filename) from None
 
 
 def sample_name(sample_id: int) -> str:
@@ -52,6 +78,10 @@ def write_json_atomic(path: Path, data, indent: int | None = 1) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file: a failed write (EFBIG, ENOSPC) carries no filename of its own
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -135,6 +165,8 @@ def check_same_config(root: Path, cfg) -> dict | None:
     if not path.exists():
         return None
     existing = read_json(path, "dataset.json")
+    if not isinstance(existing, dict):
+        raise UserError(f"{path} is not a JSON object; choose another output directory")
     if existing.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{path} has schema_version {existing.get('schema_version')!r}; this toolkit reads {SCHEMA_VERSION}")
     new = to_dict(cfg)
@@ -162,6 +194,28 @@ def remove_stale_tmp(root: Path, ids) -> int:
             shutil.rmtree(p)
             n += 1
     return n
+
+
+def incomplete_pngs(sample_root: Path, views: list[str], kinds: list[str],
+                    frames: int) -> tuple[list[Path], list[Path]]:
+    """(missing, truncated) frame PNGs of one sample directory. A PNG whose write was cut short (disk full, a file
+    size limit: Blender reports 'Saved' all the same) lacks the IEND chunk at its end; only the tail is read."""
+    missing, truncated = [], []
+    for v in views:
+        for kind in kinds:
+            for f in range(frames):
+                p = frame_path(sample_root, v, kind, f)
+                try:
+                    with open(p, "rb") as fh:
+                        size = fh.seek(0, os.SEEK_END)
+                        fh.seek(max(0, size - len(PNG_END)))
+                        tail = fh.read()
+                except FileNotFoundError:
+                    missing.append(p)
+                    continue
+                if tail != PNG_END:
+                    truncated.append(p)
+    return missing, truncated
 
 
 def mask_stats(sample_root: Path, views: list[str], frames: int) -> dict:
@@ -207,7 +261,8 @@ def build_meta(spec: dict, masks: dict) -> dict:
         "schema_version": SCHEMA_VERSION,
         "sample_id": spec["sample_id"],
         "seed": spec["seed"],
-        "shape": {"name": o["shape"], "dimensions": o["dimensions"], "size": o["size"]},
+        "shape": {"name": o["shape"], "dimensions": o["dimensions"], "bbox_offset": o["bbox_offset"],
+                  "size": o["size"]},
         "material": o["material"],
         "ground": spec["ground"],
         "lights": spec["lights"],
@@ -228,6 +283,8 @@ def load_dataset_json(root: Path) -> dict:
     if not root.is_dir():
         raise UserError(f"dataset directory not found: {root}")
     info = read_json(root / "dataset.json", "dataset.json")
+    if not isinstance(info, dict):
+        raise UserError(f"{root / 'dataset.json'} is not a JSON object; is {root} a magvit3d dataset?")
     if info.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{root / 'dataset.json'} has schema_version {info.get('schema_version')!r}; "
                         f"this toolkit reads {SCHEMA_VERSION}")

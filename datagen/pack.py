@@ -4,8 +4,11 @@
     packed/<split>_index.json    sample ids, labels, positions, rotations, 2D centres, visibility, cameras
 
 Training and evaluation read packed data through `load_packed` only, never PNGs. Packing is deterministic
-(the same dataset gives byte-identical files) and atomic per file: arrays are filled in a temp file and
-renamed, so an interrupted pack never leaves a half-written array under the final name.
+(the same dataset gives byte-identical files) and atomic per file: the array and its index are written in full to
+temp files (plain sequential writes, then fsync: a full disk is an error here, where writing through a memory map
+would kill the process with SIGBUS), then renamed, so an interrupted pack never leaves a half-written array under
+the final name. A failed write (disk full, quota, file size limit) raises datagen.dataset.WriteFailed (an OSError naming
+the file: one line on the CLI), and the arrays packed before stay as they were.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 
 from datagen.config import UserError
 from datagen.dataset import (complete_sample_ids, frame_path, load_dataset_json, load_meta, read_json, sample_dir,
-                             write_json_atomic)
+                             write_errors, write_json_atomic)
 from datagen.verify import SampleError, check_meta, decode_png
 
 PACKED_DIR = "packed"
@@ -89,35 +92,48 @@ def _build_index(info: dict, split: str, ids: list[int], entries: list[dict]) ->
     }
 
 
+def _named_write(path: Path, fn, *args):
+    """fn(*args), a write into `path`'s temp file; its OSError (ENOSPC, EFBIG: no filename of their own) names `path`."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
 def _pack_split(root: Path, info: dict, split: str, ids: list[int], progress: bool) -> dict:
     from tqdm import tqdm
 
     W, H = info["image_size"]
     views, T = info["views"], info["frames"]
     shape = (len(ids), len(views), T, H, W, 3)
-    final = rgb_path(root, split)
+    final, final_index = rgb_path(root, split), index_path(root, split)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp_index = final_index.with_name(f".{final_index.name}.tmp-{os.getpid()}")
     entries = []
     try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape) if ids else None
-        for n, sid in enumerate(tqdm(ids, desc=f"pack {split}", unit="sample", disable=not progress)):
-            entries.append(_sample_entry(load_meta(root, sid), sid, info))
-            d = sample_dir(root, sid)
-            for v, view in enumerate(views):
-                for f in range(T):
-                    arr[n, v, f] = _read_rgb(frame_path(d, view, "rgb", f), (W, H))
-        if arr is None:  # an empty split: mmap cannot map zero bytes, so save the empty array plainly
-            with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to a path
-                np.save(fh, np.zeros(shape, np.uint8))
-        else:
-            arr.flush()
-            del arr
+        with open(tmp, "wb") as fh:
+            _named_write(final, np.lib.format.write_array_header_1_0, fh,
+                         {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                          "shape": shape})
+            sample = np.empty(shape[1:], np.uint8)
+            for sid in tqdm(ids, desc=f"pack {split}", unit="sample", disable=not progress):
+                entries.append(_sample_entry(load_meta(root, sid), sid, info))
+                d = sample_dir(root, sid)
+                for v, view in enumerate(views):
+                    for f in range(T):
+                        sample[v, f] = _read_rgb(frame_path(d, view, "rgb", f), (W, H))
+                _named_write(final, fh.write, sample.tobytes())
+            _named_write(final, fh.flush)
+            _named_write(final, os.fsync, fh.fileno())  # a disk that fills up late says so here, not after the rename
+        # the index goes to its temp file before either is renamed: a failed write leaves the old pair alone
+        write_json_atomic(tmp_index, _build_index(info, split, ids, entries), indent=None)
         os.replace(tmp, final)
+        os.replace(tmp_index, final_index)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    write_json_atomic(index_path(root, split), _build_index(info, split, ids, entries), indent=None)
-    return {"samples": len(ids), "rgb": str(final), "index": str(index_path(root, split)), "shape": list(shape)}
+        for t in (tmp, tmp_index):
+            if t.exists():
+                t.unlink()
+    return {"samples": len(ids), "rgb": str(final), "index": str(final_index), "shape": list(shape)}
 
 
 def pack_dataset(root, progress: bool = True) -> dict:
@@ -131,9 +147,10 @@ def pack_dataset(root, progress: bool = True) -> dict:
         if missing:
             raise UserError(f"cannot pack {root}: split {name!r} is missing {len(missing)} of {len(ids)} samples "
                             f"(ids {_id_list(missing)}); finish rendering first")
-    (root / PACKED_DIR).mkdir(exist_ok=True)
-    return {"dataset": str(root),
-            "splits": {name: _pack_split(root, info, name, ids, progress) for name, ids in splits.items()}}
+    with write_errors("pack", "the packed files from before are unchanged; free space and run pack again"):
+        (root / PACKED_DIR).mkdir(exist_ok=True)
+        return {"dataset": str(root),
+                "splits": {name: _pack_split(root, info, name, ids, progress) for name, ids in splits.items()}}
 
 
 # --- the reader ----------------------------------------------------------------------------------
@@ -184,6 +201,8 @@ def load_packed(root, split: str) -> PackedSplit:
         raise UserError(f"packed index not found: {ipath}; "
                         + (f"packed splits here: {', '.join(have)}" if have else "pack the dataset first"))
     index = read_json(ipath, "packed index")
+    if not isinstance(index, dict):
+        raise UserError(f"packed index {ipath} is not a JSON object; pack the dataset again")
     if not rpath.is_file():
         raise UserError(f"packed array not found: {rpath}; pack the dataset again")
     try:
@@ -195,8 +214,12 @@ def load_packed(root, split: str) -> PackedSplit:
                         f"{getattr(rgb, 'offset', 0) + rgb.nbytes}; truncated? pack the dataset again")
     if rgb.dtype != np.uint8:
         raise UserError(f"packed array {rpath} has dtype {rgb.dtype}, expected uint8")
-    W, H = index.get("image_size", (None, None))
-    want = (len(index.get("sample_ids", [])), len(index.get("views", [])), index.get("frames"), H, W, 3)
+    try:
+        W, H = index.get("image_size", (None, None))
+        want = (len(index.get("sample_ids", [])), len(index.get("views", [])), index.get("frames"), H, W, 3)
+    except (TypeError, ValueError):
+        raise UserError(f"packed index {ipath} is malformed (image_size, sample_ids or views); pack the dataset "
+                        f"again") from None
     if tuple(rgb.shape) != want:
         raise UserError(f"packed array {rpath} has shape {tuple(rgb.shape)}, but {ipath.name} says (N, V, T, H, W, 3) "
                         f"= {want}; pack the dataset again")

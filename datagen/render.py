@@ -1,11 +1,19 @@
 """Render orchestration: long-lived Blender worker processes, sharding, resume, retries, progress, summary.
 
 Each worker (blender_scenes.worker) imports bpy once and renders sample after sample. A sample is rendered
-into samples/.tmp-NNNNNN, its meta.json written there, then the directory is renamed into place, so a
-sample directory is complete or absent and a re-run simply skips the ones that exist.
+into samples/.tmp-NNNNNN, its PNGs checked for completeness, its meta.json written there, then the directory is
+renamed into place, so a sample directory is complete or absent and a re-run simply skips the ones that exist.
+
+Faults: a worker that dies (crash, SIGKILL, OOM killer) is replaced and its sample retried (MAX_ATTEMPTS in all,
+then reported by id while the other samples go on); a worker that dies before it got its sample costs the sample
+no attempt; one that keeps dying before it is ready retires its slot (MAX_START_FAILURES). A full disk or a file
+size limit stops the run with datagen.dataset.WriteFailed (an OSError naming the file: one line on the CLI), leaving
+the samples completed so far intact. Workers run with the dataset's logs folder as working directory and temp dir
+(TMPDIR), so nothing they write lands outside the dataset, even when they are killed.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -23,10 +31,24 @@ from datagen.spec import DatasetConfig, build_spec
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120.0
 MAX_ATTEMPTS = 2  # a failed sample is retried once
+MAX_START_FAILURES = 3  # a slot whose workers die this many times in a row before they are ready retires
+RESUME = "completed samples are kept; free space and rerun the same command to resume"
 
 
 class WorkerCrashed(RuntimeError):
-    pass
+    """The worker process died. `sent` is False when it died before it received the request."""
+
+    def __init__(self, message: str, sent: bool = True):
+        super().__init__(message)
+        self.sent = sent
+
+
+class WorkerStartFailed(UserError):
+    """Render workers keep dying before they are ready (one line on the CLI)."""
+
+
+class SampleOutputError(RuntimeError):
+    """The worker reported a sample done, but frame PNGs are missing: the sample counts as failed (and is retried)."""
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -64,7 +86,8 @@ def default_workers() -> int:
 class RenderWorker:
     """One Blender worker process and its reply pipe."""
 
-    def __init__(self, device: str, threads: int, log_path: Path, allow_software_eevee: bool = False):
+    def __init__(self, device: str, threads: int, log_path: Path, allow_software_eevee: bool = False,
+                 tmp_dir: Path | None = None):
         read_fd, write_fd = os.pipe()
         cmd = [sys.executable, "-m", "blender_scenes.worker", "--device", device, "--reply-fd", str(write_fd),
                "--threads", str(threads)]
@@ -72,22 +95,32 @@ class RenderWorker:
             cmd.append("--allow-software-eevee")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        self.log_path = Path(log_path)
+        self.log_path = Path(log_path).absolute()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp_dir is not None:  # Blender's session temp dir (blender_XXXXXX) goes here, also when it is killed
+            Path(tmp_dir).mkdir(parents=True, exist_ok=True)
+            env["TMPDIR"] = str(Path(tmp_dir).absolute())
+            env["XDG_CACHE_HOME"] = env["TMPDIR"]  # else Blender makes ~/.cache/thumbnails/... in $HOME
+        # cwd: the log folder, so nothing relative (a core file, a crash log) lands outside the output
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                         pass_fds=(write_fd,), env=env, cwd=str(REPO_ROOT))
+                                         pass_fds=(write_fd,), env=env, cwd=str(self.log_path.parent))
         os.close(write_fd)
         self.replies = os.fdopen(read_fd, "r")
         self.info: dict = {}
 
     def _read(self) -> dict:
         line = self.replies.readline()
-        if not line:
+        try:
+            msg = json.loads(line) if line.endswith("\n") else None
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict):  # end of file, or a reply cut off by the worker's death
+            self.proc.kill()
             code = self.proc.wait()
             raise WorkerCrashed(f"render worker (pid {self.proc.pid}) died with exit code {code}; "
                                 f"log: {self.log_path}{self.log_tail()}")
-        return json.loads(line)
+        return msg
 
     def log_tail(self, n: int = 3) -> str:
         try:
@@ -106,11 +139,14 @@ class RenderWorker:
 
     def render(self, spec: dict, out_dir: Path) -> dict:
         try:
-            self.proc.stdin.write((json.dumps({"spec": spec, "out_dir": str(out_dir)}) + "\n").encode())
+            # absolute: the worker runs in the log folder, not in this process's working directory
+            request = {"spec": spec, "out_dir": str(Path(out_dir).absolute())}
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             code = self.proc.wait()
-            raise WorkerCrashed(f"render worker (pid {self.proc.pid}) died with exit code {code}{self.log_tail()}")
+            raise WorkerCrashed(f"render worker (pid {self.proc.pid}) died with exit code {code}{self.log_tail()}",
+                                sent=False) from None
         return self._read()
 
     def close(self) -> None:
@@ -128,8 +164,24 @@ class RenderWorker:
 
 
 def _finish_sample(root: Path, spec: dict, tmp: Path, views: list[str], frames: int) -> None:
-    """Write spec.json + meta.json into the temp dir and rename it into place (the commit point)."""
-    masks = ds.mask_stats(tmp, views, frames)
+    """Check the worker's PNGs, write spec.json + meta.json into the temp dir and rename it into place (the commit
+    point). Blender says 'Saved' even when a write was cut short (disk full, file size limit), so every frame PNG
+    must be there and end with its IEND chunk before the sample may appear."""
+    kinds = ["rgb", "mask"] + (["depth"] if spec["render"].get("depth") else [])
+    missing, truncated = ds.incomplete_pngs(tmp, views, kinds, frames)
+    if truncated:
+        raise ds.WriteFailed(errno.EIO, f"written truncated by the render worker, with {len(truncated) - 1} more PNGs "
+                             f"of sample {spec['sample_id']} (disk full, quota or file size limit?); render stopped; "
+                             f"{RESUME}", str(truncated[0]))
+    if missing:
+        raise SampleOutputError(f"the render worker reported sample {spec['sample_id']} done, but {len(missing)} "
+                                f"frame PNGs are missing, e.g. {missing[0]}")
+    try:
+        masks = ds.mask_stats(tmp, views, frames)
+    except (SyntaxError, ValueError, OSError) as e:  # PIL: a mask that ends well but does not decode
+        if isinstance(e, OSError) and e.errno in ds.WRITE_ERRNOS:
+            raise
+        raise SampleOutputError(f"a mask of sample {spec['sample_id']} does not decode: {e}") from None
     ds.write_json_atomic(tmp / "spec.json", spec, indent=None)
     ds.write_json_atomic(tmp / "meta.json", ds.build_meta(spec, masks))
     os.replace(tmp, ds.sample_dir(root, spec["sample_id"]))
@@ -139,7 +191,15 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
                    shard: tuple[int, int] = (0, 1), allow_software_eevee: bool = False, progress: bool = True,
                    log=print) -> dict:
     """Render the (shard of the) dataset into `root`, skipping complete samples. Returns the summary dict,
-    also written to root/render_summary[.shard-I-of-N].json."""
+    also written to root/render_summary[.shard-I-of-N].json. A failed write (disk full, quota, file size limit)
+    raises datagen.dataset.WriteFailed (one line); the samples completed before stay as they are."""
+    with ds.write_errors("render", RESUME):
+        return _render_dataset(cfg, root, device=device, workers=workers, shard=shard,
+                               allow_software_eevee=allow_software_eevee, progress=progress, log=log)
+
+
+def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str, workers: int | None,
+                    shard: tuple[int, int], allow_software_eevee: bool, progress: bool, log) -> dict:
     from tqdm import tqdm
 
     root = Path(root)
@@ -161,11 +221,22 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
     n_workers = max(1, min(workers or default_workers(), max(1, len(todo))))
     threads = max(1, cpu_count() // n_workers)
     log_dir = root / "logs"
+    worker_tmp = log_dir / f"blender-tmp{shard_tag}"  # the workers' TMPDIR; removed at the end of the run
 
     def start_worker(k: int) -> RenderWorker:
-        w = RenderWorker(device, threads, log_dir / f"render{shard_tag}-worker{k}.log", allow_software_eevee)
-        w.wait_ready()
-        return w
+        """A ready worker; one killed while it starts is replaced, up to MAX_START_FAILURES times in a row."""
+        for failures in range(1, MAX_START_FAILURES + 1):
+            w = RenderWorker(device, threads, log_dir / f"render{shard_tag}-worker{k}.log", allow_software_eevee,
+                             tmp_dir=worker_tmp)
+            try:
+                w.wait_ready()
+                return w
+            except WorkerCrashed as e:
+                w.close()
+                if failures == MAX_START_FAILURES:
+                    raise WorkerStartFailed(f"render workers died {failures} times in a row before they were ready; "
+                                            f"last: {e}") from None
+        raise AssertionError("unreachable")
 
     summary = {"dataset": str(root), "shard": f"{shard[0]}/{shard[1]}", "requested": len(ids),
                "already_complete": len(done_before), "rendered": 0, "failed": [], "retried": [],
@@ -177,12 +248,16 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
 
     # Start one worker and learn the device before writing anything: `--device gpu` with no GPU fails here.
     root_existed, logs_existed = root.exists(), log_dir.exists()
+    if worker_tmp.exists():  # left by a killed run of this shard: Blender session dirs of killed workers
+        shutil.rmtree(worker_tmp, ignore_errors=True)
 
     def leave_nothing_behind():  # bad input writes nothing, not even the worker's log
         if not root_existed and root.exists():
             shutil.rmtree(root)
         elif not logs_existed and log_dir.exists():
             shutil.rmtree(log_dir)
+        else:
+            shutil.rmtree(worker_tmp, ignore_errors=True)
 
     try:
         first = start_worker(0)
@@ -198,9 +273,9 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
     if info.get("notice"):
         log(f"notice: {info['notice']}")
     root.mkdir(parents=True, exist_ok=True)
-    (root / "samples").mkdir(exist_ok=True)
-    if existing is None:
+    if existing is None:  # before samples/: a failed write here leaves a directory the rerun still accepts
         ds.write_json_atomic(root / "dataset.json", ds.build_dataset_json(cfg, info["blender"]))
+    (root / "samples").mkdir(exist_ok=True)
     stale = ds.remove_stale_tmp(root, todo)
     if stale:
         log(f"removed {stale} partial sample director{'y' if stale == 1 else 'ies'} left by an interrupted run")
@@ -222,7 +297,15 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
                 except queue.Empty:
                     return
                 if worker is None:
-                    worker = pool[k] = start_worker(k)
+                    try:
+                        worker = pool[k] = start_worker(k)
+                    except WorkerStartFailed as e:  # this slot retires; the others go on (none left: the run ends)
+                        jobs.put((sid, attempt))
+                        results.put(("retired", k, e))
+                        return
+                    except BaseException:
+                        jobs.put((sid, attempt))
+                        raise
                 tmp = ds.tmp_sample_dir(root, sid)
                 if tmp.exists():
                     shutil.rmtree(tmp)
@@ -234,10 +317,17 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
                     worker.close()
                     worker = pool[k] = None
                     results.put(("replaced", sid, None))
+                    if not e.sent:  # it died before it got this sample: no attempt used
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        jobs.put((sid, attempt))
+                        continue
                 if reply.get("event") == "done":
-                    _finish_sample(root, specs[sid], tmp, views, frames)
-                    results.put(("done", sid, reply))
-                    continue
+                    try:
+                        _finish_sample(root, specs[sid], tmp, views, frames)
+                        results.put(("done", sid, reply))
+                        continue
+                    except SampleOutputError as e:
+                        reply = {"event": "failed", "error": str(e)}
                 shutil.rmtree(tmp, ignore_errors=True)
                 if attempt < MAX_ATTEMPTS:
                     jobs.put((sid, attempt + 1))
@@ -245,14 +335,19 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
                 else:
                     results.put(("failed", sid, reply.get("error")))
         except BaseException as e:  # noqa: BLE001 - surfaced by the main thread
-            results.put(("crash", None, f"{type(e).__name__}: {e}"))
+            results.put(("crash", None, e))
+        finally:  # out of work: let this slot's worker exit cleanly (Blender removes its temp dir)
+            if pool[k] is not None:
+                w, pool[k] = pool[k], None
+                w.close()
+            results.put(("slot-exit", k, None))
 
     threads_list = [threading.Thread(target=slot, args=(k,), daemon=True) for k in range(n_workers)]
     for th in threads_list:
         th.start()
     bar = tqdm(total=len(ids), initial=len(done_before), unit="clip", disable=not progress, dynamic_ncols=True,
                desc=f"render{'' if shard == (0, 1) else f' shard {shard[0]}/{shard[1]}'}")
-    finished = 0
+    finished, slots_alive, retired = 0, n_workers, None
     t_loop = time.perf_counter()
     try:
         while finished < len(todo):
@@ -272,8 +367,19 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
                 bar.write(f"sample {sid} failed twice, giving up: {payload}")
             elif kind == "replaced":
                 summary["workers_replaced"] += 1
+            elif kind == "retired":
+                retired = payload
+                bar.write(f"render worker slot {sid} stopped: {payload}")
+            elif kind == "slot-exit":
+                slots_alive -= 1
+                if slots_alive == 0 and finished < len(todo):
+                    if retired is not None:
+                        raise retired
+                    raise RuntimeError(f"all render workers stopped with {len(todo) - finished} samples left")
             elif kind == "crash":
-                raise RuntimeError(f"render orchestration failed: {payload}")
+                if isinstance(payload, (UserError, OSError)):  # a full disk, workers that won't start: one line
+                    raise payload
+                raise RuntimeError(f"render orchestration failed: {type(payload).__name__}: {payload}") from payload
     except BaseException:  # Ctrl-C or a crashed thread: stop everything, drop partial samples
         stop.set()
         for w in pool:
@@ -291,6 +397,7 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
         for w in pool:
             if w is not None and w.proc.poll() is None:
                 w.close()
+        shutil.rmtree(worker_tmp, ignore_errors=True)
 
     seconds = time.perf_counter() - t_start
     clips = summary["rendered"]

@@ -249,16 +249,26 @@ def object_dimensions(shape: str, size: float, aspect: float) -> list[float]:
     return [d, d, d * aspect]
 
 
-def box_corners(dims) -> np.ndarray:
-    """The 8 corners (8, 3) of an origin-centred box with full extents dims."""
+def bbox_offset(shape: str, dims) -> list[float]:
+    """Where the bounding-box centre lies relative to the object's origin, in object coordinates. The origin (the
+    tracked position, the point the object spins about) is the centre of mass of the solid: the box centre for a cube
+    and a cylinder, h/4 above the base for a cone, so the box centre sits h/4 above the origin. A free body spins
+    about its centre of mass, and it is the point an image-based probe can find: with the box centre as the target,
+    a probe has to learn an orientation-dependent offset from the visible mass (DESIGN.md, evaluation notes)."""
+    return [0.0, 0.0, float(dims[2]) / 4] if shape == "cone" else [0.0, 0.0, 0.0]
+
+
+def box_corners(dims, offset=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """The 8 corners (8, 3) of a box with full extents dims whose centre is at `offset` from the origin."""
     h = np.asarray(dims, dtype=np.float64) / 2
-    return np.array([[sx, sy, sz] for sx in (-h[0], h[0]) for sy in (-h[1], h[1]) for sz in (-h[2], h[2])])
+    c = np.array([[sx, sy, sz] for sx in (-h[0], h[0]) for sy in (-h[1], h[1]) for sz in (-h[2], h[2])])
+    return c + np.asarray(offset, dtype=np.float64)
 
 
-def world_corners(dims, location: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """Per-frame world positions (T, 8, 3) of the object's bounding-box corners."""
+def world_corners(dims, offset, location: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """Per-frame world positions (T, 8, 3) of the object's bounding-box corners (offset: see bbox_offset)."""
     Rm = cam.quat_to_matrix(rotation)                       # (T, 3, 3)
-    return np.einsum("tij,kj->tki", Rm, box_corners(dims)) + np.asarray(location)[:, None, :]
+    return np.einsum("tij,kj->tki", Rm, box_corners(dims, offset)) + np.asarray(location)[:, None, :]
 
 
 def _fits_all_views(corners: np.ndarray, tracks, margin: float) -> bool:
@@ -291,7 +301,7 @@ def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
         spin = float(rng.uniform(*o.spin_speed_range))
         rot = cam.quat_multiply(cam.axis_angle_quat(axis, spin * t), q0)
         rot = rot * np.where(rot[:, :1] < 0, -1.0, 1.0)  # canonical sign: w >= 0
-        if _fits_all_views(world_corners(dims, loc, rot), tracks, tc.margin_px):
+        if _fits_all_views(world_corners(dims, bbox_offset(shape, dims), loc, rot), tracks, tc.margin_px):
             break
     else:
         raise UserError(f"sample {sample_id}: no {family} trajectory of a {shape} stayed inside all camera views "
@@ -342,7 +352,7 @@ def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
                                 "scale": float(rng.uniform(*cfg.ground.texture_scale_range)),
                                 "color_a": ground_colours[0], "color_b": ground_colours[1], "roughness": 0.9,
                                 "fade_radius": list(cfg.ground.fade_radius)}},
-        "object": {"shape": shape, "dimensions": dims, "size": size,
+        "object": {"shape": shape, "dimensions": dims, "bbox_offset": bbox_offset(shape, dims), "size": size,
                    "material": {"texture": str(rng.choice(o.textures)),
                                 "scale": float(rng.uniform(*o.texture_scale_range)),
                                 "color_a": obj_colours[0], "color_b": obj_colours[1],

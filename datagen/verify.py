@@ -17,7 +17,7 @@ from PIL import Image
 
 from datagen.camera import in_image, project, projection_matrix
 from datagen.config import UserError
-from datagen.dataset import TMP_PREFIX, frame_path, load_dataset_json, mask_box, sample_dir, sample_name
+from datagen.dataset import PNG_END, TMP_PREFIX, frame_path, load_dataset_json, mask_box, sample_dir, sample_name
 from datagen.spec import world_corners
 
 # the keys datagen.dataset.build_dataset_json and build_meta write
@@ -27,7 +27,6 @@ META_KEYS = ("schema_version", "sample_id", "seed", "shape", "material", "ground
              "frames", "fps", "image_size", "views", "centers_2d", "visibility", "mask_area", "mask_bbox")
 VIEW_KEYS = ("name", "K", "R", "t", "P")
 IMAGE_MODES = {"rgb": ("RGB",), "mask": ("L",), "depth": ("I;16", "I;16B", "I;16L", "I")}
-PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
 MAX_FRAME_ERRORS = 3  # per sample and check: the first few, then a count, so one bad sample stays readable
 
 
@@ -93,8 +92,8 @@ def check_meta(meta: dict, sample_id: int, info: dict) -> dict:
         raise SampleError(f"meta.json says sample_id {meta['sample_id']!r}")
     T, views = info["frames"], info["views"]
     V = len(views)
-    if meta["frames"] != T or list(meta["image_size"]) != list(info["image_size"]):
-        raise SampleError(f"meta.json has frames={meta['frames']} image_size={meta['image_size']}, dataset.json "
+    if meta["frames"] != T or meta["image_size"] != list(info["image_size"]):
+        raise SampleError(f"meta.json has frames={meta['frames']!r} image_size={meta['image_size']!r}, dataset.json "
                           f"has frames={T} image_size={info['image_size']}")
     if not isinstance(meta["views"], list) or [v.get("name") if isinstance(v, dict) else None
                                                for v in meta["views"]] != views:
@@ -104,6 +103,7 @@ def check_meta(meta: dict, sample_id: int, info: dict) -> dict:
             raise SampleError(f"meta.json views[{i}] lacks keys {[k for k in VIEW_KEYS if k not in v]}")
     a = {
         "dims": _array(meta, "shape.dimensions", (3,)),
+        "bbox_offset": _array(meta, "shape.bbox_offset", (3,)),
         "position": _array(meta, "trajectory.position", (T, 3)),
         "rotation": _array(meta, "trajectory.rotation", (T, 4)),
         "K": np.stack([_array(v, "K", (3, 3)) for v in meta["views"]]),
@@ -142,9 +142,9 @@ def check_sample(root: Path, sample_id: int, info: dict, tolerance_px: float, ch
         try:
             meta = json.loads((d / "meta.json").read_text())
         except FileNotFoundError:
-            raise SampleError("meta.json is missing") from None
+            raise SampleError(f"meta.json is missing: {d / 'meta.json'}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SampleError(f"meta.json is not valid JSON: {e}") from None
+            raise SampleError(f"meta.json {d / 'meta.json'} is not valid JSON: {e}") from None
         a = check_meta(meta, sample_id, info)
     except SampleError as e:
         out["errors"].append(str(e))
@@ -166,7 +166,7 @@ def check_sample(root: Path, sample_id: int, info: dict, tolerance_px: float, ch
     if out["errors"] or not check_images:
         return out
 
-    corners = world_corners(a["dims"], a["position"], a["rotation"])  # (T, 8, 3)
+    corners = world_corners(a["dims"], a["bbox_offset"], a["position"], a["rotation"])  # (T, 8, 3)
     outside, empty, disagree, unreadable = [], [], [], []
     for vi, v in enumerate(views):
         for f in range(T):

@@ -78,7 +78,7 @@ def write_fake_sample(root: Path, cfg: DatasetConfig, sample_id: int) -> Path:
     """One complete sample directory: rgb + mask (+ depth) PNGs and meta.json."""
     spec = build_spec(cfg, sample_id)
     o, r = spec["object"], spec["render"]
-    corners = world_corners(o["dimensions"], np.asarray(o["location"]), np.asarray(o["rotation"]))
+    corners = world_corners(o["dimensions"], o["bbox_offset"], np.asarray(o["location"]), np.asarray(o["rotation"]))
     d = sample_dir(root, sample_id)
     views = [c["name"] for c in spec["cameras"]]
     for v, c in enumerate(spec["cameras"]):

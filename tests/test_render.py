@@ -59,7 +59,7 @@ def test_exported_P_projects_box_onto_mask_at_128(projection_dataset):
         meta = ds.load_meta(projection_dataset, sid)
         shape = meta["shape"]["name"]
         shapes_seen.add(shape)
-        corners = world_corners(meta["shape"]["dimensions"], np.array(meta["trajectory"]["position"]),
+        corners = world_corners(meta["shape"]["dimensions"], meta["shape"]["bbox_offset"], np.array(meta["trajectory"]["position"]),
                                 np.array(meta["trajectory"]["rotation"]))
         for v, view in enumerate(meta["views"]):
             for f in range(meta["frames"]):

@@ -9,7 +9,7 @@ import pytest
 from datagen import camera as cam
 from datagen.config import UserError, from_dict, to_dict
 from datagen.spec import (DatasetConfig, SHAPES, TrajectoriesSection, box_corners, build_spec, frame_times,
-                          object_dimensions, sample_seed, world_corners)
+                          bbox_offset, object_dimensions, sample_seed, world_corners)
 from datagen.trajectories import FAMILIES, draw_params, positions
 
 F = np.diag([1.0, -1.0, -1.0])
@@ -159,11 +159,30 @@ def test_box_and_world_corners():
     assert {tuple(r) for r in c} == {(sx, sy, sz) for sx in (-1, 1) for sy in (-2, 2) for sz in (-3, 3)}
     loc = np.array([[0.0, 0.0, 1.0], [1.0, 2.0, 3.0]])
     rot = np.stack([[1.0, 0, 0, 0], cam.axis_angle_quat((0, 0, 1), np.pi / 2)])
-    w = world_corners([2.0, 4.0, 6.0], loc, rot)
+    w = world_corners([2.0, 4.0, 6.0], [0.0, 0.0, 0.0], loc, rot)
     assert w.shape == (2, 8, 3)
     np.testing.assert_allclose(w[0], c + loc[0])
     # 90 degrees about Z: (x, y, z) -> (-y, x, z)
     np.testing.assert_allclose(w[1], np.stack([-c[:, 1], c[:, 0], c[:, 2]], -1) + loc[1], atol=1e-12)
+    # an offset box (a cone's, whose origin is its centre of mass) rotates about the origin, not its own centre
+    off = np.array([0.0, 0.0, 1.5])
+    w = world_corners([2.0, 4.0, 6.0], off, loc, rot)
+    np.testing.assert_allclose(w[0], c + off + loc[0])
+    np.testing.assert_allclose(w[1], np.stack([-c[:, 1], c[:, 0], c[:, 2] + 1.5], -1) + loc[1], atol=1e-12)
+
+
+def test_origin_is_the_centre_of_mass():
+    """Cube and cylinder: the box centre. Cone (base at the box bottom, apex at the top): the centroid of a solid cone
+    lies h/4 above its base, so the box centre is h/4 above the origin; checked against a Monte-Carlo centroid."""
+    for shape in ("cube", "cylinder"):
+        assert bbox_offset(shape, [0.3, 0.3, 0.5]) == [0.0, 0.0, 0.0]
+    d, h = 0.3, 0.5
+    rng = np.random.default_rng(0)
+    p = rng.uniform(-0.5, 0.5, size=(400_000, 3)) * [d, d, h]           # box-centred samples
+    r_at_z = (d / 2) * (0.5 - p[:, 2] / h)                              # cone radius at height z (base z=-h/2)
+    inside = np.hypot(p[:, 0], p[:, 1]) <= r_at_z
+    centroid_z = p[inside, 2].mean()                                    # relative to the box centre
+    assert -centroid_z == pytest.approx(bbox_offset("cone", [d, d, h])[2], abs=2e-3)
 
 
 # --- build_spec ----------------------------------------------------------------------------------
@@ -236,7 +255,7 @@ def _check_fits(s, margin):
     """Every bounding-box corner of every frame is in front of every camera, inside its image by `margin`
     pixels, and above the ground; computed from the spec's own K, R, t (not camera.project)."""
     o = s["object"]
-    corners = world_corners(o["dimensions"], np.asarray(o["location"]), np.asarray(o["rotation"]))
+    corners = world_corners(o["dimensions"], o["bbox_offset"], np.asarray(o["location"]), np.asarray(o["rotation"]))
     T = s["render"]["frames"]
     W, H = s["render"]["width"], s["render"]["height"]
     assert corners.shape == (T, 8, 3)
