@@ -494,9 +494,10 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
     written to RUN/summary.json. max_steps_this_run stops early with a checkpoint, as an interruption would."""
     from tqdm import tqdm
 
-    from datagen.dataset import load_dataset_json, write_json_atomic
+    from datagen.dataset import load_dataset_json
     from training import checkpoint as ckpt
-    from training.loop import GracefulStop, MetricsLog, checkpoint_on_interrupt, lr_at, pick_device
+    from training.loop import (GracefulStop, MetricsLog, backward_checked, checkpoint_on_interrupt, lr_at,
+                               pick_device, write_summary)
 
     data, out = Path(data), Path(out)
     t = cfg.train
@@ -558,7 +559,7 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
     bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True, desc="probe")
     t0, last_val, stop = time.perf_counter(), {}, GracefulStop()
     model.train()
-    with checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log):
+    with checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, run=out):
         while step < stop_at:
             if stop.requested:
                 raise KeyboardInterrupt
@@ -570,10 +571,9 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, t)
             loss, parts = probe_loss(model, x, uv, vis, t, gen)
-            if not torch.isfinite(loss):
-                raise UserError(f"probe loss became {loss.item()} at step {step}; lower train.lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            backward_checked(loss, model.parameters(), 0, step, out, "probe loss",
+                             "lower train.lr or check the dataset's 2D centres")  # stops on nan/inf
             opt.step()
             step += 1
             bar.update(1)
@@ -594,5 +594,5 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
                "frames_per_s": round((step - start_step) * t.batch_size / seconds, 1) if seconds > 0 else None,
                "device": str(dev), "threads": torch.get_num_threads(), "parameters": model.num_parameters(),
                "image_size": [W, H], "last_validation": last_val}
-    write_json_atomic(out / "summary.json", summary)
+    write_summary(out, summary)
     return summary

@@ -6,6 +6,8 @@ copy bytes out of the memmap.
 """
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -55,6 +57,12 @@ def random_crop(x: torch.Tensor, size: int, frames: int, frame_multiple: int, se
     return torch.stack(out)
 
 
+def _ignore_interrupts(_worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; a loader worker must not die of it while the training process
+    finishes its step and saves a checkpoint (forked workers inherit the trainer's handler, spawned ones would not)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def infinite_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, start_step: int = 0,
                     rank: int = 0, world: int = 1):
     """Yield batches forever, reshuffled every epoch from (seed, epoch), so a resumed run at step n sees exactly
@@ -70,6 +78,6 @@ def infinite_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, 
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         batches = order[: per_epoch * global_batch].view(per_epoch, world, batch_size)[skip:, rank].tolist()
         yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                              pin_memory=torch.cuda.is_available())
+                              pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_interrupts)
         skip = 0
         epoch += 1

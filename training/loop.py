@@ -1,8 +1,9 @@
 """What every training loop here shares: device choice, torchrun DDP set-up, the learning-rate schedule, the EMA
-update, graceful stopping on SIGINT/SIGTERM, RNG state for bit-exact resume, and the metrics log
-(RUN/metrics.jsonl + TensorBoard events in RUN/tensorboard).
+update, graceful stopping on SIGINT/SIGTERM, the check that stops a diverged run (a non-finite loss or gradient)
+before it can be applied or saved, RNG state for bit-exact resume, and the metrics log (RUN/metrics.jsonl +
+TensorBoard events in RUN/tensorboard).
 
-Used by training/train_tokenizer.py and training/train_transformer.py.
+Used by training/train_tokenizer.py, training/train_transformer.py and evaluation/probe.py.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise UserError("--device mps: no Apple MPS device is available; use --device auto or cpu")
     if name not in ("cpu", "cuda", "mps"):
         raise UserError(f"unknown device {name!r}; allowed: auto, cpu, cuda, mps")
     return torch.device(name)
@@ -78,10 +81,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, copy_
 
 class GracefulStop:
     """While training, SIGINT and SIGTERM only set a flag that the loop checks between steps, so the checkpoint
-    saved on the way out is never of a half-applied optimizer step. A second signal interrupts at once."""
+    saved on the way out is never of a half-applied optimizer step. A second signal interrupts at once
+    (`immediate` is then set, and nothing is saved: the step in flight may be half applied)."""
 
     def __init__(self):
         self.requested = False
+        self.immediate = False
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,6 +94,7 @@ class GracefulStop:
 
     def _handle(self, signum, frame):
         if self.requested:
+            self.immediate = True
             raise KeyboardInterrupt
         self.requested = True
 
@@ -98,25 +104,105 @@ class GracefulStop:
         self.previous = {}
 
 
+class TrainingDiverged(UserError):
+    """A non-finite loss, gradient or weight: the run stops and nothing more is saved, so the run's latest
+    checkpoint is the last good one. (A UserError: the CLI prints it as one line and exits non-zero.)"""
+
+
+def last_checkpoint_note(run: Path) -> str:
+    """'last good checkpoint: step N in RUN/checkpoints/step_...' (or that there is none yet), for error messages."""
+    from training import checkpoint as ckpt
+
+    found = ckpt.latest_step(run)
+    if found is None:
+        return f"no checkpoint was saved in {Path(run) / 'checkpoints'} before it"
+    return f"last good checkpoint: step {found[0]} in {found[1]}"
+
+
+def _value(x: torch.Tensor) -> str:
+    v = float(x)
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def backward_checked(loss: torch.Tensor, params, grad_clip: float, step: int, run: Path, what: str = "loss",
+                     hint: str = "lower train.lr or check the data") -> torch.Tensor:
+    """loss.backward(), then clip the gradients to grad_clip (0: only measure their norm); a non-finite loss or
+    gradient norm raises TrainingDiverged naming the step (numbered as in metrics.jsonl: the step being trained is
+    step + 1) and the last good checkpoint, before the optimizer could apply it. Checked after backward so that
+    under DDP, where gradients are averaged over ranks, every rank sees the bad step and stops together.
+    Returns the gradient norm (before clipping)."""
+    loss.backward()
+    params = [p for p in params if p.grad is not None]
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+    finite = torch.isfinite(loss.detach().float()) & torch.isfinite(norm)
+    if not bool(finite):
+        bad = (f"{what} is {_value(loss.detach())}" if not torch.isfinite(loss.detach()).all()
+               else f"the gradient norm of the {what} is {_value(norm)}")
+        raise TrainingDiverged(f"{bad} at step {step + 1}; {last_checkpoint_note(run)} (nothing after it was saved; "
+                               f"{hint})")
+    return norm
+
+
 @contextlib.contextmanager
-def checkpoint_on_interrupt(stop: GracefulStop, bar, metrics, save, current_step, log, main: bool = True):
-    """Wraps a training loop. Ctrl-C / SIGTERM (raised as KeyboardInterrupt at a step boundary by the loop, or at
-    once on a second signal) saves a checkpoint on the writing rank and re-raises; either way the signal handlers
-    are restored and the progress bar and metrics log closed. current_step() gives the step reached."""
+def checkpoint_on_interrupt(stop: GracefulStop, bar, metrics, save, current_step, log, main: bool = True,
+                            run: Path | None = None):
+    """Wraps a training loop. Ctrl-C / SIGTERM (raised as KeyboardInterrupt at a step boundary by the loop) saves
+    a checkpoint on the writing rank and re-raises; a second signal (which interrupts mid-step) saves nothing, so
+    the last checkpoint stays the latest. Any other error (a diverged loss, a failed write) saves nothing either;
+    an OSError (disk full, file too large, permissions) gets the step and the last checkpoint added to its reason
+    (the CLI prints it as one line naming the file, exit status 1). Either way the signal handlers are restored and the progress bar and metrics log closed.
+    current_step() gives the step reached; run (the run directory) is named in the messages."""
     try:
         yield
     except KeyboardInterrupt:
         stop.restore()
+        if stop.immediate:
+            where = f"; {last_checkpoint_note(run)}" if run is not None else ""
+            log(f"interrupted in the middle of step {current_step() + 1}; nothing saved{where}; rerun with "
+                f"--resume to continue from there")
+            raise
         if main:
-            save()
-            metrics.close()
-        bar.close()
+            try:
+                save()
+            except OSError as e:
+                raise _write_failed(e, current_step(), run) from None
         log(f"interrupted at step {current_step()}; checkpoint saved, rerun with --resume to continue")
         raise
-    stop.restore()
-    bar.close()
-    if metrics is not None:
-        metrics.close()
+    except OSError as e:
+        raise _write_failed(e, current_step(), run) from None
+    finally:
+        stop.restore()
+        bar.close()
+        if metrics is not None:
+            with contextlib.suppress(Exception):
+                metrics.close()
+
+
+def _write_failed(e: OSError, step: int, run: Path | None) -> OSError:
+    """An OSError of the training loop (disk full while logging, ...) with the step and last checkpoint added to its
+    reason; a checkpoint's own write error already says all that. The CLI prints an OSError as one line naming the
+    file, exit status 1."""
+    from training.checkpoint import CheckpointWriteError
+
+    if isinstance(e, CheckpointWriteError):
+        return e
+    note = f"; {last_checkpoint_note(run)}" if run is not None else ""
+    return OSError(e.errno, f"{e.strerror or e}; training stopped at step {step}{note}", e.filename)
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    """RUN/summary.json, atomically; a failed write (disk full) is an OSError naming the file (the CLI: one line,
+    exit status 1; the run's checkpoints are already saved by then)."""
+    from datagen.dataset import write_json_atomic
+
+    path = Path(out) / "summary.json"
+    try:
+        write_json_atomic(path, summary)
+    except OSError as e:  # a write error carries no file name
+        raise OSError(e.errno, f"{e.strerror or e}; the run's checkpoints are saved", str(path)) from None
 
 
 def rng_state() -> dict:
@@ -141,11 +227,34 @@ class MetricsLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = Path(out) / "metrics.jsonl"
+        self._drop_rows_after(start_step)
         self.writer = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=start_step or None)
 
+    def _drop_rows_after(self, step: int) -> None:
+        """A run killed after logging steps it never checkpointed logs them again when resumed: drop the rows past
+        the checkpoint it resumes from (and a partial last line of a kill mid-write), so every step appears once."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text(errors="replace").splitlines()
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                keep.append(line)
+        if len(keep) != len(lines):
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_text("".join(f"{line}\n" for line in keep))
+            os.replace(tmp, self.path)
+
     def log(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a write error carries no file name: add it for the one-line message
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
         prefix = "val" if row.get("split") == "val" else "train"
         for key, value in row.items():
             if key not in ("step", "split", "seconds") and isinstance(value, (int, float)):

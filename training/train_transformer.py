@@ -29,7 +29,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from datagen.config import UserError, load_config, to_dict
-from datagen.dataset import write_json_atomic
 from training import checkpoint as ckpt
 from training import loop
 from training.data import infinite_loader
@@ -289,7 +288,7 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
                desc=f"transformer ({cfg.model.arch})")
     t0, last_val = time.perf_counter(), {}
     stop = GracefulStop()
-    with loop.checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, main):
+    with loop.checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, main, run=out):
         while step < stop_at:
             if stop.requested:  # Ctrl-C or SIGTERM: stop at a step boundary
                 raise KeyboardInterrupt
@@ -303,13 +302,8 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
             with autocast:
                 picked = train_model(inputs, cond, scored).float()   # logits of the scored tokens only
             loss = F.cross_entropy(picked, targets[scored], label_smoothing=t.label_smoothing)
-            if not torch.isfinite(loss):
-                raise UserError(f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
-                                f"{out / 'checkpoints'}. Lower train.lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            loop.backward_checked(loss, model.parameters(), t.grad_clip, step, out, hint="lower train.lr")
             opt.step()
             if ema is not None:
                 loop.ema_update(ema, model, t.ema_decay)
@@ -342,5 +336,5 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
                "seconds_this_run": round(seconds, 2), "s_per_step": round(seconds / done, 4) if done else None,
                "device": str(dev), "parameters": model.num_parameters(), "tokens_per_clip": layout.num_tokens,
                "last_validation": last_val, "world_size": world, "global_batch": t.batch_size * world}
-    write_json_atomic(out / "summary.json", summary)
+    loop.write_summary(out, summary)
     return summary
