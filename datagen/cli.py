@@ -1,19 +1,23 @@
 """`magvit3d`: the toolkit's one command line (click).
 
 Bad input (an unknown option or preset, a config key that doesn't exist, a value out of range) is reported
-as one line on stderr with exit status 2, and nothing is written.
+as one line on stderr with exit status 2, and nothing is written. A failure of the machine (disk full, permission
+denied) is one line with status 1; so is a bug ("internal error"), whose traceback MAGVIT3D_DEBUG=1 shows.
 """
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from datagen.config import UserError
+from datagen.config import UserError, check_output_dir
 
 PROG = "magvit3d"
+MAX_PREVIEW_SCALE = 16   # a 128 px frame becomes 2048 px; more only makes a multi-gigabyte contact sheet
 
 
 def _one_line(text: str) -> str:
@@ -29,6 +33,21 @@ def _dataset_config(config: str, overrides: list[str], flags: dict):
                 "frames": "render.frames", "samples": "render.samples", "engine": "render.engine"}
     items = list(overrides) + [f"{flag_map[k]}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     return load_config(DatasetConfig, "dataset", config, items)
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is finite (click's FLOAT takes 'nan' and 'inf', which pass every range check) and >= `min`."""
+    name = "float"
+
+    def __init__(self, min: float | None = None):
+        self.min = min
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number) or (self.min is not None and number < self.min):
+            allowed = "a finite number" + (f" >= {self.min:g}" if self.min is not None else "")
+            self.fail(f"{value!r} is not {allowed}", param, ctx)
+        return number
 
 
 CONFIG_HELP = ("Preset name (tiny, demo, full: configs/dataset/<name>.toml) or a path to a TOML file. "
@@ -96,6 +115,7 @@ def render(dataset, config, overrides, num_samples, resolution, frames, samples,
 
     cfg = _dataset_config(config, overrides, dict(num_samples=num_samples, resolution=resolution, frames=frames,
                                                    samples=samples, engine=engine, seed=seed))
+    check_output_dir(dataset, "DATASET")
     summary = render_dataset(cfg, dataset, device=device, workers=workers, shard=parse_shard(shard),
                              allow_software_eevee=allow_software_eevee, progress=not no_progress,
                              log=lambda m: click.echo(m, err=True))
@@ -113,7 +133,7 @@ def render(dataset, config, overrides, num_samples, resolution, frames, samples,
 
 @cli.command()
 @click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--tolerance", type=float, default=1.5, show_default=True,
+@click.option("--tolerance", type=FiniteFloat(min=0), default=1.5, show_default=True,
               help="Pixels by which a mask's box may exceed the projected 3D box.")
 @click.option("--no-images", is_flag=True, help="Skip decoding PNGs (schema, counts and meta only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
@@ -159,22 +179,42 @@ def pack(dataset, no_progress):
 @click.option("--sample", "sample_id", type=int, required=True, help="Sample id to show.")
 @click.option("--out", "out_prefix", type=click.Path(path_type=Path),
               help="Output path prefix (writes PREFIX.png and PREFIX.gif) [default: DATASET/previews/NNNNNN].")
-@click.option("--scale", type=click.IntRange(min=1), help="Integer upscaling of each frame [default: to >= 128 px].")
+@click.option("--scale", type=click.IntRange(1, MAX_PREVIEW_SCALE),
+              help=f"Integer upscaling of each frame, 1..{MAX_PREVIEW_SCALE} [default: to >= 128 px].")
 def preview(dataset, sample_id, out_prefix, scale):
     """Contact sheet (views x frames) with the projected 3D centre drawn on every frame, and a GIF."""
     from datagen.preview import write_preview
 
+    if out_prefix is not None:
+        if out_prefix.is_dir() or out_prefix.name in ("", ".", ".."):
+            raise click.BadParameter(f"{str(out_prefix)!r} is a directory; give a file prefix such as DIR/name "
+                                     f"(writes DIR/name.png and DIR/name.gif)", param_hint="'--out'")
+        check_output_dir(out_prefix.parent, "--out")
     png, gif = write_preview(dataset, sample_id, out_prefix=out_prefix, scale=scale)
     click.echo(f"wrote {png} and {gif}")
     return 0
 
 
+DEBUG_ENV = "MAGVIT3D_DEBUG"   # set to 1 to see the traceback of an unexpected error
+
+
+def _os_error_text(e: OSError) -> str:
+    """'/x/report/index.html: File too large' from an OSError (disk full, permission denied, ...)."""
+    reason = e.strerror or str(e) or type(e).__name__
+    return f"{e.filename}: {reason}" if e.filename is not None else reason
+
+
 def main(argv=None) -> None:
-    """Entry point: run the click group, turning bad input into one line on stderr and exit status 2."""
+    """Entry point: run the click group, turning bad input into one line on stderr and exit status 2, an error of
+    the machine (disk full, permission denied) into one line and status 1, and a bug into one line and status 1
+    (the traceback with MAGVIT3D_DEBUG=1). No traceback reaches the user otherwise."""
     try:
         code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:   # bare `magvit3d`: the help, as --help shows it
+        click.echo(e.ctx.get_help())
+        sys.exit(0)
     except click.exceptions.UsageError as e:
         click.echo(f"{PROG}: error: {_one_line(e.format_message())}", err=True)
         sys.exit(2)
@@ -187,6 +227,17 @@ def main(argv=None) -> None:
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo(f"{PROG}: interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
+    except OSError as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        click.echo(f"{PROG}: error: {_one_line(_os_error_text(e))}", err=True)
+        sys.exit(1)
+    except Exception as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        click.echo(f"{PROG}: internal error: {type(e).__name__}: {_one_line(e)[:300]} (a bug: please report it with "
+                   f"the traceback that {DEBUG_ENV}=1 shows)", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -15,10 +16,26 @@ import typing
 from pathlib import Path
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+MAX_INT = 2**63 - 1          # TOML's integers are 64-bit; anything larger is a typo, and overflows numpy/torch later
 
 
 class UserError(Exception):
     """Bad input from the user: the CLI prints it as one line and exits with status 2."""
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> None:
+    """UserError (one line, before any work) when directory `path` cannot be created or written: a file is in the
+    way (the path or a folder above it), or the nearest existing folder above it is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} exists and is not a directory")
+    ancestor = path.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{option} {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: {ancestor} is not writable")
 
 
 def preset_path(kind: str, name: str) -> Path:
@@ -37,8 +54,15 @@ def read_toml(path: str | os.PathLike) -> dict:
             return tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory; expected a TOML file or a preset name") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {path} is not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})") \
+            from None
+    except (OSError, ValueError) as e:  # permission denied, a NUL in the name, ...
+        raise UserError(f"cannot read config file {path!r}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -51,7 +75,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
         raise UserError(f"override {text!r} has an empty key")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, ValueError):  # ValueError: an integer of more than 4300 digits
         value = raw.strip()
     return key.split("."), value
 
@@ -72,6 +96,15 @@ def apply_overrides(data: dict, overrides: dict | list | None) -> dict:
     return data
 
 
+def _short(value, limit: int = 60) -> str:
+    """repr of a value for a message, cut to `limit` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -81,7 +114,7 @@ def _coerce(value, tp, where: str):
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"{where} must be a section (table), got {value!r}")
+            raise UserError(f"{where} must be a section (table), got {_short(value)}")
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -95,45 +128,53 @@ def _coerce(value, tp, where: str):
                 return _coerce(value, arg, where)
             except UserError as e:
                 errors.append(str(e))
-        raise UserError(errors[0] if errors else f"{where}: bad value {value!r}")
+        raise UserError(errors[0] if errors else f"{where}: bad value {_short(value)}")
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise UserError(f"{where} = {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+            raise UserError(f"{where} = {_short(value)} is not allowed; allowed: {', '.join(map(str, allowed))}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where} must be a list, got {value!r}")
+            raise UserError(f"{where} must be a list, got {_short(value)}")
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise UserError(f"{where} must have {len(args)} items, got {len(value)}: {value!r}")
+                raise UserError(f"{where} must have {len(args)} items, got {len(value)}: {_short(value)}")
             return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         inner = args[0] if args else typing.Any
         items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where} must be a table, got {value!r}")
+            raise UserError(f"{where} must be a table, got {_short(value)}")
         _, vt = typing.get_args(tp) or (str, typing.Any)
         return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is typing.Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where} must be a number, got {value!r}")
-        return float(value)
+            raise UserError(f"{where} must be a number, got {_short(value)}")
+        try:
+            number = float(value)
+        except OverflowError:          # an int beyond float's range
+            number = math.inf
+        if not math.isfinite(number):  # NaN passes every `x <= 0` check, inf every `x >= 1`
+            raise UserError(f"{where} = {_short(value)}: must be a finite number")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where} must be an integer, got {value!r}")
+            raise UserError(f"{where} must be an integer, got {_short(value)}")
+        if abs(value) > MAX_INT:
+            raise UserError(f"{where} = {_short(value)}: out of range; allowed: |x| < 2**63")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{where} must be true or false, got {value!r}")
+            raise UserError(f"{where} must be true or false, got {_short(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise UserError(f"{where} must be a string, got {value!r}")
+            raise UserError(f"{where} must be a string, got {_short(value)}")
         return value
     raise TypeError(f"unsupported config field type {tp!r} at {where}")
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from datagen.config import check_output_dir
+
 DIR = click.Path(file_okay=False, path_type=Path)
 
 
@@ -27,6 +29,7 @@ def train_probe_cmd(data, out, config, overrides, resume, device, no_progress):
     from evaluation.probe import load_run_config, train_probe
 
     cfg = load_run_config(config, list(overrides))
+    check_output_dir(out)
     summary = train_probe(cfg, data, out, resume=resume, device=device, progress=not no_progress,
                           log=lambda m: click.echo(m, err=True))
     val = summary["last_validation"]

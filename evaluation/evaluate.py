@@ -330,6 +330,7 @@ def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, l
 
     if not generated:
         raise UserError("no --generated directory given")
+    rp.check_out_dir(out, [data, *generated, probe_run, lpips_weights])
     ds = open_dataset(data)
     probe = load_probe(probe_run)
     V, T, H, W = ds.shape
@@ -470,9 +471,9 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
     d, ref = metrics["dataset"], metrics["probe"]["reference"]
     ext = metrics["scene_extent"]
     lp = metrics["lpips"]
-    parts = [f'<p>Dataset <code>{rp.esc(d["path"])}</code> ({d["image_size"][0]}x{d["image_size"][1]}, '
-             f'{d["frames"]} frames, views {rp.esc(", ".join(d["views"]))}); probe <code>{rp.esc(metrics["probe"]["run"])}'
-             f'</code>.</p>',
+    parts = [f'<p>Dataset <code>{rp.esc(d["path"])}</code> ({rp.esc(d["image_size"][0])}x{rp.esc(d["image_size"][1])}, '
+             f'{rp.esc(d["frames"])} frames, views {rp.esc(", ".join(map(str, d["views"])))}); probe '
+             f'<code>{rp.esc(metrics["probe"]["run"])}</code>.</p>',
              f'<p>Scene extent: <b>{ext["value"]:.4f}</b> {rp.esc(ext["units"])} &mdash; {rp.esc(ext["definition"])}. '
              f'ADE / FDE % are relative to it. PSNR of identical frames is capped at {metrics["psnr_cap_db"]:g} dB.</p>']
     if not lp["available"]:
@@ -556,6 +557,9 @@ def _clip_source(path: Path, split: str) -> tuple[str, dict, tuple]:
             raise UserError(f"{path} holds no clips with a sample id (class-conditional clips cannot be matched)")
         return "generated", clips, tuple(gs.rgb.shape[1:5])
     if (path / "dataset.json").is_file():
+        splits = load_dataset_json(path).get("splits") or {}
+        if split not in splits:
+            raise UserError(f"--split {split!r} is not a split of {path}; allowed: {', '.join(map(str, splits))}")
         p = load_packed(path, split)
         if len(p) == 0:
             raise UserError(f"split {split!r} of {path} is empty")
@@ -568,6 +572,7 @@ def _clip_source(path: Path, split: str) -> tuple[str, dict, tuple]:
 def compare(a: Path, b: Path, out: Path, *, split: str = "test", lpips_weights=None, max_visual_clips: int = 12,
             fps: float = 8.0, log=print) -> dict:
     """A | B | difference for the clips of two sets with the same sample ids; PSNR / SSIM / LPIPS per clip."""
+    rp.check_out_dir(out, [a, b, lpips_weights])
     kind_a, clips_a, shape_a = _clip_source(a, split)
     kind_b, clips_b, shape_b = _clip_source(b, split)
     if shape_a != shape_b:

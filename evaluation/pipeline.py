@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from datagen.config import UserError, load_config, to_dict
+from datagen.config import UserError, check_output_dir, load_config, to_dict
 from datagen.dataset import read_json, write_json_atomic
 
 PRESETS = ("tiny", "demo", "full")
@@ -155,8 +155,7 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
 
     if plan.preset not in PRESETS:
         raise UserError(f"unknown preset {plan.preset!r}; allowed: {', '.join(PRESETS)}")
-    if plan.workdir.exists() and not plan.workdir.is_dir():
-        raise UserError(f"--workdir {plan.workdir} exists and is not a directory")
+    check_output_dir(plan.workdir, "--workdir")
     cfgs = load_stage_configs(plan)
     plan.workdir.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(plan, log)

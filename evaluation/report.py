@@ -7,6 +7,7 @@ the report directory, so REPORT/ can be moved, zipped or opened from anywhere.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import shutil
@@ -29,22 +30,67 @@ def esc(value) -> str:
 
 # --- the report directory ----------------------------------------------------------------------------------------
 
+REPORT_SCHEMAS = ("magvit3d-evaluation", "magvit3d-comparison")
+
+
+def is_report(path: Path) -> bool:
+    """A directory this module wrote: metrics.json naming one of the report schemas."""
+    try:
+        return json.loads((Path(path) / "metrics.json").read_text()).get("schema") in REPORT_SCHEMAS
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out_dir(out: Path, inputs=()) -> None:
+    """Refuse (one-line UserError, before any work) a report directory whose replacement would destroy something
+    that is not an earlier report: an input of the command or a folder holding one, the working directory or one
+    above it, or a non-empty directory without a report's metrics.json (e.g. a dataset or $HOME)."""
+    from datagen.config import UserError, check_output_dir
+
+    out = Path(out)
+    check_output_dir(out)
+    real = out.resolve()
+    for p in inputs:
+        if p is not None and (real == Path(p).resolve() or real in Path(p).resolve().parents):
+            raise UserError(f"--out {out} would replace {p}, an input of this command; choose another directory")
+    here = Path.cwd().resolve()
+    if real == here or real in here.parents:
+        raise UserError(f"--out {out} is the current directory or one above it; choose a new directory")
+    if out.is_dir() and any(out.iterdir()) and not is_report(out):
+        raise UserError(f"--out {out} is a non-empty directory that is not a magvit3d report (no metrics.json of one); "
+                        f"the report replaces --out whole, so choose a new or empty directory")
+
+
 @contextmanager
 def atomic_dir(out: Path):
-    """Yield a temporary directory beside `out`; on success it replaces `out` (rename), on error it is removed."""
-    out = Path(out)
+    """Yield a temporary directory beside `out`; on success it replaces `out` (a previous report stays in place
+    until the new one is complete), on any error it is removed and `out` is left as it was."""
+    out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    old = out.parent / f".old-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
+        if os.path.lexists(out):   # rename the old report aside, the new one in, then drop the old one
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
+        else:
+            os.replace(tmp, out)
+    except OSError as e:             # disk full, file too large, permission denied: one line, `out` untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "the previous report there is unchanged" if os.path.lexists(out) else "nothing was written there"
+        raise OSError(e.errno, f"cannot write the report {out}: {e.strerror or e}; {kept}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(tmp, out)
 
 
 # --- images -------------------------------------------------------------------------------------------------------
@@ -119,9 +165,26 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float, ffmpeg: str) -> 
 
 # --- plots --------------------------------------------------------------------------------------------------------
 
+def _private_matplotlib_dir() -> None:
+    """Before matplotlib's first import: unless MPLCONFIGDIR is set, point it at a temporary directory (removed at
+    exit), so that a report never writes matplotlib's font cache and config folder into $HOME (~/.cache/matplotlib,
+    ~/.config/matplotlib). Rebuilding the font cache costs ~0.4 s per process."""
+    import sys
+
+    if "matplotlib" in sys.modules or os.environ.get("MPLCONFIGDIR"):
+        return
+    import atexit
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="magvit3d-matplotlib-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["MPLCONFIGDIR"] = folder
+
+
 def plot_tracks(path: Path, tracks: dict[str, np.ndarray], title: str, given: int = 0) -> None:
     """3D plot (PNG) of named (T, 3) tracks; the first is drawn as the reference (black). Frames before `given`
     are drawn with filled markers (the conditioning), the rest hollow."""
+    _private_matplotlib_dir()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -5,6 +5,13 @@ from pathlib import Path
 
 import click
 
+from datagen.cli import FiniteFloat
+from datagen.config import check_output_dir
+
+MAX_STEPS = 1000          # parallel decoding steps: more than the tokens of a clip only repeat work
+MAX_PER_CLASS = 1000      # --num clips per shape x family (generate): all of them are held in memory
+MAX_SEED = 2**62          # clip i uses seed + i as a 64-bit generator seed
+
 CONFIG_HELP = ("Preset name (tiny, demo, full: configs/tokenizer/<name>.toml) or a path to a TOML file. "
                "--set overrides it.")
 
@@ -25,6 +32,7 @@ def train_tokenizer_cmd(data, out, config, overrides, resume, device, no_progres
     from training.train_tokenizer import load_run_config, train_tokenizer
 
     cfg = load_run_config(config, list(overrides))
+    check_output_dir(out)
     summary = train_tokenizer(cfg, data, out, resume=resume, device=device, progress=not no_progress,
                               log=lambda m: click.echo(m, err=True))
     val = summary.get("last_validation")  # None on DDP ranks other than 0
@@ -65,6 +73,7 @@ def reconstruct_cmd(run, data, out, samples, split, device):
     from training.tokenize import reconstruct_samples
     from training.loop import pick_device
 
+    check_output_dir(out)
     ids = list(samples) or load_packed(data, split).sample_ids[:4]
     for path in reconstruct_samples(run, data, out, ids, split=split, device=pick_device(device)):
         click.echo(f"wrote {path}")
@@ -92,6 +101,7 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
     from training.train_transformer import load_run_config, train_transformer
 
     cfg = load_run_config(config, list(overrides))
+    check_output_dir(out)
     summary = train_transformer(cfg, tokens, out, resume=resume, device=device, progress=not no_progress,
                                 log=lambda m: click.echo(m, err=True))
     val = summary.get("last_validation")  # None on DDP ranks other than 0
@@ -108,14 +118,18 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
               help="predict: continue held-out clips from their first frames; complete-view: generate one view "
                    "from the others; generate: class-conditional clips per shape x family.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-@click.option("--steps", default=12, show_default=True, type=int, help="Parallel decoding steps (masked model).")
-@click.option("--num", type=int, help="Clips of the split (predict, complete-view) [default: all], or clips per "
-                                      "shape x family (generate) [default: 1].")
-@click.option("--temperature", default=1.0, show_default=True, type=float, help="Sampling temperature (0 = argmax).")
-@click.option("--choice-temperature", default=4.5, show_default=True, type=float,
+@click.option("--steps", default=12, show_default=True, type=int,
+              help=f"Parallel decoding steps (masked model), 1..{MAX_STEPS}.")
+@click.option("--num", type=click.IntRange(min=1),
+              help=f"Clips of the split (predict, complete-view) [default: all], or clips per shape x family "
+                   f"(generate, at most {MAX_PER_CLASS}) [default: 1].")
+@click.option("--temperature", default=1.0, show_default=True, type=FiniteFloat(min=0),
+              help="Sampling temperature (0 = argmax).")
+@click.option("--choice-temperature", default=4.5, show_default=True, type=FiniteFloat(min=0),
               help="Scale of the Gumbel noise on the confidences, annealed to 0 (masked model).")
 @click.option("--top-k", default=0, show_default=True, type=int, help="Sample among the k likeliest (AR; 0 = all).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Clip i is sampled with seed + i.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
+              help="Clip i is sampled with seed + i.")
 @click.option("--split", default="test", show_default=True, help="Split of the held-out clips.")
 @click.option("--given-frames", type=int,
               help="predict: frames given (a multiple of the tokenizer's temporal factor) [default: as trained].")
@@ -135,6 +149,13 @@ def generate_cmd(transformer, task, out, steps, num, temperature, choice_tempera
     per clip in OUT/clips (conditioning | generated | ground truth)."""
     from training.generate import generate
 
+    if steps > MAX_STEPS:   # (below 1: generate says so)
+        raise click.BadParameter(f"{steps} is more than {MAX_STEPS} (more steps than tokens to decode only repeat "
+                                 f"work)", param_hint="'--steps'")
+    if task == "generate" and num is not None and num > MAX_PER_CLASS:
+        raise click.BadParameter(f"{num} clips per shape x family is more than {MAX_PER_CLASS}; run again with "
+                                 f"another --seed for more", param_hint="'--num'")
+    check_output_dir(out)
     summary = generate(transformer, task, out, steps=steps, num=num, temperature=temperature,
                        choice_temperature=choice_temperature, top_k=top_k, seed=seed, split=split,
                        given_frames=given_frames, view=view, shapes=shapes, families=families, tokens=tokens,

@@ -12,6 +12,7 @@ each clip was generated from (sample id, task, classes, seed), and for people a 
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from pathlib import Path
 
@@ -201,8 +202,9 @@ def write_clip_visuals(folder: Path, rgb: np.ndarray, target: np.ndarray | None,
     for i, (clip, record) in enumerate(zip(rgb, records)):
         panels = [clip] if target is None else [conditioning_panel(target[i], record), clip, target[i]]
         V, T = clip.shape[:2]
+        # class labels come from the dataset: keep them from naming a path ('/', '..') outside the folder
         name = (f"{i:04d}_sample{record.sample_id:06d}" if record.sample_id is not None
-                else f"{i:04d}_{record.shape}_{record.family}")
+                else f"{i:04d}_" + re.sub(r"[^A-Za-z0-9_-]+", "-", f"{record.shape}_{record.family}"))
         per_view = [_vcat([_hcat(list(p[v])) for p in panels]) for v in range(V)]
         Image.fromarray(_vcat(per_view, 3 * GAP)).save(folder / f"{name}.png")
         frames = [Image.fromarray(_vcat([_hcat([p[v, f] for p in panels]) for v in range(V)])) for f in range(T)]

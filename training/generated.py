@@ -72,17 +72,21 @@ def write_generated(out: Path, rgb: np.ndarray, records: list[ClipRecord], info:
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    np.save(tmp / "generated_rgb.npy", rgb)
-    if target is not None:
-        np.save(tmp / "target_rgb.npy", np.asarray(target))
-    write_json_atomic(tmp / "generated.json", {
-        "schema_version": SCHEMA_VERSION, "kind": KIND, **info, "shape": list(rgb.shape),
-        "has_target": target is not None, "clips": [asdict(r) for r in records]})
-    if extra_files is not None:
-        extra_files(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:   # a failure (disk full, Ctrl-C) leaves neither the temporary directory nor a half-written GEN
+        np.save(tmp / "generated_rgb.npy", rgb)
+        if target is not None:
+            np.save(tmp / "target_rgb.npy", np.asarray(target))
+        write_json_atomic(tmp / "generated.json", {
+            "schema_version": SCHEMA_VERSION, "kind": KIND, **info, "shape": list(rgb.shape),
+            "has_target": target is not None, "clips": [asdict(r) for r in records]})
+        if extra_files is not None:
+            extra_files(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
@@ -99,16 +103,43 @@ def load_generated(path: Path) -> GeneratedSet:
     if not meta_path.is_file():
         raise UserError(f"{root} holds no generated.json; is it the --out of `magvit3d generate`?")
     info = read_json(meta_path, "generated-clips index")
+    if not isinstance(info, dict):
+        raise UserError(f"{meta_path} is not a JSON object; is {root} the --out of `magvit3d generate`?")
     if info.get("kind") != KIND or info.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{meta_path}: kind {info.get('kind')!r} schema {info.get('schema_version')!r}; "
                         f"expected {KIND!r} schema {SCHEMA_VERSION}")
     try:
         records = [ClipRecord(**c) for c in info["clips"]]
+        if not all(isinstance(n, int) for n in info["shape"]):
+            raise TypeError(f"shape {info['shape']!r} is not a list of integers")
     except (KeyError, TypeError) as e:
         raise UserError(f"{meta_path}: malformed clip records ({e})") from None
+    for i, r in enumerate(records):
+        problem = _record_problem(r)
+        if problem:
+            raise UserError(f"{meta_path}: clip {i}: {problem}")
     rgb = _load_array(root / "generated_rgb.npy", info["shape"], len(records))
     target = _load_array(root / "target_rgb.npy", info["shape"], len(records)) if info.get("has_target") else None
     return GeneratedSet(root, info, records, rgb, target)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _record_problem(r: ClipRecord) -> str | None:
+    """What is wrong with a clip record read from generated.json (its values name files and index arrays)."""
+    if r.sample_id is not None and not (_is_int(r.sample_id) and r.sample_id >= 0):
+        return f"sample_id {r.sample_id!r} is not a non-negative integer or null"
+    if r.task not in TASKS:
+        return f"task {r.task!r} is not one of {', '.join(TASKS)}"
+    if not isinstance(r.shape, str) or not isinstance(r.family, str):
+        return f"shape {r.shape!r} and family {r.family!r} must be strings"
+    if not _is_int(r.seed) or not _is_int(r.given_frames) or r.given_frames < 0:
+        return f"seed {r.seed!r} and given_frames {r.given_frames!r} must be integers (given_frames >= 0)"
+    if not isinstance(r.given_views, list) or not all(_is_int(v) and v >= 0 for v in r.given_views):
+        return f"given_views {r.given_views!r} must be a list of view indices"
+    return None
 
 
 def _load_array(path: Path, shape: list[int], n: int) -> np.ndarray:

@@ -94,6 +94,8 @@ class TokenizerConfig:
         if len(self.temporal_downsample) != len(self.channel_mult) - 1:
             raise ValueError(f"temporal_downsample {tuple(self.temporal_downsample)} must have "
                              f"len(channel_mult) - 1 = {len(self.channel_mult) - 1} entries (one per downsampling level)")
+        if self.norm_groups < 1:
+            raise ValueError(f"norm_groups {self.norm_groups} must be >= 1")
         for m in self.channel_mult:
             if self.channels < 1 or (self.channels * m) % self.norm_groups:
                 raise ValueError(f"width channels*mult = {self.channels}*{m} is not a multiple of "
