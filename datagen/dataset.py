@@ -68,20 +68,28 @@ def frame_path(sample_root: Path, view: str, kind: str, frame: int) -> Path:
     return Path(sample_root) / view / kind / f"{frame:04d}.png"
 
 
+@contextmanager
+def naming(path, note: str = ""):
+    """An OSError inside the block that carries no file name of its own (a failed write: EFBIG, ENOSPC) is raised
+    again naming `path`, with `note` added to its reason, so the CLI prints it as one line 'FILE: REASON'."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None and not note:
+            raise
+        raise OSError(e.errno, f"{e.strerror or e}{note}", e.filename or str(path)) from None
+
+
 def write_json_atomic(path: Path, data, indent: int | None = 1) -> None:
     """Write JSON to a temp file beside `path`, fsync, then rename over it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
+        with naming(path), open(tmp, "w") as f:
             json.dump(data, f, indent=indent)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:  # name the file: a failed write (EFBIG, ENOSPC) carries no filename of its own
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
     finally:
         if tmp.exists():
             tmp.unlink()

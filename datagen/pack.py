@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from datagen.config import UserError
-from datagen.dataset import (complete_sample_ids, frame_path, load_dataset_json, load_meta, read_json, sample_dir,
-                             write_errors, write_json_atomic)
+from datagen.dataset import (complete_sample_ids, frame_path, load_dataset_json, load_meta, naming, read_json,
+                             sample_dir, write_errors, write_json_atomic)
 from datagen.verify import SampleError, check_meta, decode_png
 
 PACKED_DIR = "packed"
@@ -92,14 +92,6 @@ def _build_index(info: dict, split: str, ids: list[int], entries: list[dict]) ->
     }
 
 
-def _named_write(path: Path, fn, *args):
-    """fn(*args), a write into `path`'s temp file; its OSError (ENOSPC, EFBIG: no filename of their own) names `path`."""
-    try:
-        return fn(*args)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from None
-
-
 def _pack_split(root: Path, info: dict, split: str, ids: list[int], progress: bool) -> dict:
     from tqdm import tqdm
 
@@ -112,9 +104,10 @@ def _pack_split(root: Path, info: dict, split: str, ids: list[int], progress: bo
     entries = []
     try:
         with open(tmp, "wb") as fh:
-            _named_write(final, np.lib.format.write_array_header_1_0, fh,
-                         {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                          "shape": shape})
+            with naming(final):  # writes into the temp file name the array they are for
+                np.lib.format.write_array_header_1_0(
+                    fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                         "shape": shape})
             sample = np.empty(shape[1:], np.uint8)
             for sid in tqdm(ids, desc=f"pack {split}", unit="sample", disable=not progress):
                 entries.append(_sample_entry(load_meta(root, sid), sid, info))
@@ -122,9 +115,11 @@ def _pack_split(root: Path, info: dict, split: str, ids: list[int], progress: bo
                 for v, view in enumerate(views):
                     for f in range(T):
                         sample[v, f] = _read_rgb(frame_path(d, view, "rgb", f), (W, H))
-                _named_write(final, fh.write, sample.tobytes())
-            _named_write(final, fh.flush)
-            _named_write(final, os.fsync, fh.fileno())  # a disk that fills up late says so here, not after the rename
+                with naming(final):
+                    fh.write(sample.tobytes())
+            with naming(final):
+                fh.flush()
+                os.fsync(fh.fileno())  # a disk that fills up late says so here, not after the rename
         # the index goes to its temp file before either is renamed: a failed write leaves the old pair alone
         write_json_atomic(tmp_index, _build_index(info, split, ids, entries), indent=None)
         os.replace(tmp, final)

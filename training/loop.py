@@ -196,13 +196,11 @@ def _write_failed(e: OSError, step: int, run: Path | None) -> OSError:
 def write_summary(out: Path, summary: dict) -> None:
     """RUN/summary.json, atomically; a failed write (disk full) is an OSError naming the file (the CLI: one line,
     exit status 1; the run's checkpoints are already saved by then)."""
-    from datagen.dataset import write_json_atomic
+    from datagen.dataset import naming, write_json_atomic
 
     path = Path(out) / "summary.json"
-    try:
+    with naming(path, "; the run's checkpoints are saved"):
         write_json_atomic(path, summary)
-    except OSError as e:  # a write error carries no file name
-        raise OSError(e.errno, f"{e.strerror or e}; the run's checkpoints are saved", str(path)) from None
 
 
 def rng_state() -> dict:
@@ -250,11 +248,10 @@ class MetricsLog:
             os.replace(tmp, self.path)
 
     def log(self, row: dict) -> None:
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError as e:  # a write error carries no file name: add it for the one-line message
-            raise OSError(e.errno, e.strerror, str(self.path)) from None
+        from datagen.dataset import naming
+
+        with naming(self.path), open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
         prefix = "val" if row.get("split") == "val" else "train"
         for key, value in row.items():
             if key not in ("step", "split", "seconds") and isinstance(value, (int, float)):
