@@ -14,10 +14,13 @@ Safety: Blender's auto-execution of scripts embedded in .blend files stays off (
 `scripts_auto_execute`, always false), and no .blend file is ever opened: every sample starts from Blender's
 built-in empty factory scene (the done reply's `blend_file` is "").
 
-Fault injection (for tests of the orchestrator's crash handling; never set in normal use):
+Fault injection (for tests of the orchestrator's crash and hang handling; never set in normal use):
     MAGVIT3D_FAULT_CRASH_SAMPLE=3[,7,...]   the worker renders sample 3, then dies with os.abort() before replying,
                                             as a Blender crash in the middle of that sample would (partial output
                                             is left in the sample's temporary directory).
+    MAGVIT3D_FAULT_HANG_SAMPLE=2[,5,...]    the worker, given sample 2, sleeps forever instead of rendering it and
+                                            replying, as a Blender deadlock or a stalled GPU driver would (the
+                                            orchestrator kills it after its per-sample timeout, --sample-timeout).
 
 Also usable on its own, e.g. under a user's own Blender:
     blender --background --python blender_scenes/worker.py -- --spec spec.json --out DIR [--device auto]
@@ -60,11 +63,26 @@ def _parse(argv):
 
 
 FAULT_CRASH_ENV = "MAGVIT3D_FAULT_CRASH_SAMPLE"
+FAULT_HANG_ENV = "MAGVIT3D_FAULT_HANG_SAMPLE"
+
+
+def _fault_ids(env: str) -> set[int]:
+    text = os.environ.get(env, "").strip()
+    return {int(x) for x in text.split(",") if x.strip()} if text else set()
 
 
 def _fault_crash_ids() -> set[int]:
-    text = os.environ.get(FAULT_CRASH_ENV, "").strip()
-    return {int(x) for x in text.split(",") if x.strip()} if text else set()
+    return _fault_ids(FAULT_CRASH_ENV)
+
+
+def _fault_hang_ids() -> set[int]:
+    return _fault_ids(FAULT_HANG_ENV)
+
+
+def _hang_forever() -> None:
+    """Never return and never reply, as a deadlocked Blender would (killed by the orchestrator's timeout)."""
+    while True:
+        time.sleep(60)
 
 
 def _crash_now() -> None:
@@ -92,6 +110,8 @@ def render_request(spec: dict, out_dir: str, device: str, threads: int = 0, allo
         raise scene.RenderSetupError(
             "EEVEE needs a GPU context; without one bpy falls back to software GL at ~20 s per 128x128 frame. "
             "Use --engine cycles, or pass --allow-software-eevee to accept that cost")
+    if spec.get("sample_id") in _fault_hang_ids():
+        _hang_forever()
     t0 = time.perf_counter()
     cameras = scene.build_scene(spec, device, threads)
     t1 = time.perf_counter()

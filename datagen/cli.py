@@ -36,16 +36,20 @@ def _dataset_config(config: str, overrides: list[str], flags: dict):
 
 
 class FiniteFloat(click.ParamType):
-    """A float that is finite (click's FLOAT takes 'nan' and 'inf', which pass every range check) and >= `min`."""
+    """A float that is finite (click's FLOAT takes 'nan' and 'inf', which pass every range check) and >= `min`
+    (> `min` with min_open=True)."""
     name = "float"
 
-    def __init__(self, min: float | None = None):
+    def __init__(self, min: float | None = None, min_open: bool = False):
         self.min = min
+        self.min_open = min_open
 
     def convert(self, value, param, ctx):
         number = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(number) or (self.min is not None and number < self.min):
-            allowed = "a finite number" + (f" >= {self.min:g}" if self.min is not None else "")
+        below = self.min is not None and (number <= self.min if self.min_open else number < self.min)
+        if not math.isfinite(number) or below:
+            allowed = "a finite number" + (f" {'>' if self.min_open else '>='} {self.min:g}"
+                                           if self.min is not None else "")
             self.fail(f"{value!r} is not {allowed}", param, ctx)
         return number
 
@@ -102,9 +106,13 @@ def cli():
                                             "run `pack` once all shards are done.")
 @click.option("--allow-software-eevee", is_flag=True,
               help="Let EEVEE render without a GPU through software GL (~20 s per 128x128 frame).")
+@click.option("--sample-timeout", type=FiniteFloat(min=0, min_open=True), default=600, show_default=True,
+              metavar="SECONDS",
+              help="A render worker that gives no reply to a sample for this long (a hung Blender or GPU driver) is "
+                   "killed and replaced, and its sample retried once.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def render(dataset, config, overrides, num_samples, resolution, frames, samples, engine, seed, device, workers,
-           shard, allow_software_eevee, no_progress):
+           shard, allow_software_eevee, sample_timeout, no_progress):
     """Render a dataset of textured cubes, cylinders and cones on 3D trajectories, seen by a keyed camera rig.
 
     Complete samples already in DATASET are skipped, so an interrupted render resumes where it stopped.
@@ -118,7 +126,7 @@ def render(dataset, config, overrides, num_samples, resolution, frames, samples,
     check_output_dir(dataset, "DATASET")
     summary = render_dataset(cfg, dataset, device=device, workers=workers, shard=parse_shard(shard),
                              allow_software_eevee=allow_software_eevee, progress=not no_progress,
-                             log=lambda m: click.echo(m, err=True))
+                             log=lambda m: click.echo(m, err=True), sample_timeout_s=sample_timeout)
     if summary["rendered"]:
         click.echo(f"rendered {summary['rendered']} clips in {summary['seconds']:.1f} s "
                    f"({summary['clips_per_s']:.2f} clips/s, {summary['camera_frames_per_s']:.1f} camera-frames/s) "

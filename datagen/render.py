@@ -6,17 +6,22 @@ renamed into place, so a sample directory is complete or absent and a re-run sim
 
 Faults: a worker that dies (crash, SIGKILL, OOM killer) is replaced and its sample retried (MAX_ATTEMPTS in all,
 then reported by id while the other samples go on); a worker that dies before it got its sample costs the sample
-no attempt; one that keeps dying before it is ready retires its slot (MAX_START_FAILURES). A full disk or a file
-size limit stops the run with datagen.dataset.WriteFailed (an OSError naming the file: one line on the CLI), leaving
-the samples completed so far intact. Workers run with the dataset's logs folder as working directory and temp dir
-(TMPDIR), so nothing they write lands outside the dataset, even when they are killed.
+no attempt; one that keeps dying before it is ready retires its slot (MAX_START_FAILURES). A worker that hangs
+(a Blender deadlock, a stalled GPU driver) is treated the same way: one that gives no reply within the per-sample
+timeout (`sample_timeout_s`, `--sample-timeout`, 600 s by default) is SIGKILLed and counts as a death in that
+sample (replaced, sample retried); one that is not ready within READY_TIMEOUT_S is killed and counts as a failed
+start. A full disk or a file size limit stops the run with datagen.dataset.WriteFailed (an OSError naming the file:
+one line on the CLI), leaving the samples completed so far intact. Workers run with the dataset's logs folder as
+working directory and temp dir (TMPDIR), so nothing they write lands outside the dataset, even when they are killed.
 """
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import queue
+import select
 import shutil
 import subprocess
 import sys
@@ -29,14 +34,16 @@ from datagen.config import UserError
 from datagen.spec import DatasetConfig, build_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 120.0  # a worker not ready this long after its start (bpy import, scene setup) is killed
+SAMPLE_TIMEOUT_S = 600.0  # default: a worker that gives no reply to a sample this long is killed (hung)
 MAX_ATTEMPTS = 2  # a failed sample is retried once
-MAX_START_FAILURES = 3  # a slot whose workers die this many times in a row before they are ready retires
+MAX_START_FAILURES = 3  # a slot whose workers die (or hang) this many times in a row before they are ready retires
 RESUME = "completed samples are kept; free space and rerun the same command to resume"
 
 
 class WorkerCrashed(RuntimeError):
-    """The worker process died. `sent` is False when it died before it received the request."""
+    """The worker process died, or hung and was killed. `sent` is False when it died before it received the
+    request."""
 
     def __init__(self, message: str, sent: bool = True):
         super().__init__(message)
@@ -89,10 +96,7 @@ class RenderWorker:
     def __init__(self, device: str, threads: int, log_path: Path, allow_software_eevee: bool = False,
                  tmp_dir: Path | None = None):
         read_fd, write_fd = os.pipe()
-        cmd = [sys.executable, "-m", "blender_scenes.worker", "--device", device, "--reply-fd", str(write_fd),
-               "--threads", str(threads)]
-        if allow_software_eevee:
-            cmd.append("--allow-software-eevee")
+        cmd = self.command(write_fd, device, threads, allow_software_eevee)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.log_path = Path(log_path).absolute()
@@ -106,13 +110,40 @@ class RenderWorker:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                                          pass_fds=(write_fd,), env=env, cwd=str(self.log_path.parent))
         os.close(write_fd)
-        self.replies = os.fdopen(read_fd, "r")
+        # unbuffered: every read() is one os.read, so poll() on the fd sees all data not yet in self._pending
+        self.replies = os.fdopen(read_fd, "rb", buffering=0)
+        self._pending = bytearray()  # bytes read from the pipe that do not end a line yet
         self.info: dict = {}
 
-    def _read(self) -> dict:
-        line = self.replies.readline()
+    @staticmethod
+    def command(reply_fd: int, device: str, threads: int, allow_software_eevee: bool) -> list[str]:
+        """The worker's command line (tests replace it with a stand-in that writes to `reply_fd`, or never does)."""
+        cmd = [sys.executable, "-m", "blender_scenes.worker", "--device", device, "--reply-fd", str(reply_fd),
+               "--threads", str(threads)]
+        return cmd + (["--allow-software-eevee"] if allow_software_eevee else [])
+
+    def _read(self, timeout: float | None = None) -> dict:
+        """The worker's next reply line as a dict. A worker that gives none within `timeout` seconds (None: wait
+        forever) is SIGKILLed; then, as when it died (end of file, a line cut off), WorkerCrashed is raised."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.replies.fileno(), select.POLLIN)
+        while b"\n" not in self._pending:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._kill_hung(timeout)
+                # slices of at most an hour: poll() takes an int of milliseconds (a huge timeout would overflow)
+                if not poller.poll(max(1, math.ceil(min(left, 3600.0) * 1000))):
+                    continue
+            chunk = self.replies.read(65536)
+            if not chunk:  # end of file
+                break
+            self._pending += chunk
+        line, newline, rest = bytes(self._pending).partition(b"\n")
+        self._pending = bytearray(rest)
         try:
-            msg = json.loads(line) if line.endswith("\n") else None
+            msg = json.loads(line) if newline else None
         except ValueError:
             msg = None
         if not isinstance(msg, dict):  # end of file, or a reply cut off by the worker's death
@@ -122,6 +153,12 @@ class RenderWorker:
                                 f"log: {self.log_path}{self.log_tail()}")
         return msg
 
+    def _kill_hung(self, timeout: float):
+        self.proc.kill()
+        self.proc.wait()
+        raise WorkerCrashed(f"render worker (pid {self.proc.pid}) gave no reply within {timeout:g} s (hung?); "
+                            f"killed it; log: {self.log_path}{self.log_tail()}")
+
     def log_tail(self, n: int = 3) -> str:
         try:
             lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
@@ -129,15 +166,18 @@ class RenderWorker:
             return ""
         return (" | last log lines: " + " / ".join(lines[-n:])) if lines else ""
 
-    def wait_ready(self) -> dict:
-        msg = self._read()
+    def wait_ready(self, timeout: float | None = READY_TIMEOUT_S) -> dict:
+        """The worker's ready reply. WorkerCrashed when it dies, or gives no reply within `timeout` (then killed)."""
+        msg = self._read(timeout)
         if msg.get("event") == "error":
             self.close()
             raise UserError(msg["error"])
         self.info = msg
         return msg
 
-    def render(self, spec: dict, out_dir: Path) -> dict:
+    def render(self, spec: dict, out_dir: Path, timeout: float | None = SAMPLE_TIMEOUT_S) -> dict:
+        """Render one sample: the worker's done/failed reply. WorkerCrashed when the worker dies, or gives no reply
+        within `timeout` seconds (then it is killed; `sent` is True: the attempt counts)."""
         try:
             # absolute: the worker runs in the log folder, not in this process's working directory
             request = {"spec": spec, "out_dir": str(Path(out_dir).absolute())}
@@ -147,7 +187,7 @@ class RenderWorker:
             code = self.proc.wait()
             raise WorkerCrashed(f"render worker (pid {self.proc.pid}) died with exit code {code}{self.log_tail()}",
                                 sent=False) from None
-        return self._read()
+        return self._read(timeout)
 
     def close(self) -> None:
         try:
@@ -189,19 +229,24 @@ def _finish_sample(root: Path, spec: dict, tmp: Path, views: list[str], frames: 
 
 def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str = "auto", workers: int | None = None,
                    shard: tuple[int, int] = (0, 1), allow_software_eevee: bool = False, progress: bool = True,
-                   log=print) -> dict:
+                   log=print, sample_timeout_s: float = SAMPLE_TIMEOUT_S) -> dict:
     """Render the (shard of the) dataset into `root`, skipping complete samples. Returns the summary dict,
     also written to root/render_summary[.shard-I-of-N].json. A failed write (disk full, quota, file size limit)
-    raises datagen.dataset.WriteFailed (one line); the samples completed before stay as they are."""
+    raises datagen.dataset.WriteFailed (one line); the samples completed before stay as they are. A worker that
+    gives no reply to a sample within `sample_timeout_s` seconds is killed and the sample retried (once)."""
     with ds.write_errors("render", RESUME):
         return _render_dataset(cfg, root, device=device, workers=workers, shard=shard,
-                               allow_software_eevee=allow_software_eevee, progress=progress, log=log)
+                               allow_software_eevee=allow_software_eevee, progress=progress, log=log,
+                               sample_timeout_s=sample_timeout_s)
 
 
 def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str, workers: int | None,
-                    shard: tuple[int, int], allow_software_eevee: bool, progress: bool, log) -> dict:
+                    shard: tuple[int, int], allow_software_eevee: bool, progress: bool, log,
+                    sample_timeout_s: float = SAMPLE_TIMEOUT_S) -> dict:
     from tqdm import tqdm
 
+    if not sample_timeout_s > 0:  # also NaN
+        raise UserError(f"sample timeout {sample_timeout_s!r} s: need a number > 0")
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"output path {root} exists and is not a directory")
@@ -224,23 +269,24 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
     worker_tmp = log_dir / f"blender-tmp{shard_tag}"  # the workers' TMPDIR; removed at the end of the run
 
     def start_worker(k: int) -> RenderWorker:
-        """A ready worker; one killed while it starts is replaced, up to MAX_START_FAILURES times in a row."""
+        """A ready worker; one that dies or hangs (killed after READY_TIMEOUT_S) while it starts is replaced, up to
+        MAX_START_FAILURES times in a row."""
         for failures in range(1, MAX_START_FAILURES + 1):
             w = RenderWorker(device, threads, log_dir / f"render{shard_tag}-worker{k}.log", allow_software_eevee,
                              tmp_dir=worker_tmp)
             try:
-                w.wait_ready()
+                w.wait_ready(READY_TIMEOUT_S)
                 return w
             except WorkerCrashed as e:
                 w.close()
                 if failures == MAX_START_FAILURES:
-                    raise WorkerStartFailed(f"render workers died {failures} times in a row before they were ready; "
-                                            f"last: {e}") from None
+                    raise WorkerStartFailed(f"render workers died or hung {failures} times in a row before they "
+                                            f"were ready; last: {e}") from None
         raise AssertionError("unreachable")
 
     summary = {"dataset": str(root), "shard": f"{shard[0]}/{shard[1]}", "requested": len(ids),
                "already_complete": len(done_before), "rendered": 0, "failed": [], "retried": [],
-               "workers_replaced": 0}
+               "workers_replaced": 0, "sample_timeout_s": sample_timeout_s}
     if not todo:  # (a dataset.json exists here: a non-empty directory without one was refused above)
         log(f"all {len(ids)} samples of shard {shard[0]}/{shard[1]} are already complete in {root}")
         summary.update(seconds=0.0, clips_per_s=None, device=None)
@@ -311,7 +357,7 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
                     shutil.rmtree(tmp)
                 tmp.mkdir(parents=True)
                 try:
-                    reply = worker.render(specs[sid], tmp)
+                    reply = worker.render(specs[sid], tmp, timeout=sample_timeout_s)
                 except WorkerCrashed as e:
                     reply = {"event": "failed", "error": str(e)}
                     worker.close()

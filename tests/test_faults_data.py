@@ -5,7 +5,10 @@ Every fault here is injected on purpose; the table of fault | how | outcome | wh
    run after run until a run finishes: every sample exists once, no finished sample is ever rendered again, verify
    passes, no temp directory is left, and no Blender temp dir leaks into TMPDIR.
 2. A Blender crash (os.abort) inside one sample, via MAGVIT3D_FAULT_CRASH_SAMPLE (blender_scenes/worker.py): the
-   sample is reported by id, the worker is replaced, the other samples finish, and a rerun finishes it.
+   sample is reported by id, the worker is replaced, the other samples finish, and a rerun finishes it. A Blender
+   hang inside one sample, via MAGVIT3D_FAULT_HANG_SAMPLE: the worker is killed after --sample-timeout, no worker
+   process is left running, and otherwise the same outcome as a crash; a worker that hangs while it starts (a stand-in
+   process, no Blender) counts as a failed start; a worker's reply is read with a deadline, a line at a time.
 3. A full disk: RLIMIT_FSIZE in the render/pack subprocess (Python ignores SIGXFSZ, so writes fail with EFBIG), below
    meta.json's size (the orchestrator's write fails) or below a PNG's (Blender's write is cut short and Blender says
    'Saved' anyway) or below dataset.json's (a first run; the rerun must still be accepted); ENOSPC at fsync in pack.
@@ -42,6 +45,7 @@ from fakes import make_fake_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 FAULT_ENV = "MAGVIT3D_FAULT_CRASH_SAMPLE"
+HANG_ENV = "MAGVIT3D_FAULT_HANG_SAMPLE"
 ERROR_LINE = re.compile(r"^magvit3d: error: \S.*$")
 
 
@@ -219,6 +223,175 @@ def test_blender_crash_in_one_sample_is_reported_replaced_and_the_rest_finish(tm
     assert json.loads((root / "render_summary.json").read_text())["rendered"] == 1
     assert_unchanged(before, stamps(root), "rerun after the crash")
     assert verify_dataset(root, progress=False)["ok"]
+
+
+def is_worker(pid: int) -> bool:
+    """A live (not reaped) Blender worker process has this pid."""
+    try:
+        return b"blender_scenes.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Processes whose working directory is in `folder` (render workers run in the dataset's logs folder)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and Path(os.readlink(p / "cwd")).is_relative_to(folder):
+                pids.append(int(p.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.blender
+def test_blender_hang_in_one_sample_is_killed_reported_replaced_and_the_rest_finish(tmp_path):
+    # a tiny sample renders in ~0.2 s in the worker (2-core machine, ~2 s for the whole 4-sample run): 10 s is ample
+    root, timeout = tmp_path / "ds", 10
+    t0 = time.monotonic()
+    hang = cli(*render_args(root, 4, "-j", "1", "--sample-timeout", timeout),
+               env=clean_env(tmp_path, **{HANG_ENV: "2"}))
+    seconds = time.monotonic() - t0
+    assert hang.returncode == 1, hang.stderr
+    assert "failed twice: [2]" in one_error_line(hang.stderr)
+    assert seconds >= 2 * timeout  # both attempts waited for the timeout
+    retry, gave_up = (ln for ln in hang.stdout.splitlines() if ln.startswith("sample 2 failed"))
+    for text in (retry, gave_up):
+        assert re.search(rf"render worker \(pid \d+\) gave no reply within {timeout} s \(hung\?\); killed it; "
+                         rf"log: {re.escape(str(root / 'logs'))}", text), hang.stdout
+    summary = json.loads((root / "render_summary.json").read_text())
+    assert [f["sample_id"] for f in summary["failed"]] == [2] and summary["retried"] == [2]
+    assert f"gave no reply within {timeout} s (hung?); killed it" in summary["failed"][0]["error"]
+    assert summary["workers_replaced"] == 2 and summary["rendered"] == 3 and summary["sample_timeout_s"] == timeout
+    assert ds.complete_sample_ids(root) == {0, 1, 3}
+    assert not list((root / "samples").glob(ds.TMP_PREFIX + "*"))
+    hung = [int(pid) for pid in re.findall(r"\(pid (\d+)\) gave no reply", hang.stdout)]
+    assert len(set(hung)) == 2 and not any(is_worker(pid) for pid in hung)  # killed and reaped
+    assert processes_in(root) == []  # no worker of the run survives it
+    rep = verify_dataset(root, progress=False)
+    assert rep["missing_ids"] == [2] and {e["sample_id"] for e in rep["errors"]} == {2}
+    before = stamps(root)
+
+    again = cli(*render_args(root, 4), env=clean_env(tmp_path))
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((root / "render_summary.json").read_text())
+    assert summary["rendered"] == 1 and summary["sample_timeout_s"] == 600
+    assert_unchanged(before, stamps(root), "rerun after the hang")
+    verify = cli("verify", root, "--no-progress")
+    assert verify.returncode == 0, verify.stderr
+
+
+def scripted_worker(log_path: Path, script: str):
+    """A RenderWorker whose process is `python -c SCRIPT REPLY_FD` instead of Blender: no bpy, milliseconds."""
+    from datagen.render import RenderWorker
+
+    class Scripted(RenderWorker):
+        @staticmethod
+        def command(reply_fd, *_):
+            return [sys.executable, "-c", script, str(reply_fd)]
+
+    return Scripted("cpu", 1, log_path)
+
+
+def wait_for_log(worker, text: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in worker.log_tail() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert text in worker.log_tail(), worker.log_tail()
+
+
+REPLY = "import os, sys, time; fd = int(sys.argv[1]); "
+
+
+def test_worker_that_gives_no_reply_is_killed_after_the_timeout(tmp_path):
+    from datagen.render import WorkerCrashed
+
+    # half a reply, then a deadlock: a line not yet ended is no reply
+    worker = scripted_worker(tmp_path / "logs" / "w.log", REPLY + "os.write(fd, b'{\"event\": \"rea'); "
+                             "print('stuck', flush=True); time.sleep(1000)")
+    try:
+        wait_for_log(worker, "stuck")  # the half reply is written: what follows does not depend on timing
+        pid, t0 = worker.proc.pid, time.monotonic()
+        with pytest.raises(WorkerCrashed) as e:
+            worker.wait_ready(0.5)
+        assert 0.5 <= time.monotonic() - t0 < 10
+        assert str(e.value) == (f"render worker (pid {pid}) gave no reply within 0.5 s (hung?); killed it; "
+                                f"log: {worker.log_path} | last log lines: stuck")
+        assert e.value.sent
+        assert worker.proc.returncode == -signal.SIGKILL and not Path(f"/proc/{pid}").exists()  # killed, reaped
+    finally:
+        worker.close()
+
+
+def test_worker_replies_are_read_a_line_at_a_time_with_a_deadline(tmp_path):
+    from datagen.render import WorkerCrashed
+
+    # the ready reply in two writes, then the first sample's reply in the same write as the ready's end; then a hang
+    script = (REPLY + "os.write(fd, b'{\"event\": \"rea'); time.sleep(0.3); "
+              "os.write(fd, b'dy\"}\\n{\"event\": \"done\", \"sample_id\": 0}\\n'); time.sleep(1000)")
+    worker = scripted_worker(tmp_path / "logs" / "w.log", script)
+    try:
+        assert worker.wait_ready(30) == {"event": "ready"}
+        t0 = time.monotonic()
+        assert worker.render({"sample_id": 0}, tmp_path / "out", timeout=30) == {"event": "done", "sample_id": 0}
+        assert time.monotonic() - t0 < 5  # from the bytes read before, without waiting
+        with pytest.raises(WorkerCrashed, match=r"gave no reply within 0.3 s \(hung\?\); killed it") as e:
+            worker.render({"sample_id": 1}, tmp_path / "out", timeout=0.3)
+        assert e.value.sent  # the request went out: the attempt counts
+        assert worker.proc.returncode == -signal.SIGKILL
+    finally:
+        worker.close()
+
+
+def test_worker_that_dies_mid_reply_is_still_a_death(tmp_path):
+    from datagen.render import WorkerCrashed
+
+    worker = scripted_worker(tmp_path / "logs" / "w.log", REPLY + "os.write(fd, b'{\"event\": \"ready\"'); "
+                             "sys.exit(7)")
+    try:
+        with pytest.raises(WorkerCrashed, match=r"\) died with exit code 7; log: "):
+            worker.wait_ready(30)
+    finally:
+        worker.close()
+
+
+def test_worker_that_hangs_while_it_starts_counts_as_a_failed_start(tmp_path, monkeypatch):
+    from datagen import render
+    from datagen.config import load_config
+    from datagen.spec import DatasetConfig
+
+    started: list = []
+
+    class Hanging(render.RenderWorker):
+        @staticmethod
+        def command(reply_fd, *_):
+            return [sys.executable, "-c", "import time; time.sleep(1000)"]
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self.proc)
+
+    monkeypatch.setattr(render, "RenderWorker", Hanging)
+    monkeypatch.setattr(render, "READY_TIMEOUT_S", 0.3)
+    root = tmp_path / "ds"
+    with pytest.raises(render.WorkerStartFailed) as e:
+        render.render_dataset(load_config(DatasetConfig, "dataset", "tiny", []), root, workers=1, progress=False,
+                              log=lambda m: None)
+    assert "render workers died or hung 3 times in a row before they were ready" in str(e.value)
+    assert "gave no reply within 0.3 s (hung?); killed it" in str(e.value) and "\n" not in str(e.value)
+    assert len(started) == render.MAX_START_FAILURES
+    assert all(p.returncode == -signal.SIGKILL for p in started)
+    assert not root.exists()  # nothing written, not even the workers' logs
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_render_rejects_a_sample_timeout_not_above_zero(tmp_path, value):
+    root = tmp_path / "ds"
+    out = cli(*render_args(root, 2, "--sample-timeout", value), env=clean_env(tmp_path))
+    assert out.returncode == 2
+    assert "--sample-timeout" in one_error_line(out.stderr) and "> 0" in out.stderr
+    assert not root.exists()
 
 
 # --- 2. a full disk (a file size limit) ---------------------------------------------------------------------------
