@@ -16,7 +16,9 @@ working directory and temp dir (TMPDIR), so nothing they write lands outside the
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import math
 import os
@@ -227,6 +229,27 @@ def _finish_sample(root: Path, spec: dict, tmp: Path, views: list[str], frames: 
     os.replace(tmp, ds.sample_dir(root, spec["sample_id"]))
 
 
+@contextlib.contextmanager
+def shard_lock(path: Path, shard: tuple[int, int]):
+    """Hold an exclusive flock on `path` (created with its folder) for the with-block; UserError when another
+    process holds it. Two renders of the same shard into one dataset would delete each other's partial samples and
+    Blender temp dirs. flock is per machine; on a network filesystem it holds only where the filesystem supports it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"another render of shard {shard[0]}/{shard[1]} (pid {holder}) is writing to "
+                            f"{path.parent.parent}; wait for it to finish, or render another --shard") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str = "auto", workers: int | None = None,
                    shard: tuple[int, int] = (0, 1), allow_software_eevee: bool = False, progress: bool = True,
                    log=print, sample_timeout_s: float = SAMPLE_TIMEOUT_S) -> dict:
@@ -234,15 +257,16 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
     also written to root/render_summary[.shard-I-of-N].json. A failed write (disk full, quota, file size limit)
     raises datagen.dataset.WriteFailed (one line); the samples completed before stay as they are. A worker that
     gives no reply to a sample within `sample_timeout_s` seconds is killed and the sample retried (once)."""
-    with ds.write_errors("render", RESUME):
+    with ds.write_errors("render", RESUME), contextlib.ExitStack() as held:
         return _render_dataset(cfg, root, device=device, workers=workers, shard=shard,
                                allow_software_eevee=allow_software_eevee, progress=progress, log=log,
-                               sample_timeout_s=sample_timeout_s)
+                               sample_timeout_s=sample_timeout_s, held=held)
 
 
 def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str, workers: int | None,
                     shard: tuple[int, int], allow_software_eevee: bool, progress: bool, log,
-                    sample_timeout_s: float = SAMPLE_TIMEOUT_S) -> dict:
+                    sample_timeout_s: float = SAMPLE_TIMEOUT_S, held: contextlib.ExitStack) -> dict:
+    """The render itself; `held` keeps the shard lock until the caller's with-block ends."""
     from tqdm import tqdm
 
     if not sample_timeout_s > 0:  # also NaN
@@ -294,6 +318,8 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
 
     # Start one worker and learn the device before writing anything: `--device gpu` with no GPU fails here.
     root_existed, logs_existed = root.exists(), log_dir.exists()
+    # Before anything of an earlier run is cleaned up: that might be a render of this shard still running.
+    held.enter_context(shard_lock(log_dir / f"render{shard_tag}.lock", shard))
     if worker_tmp.exists():  # left by a killed run of this shard: Blender session dirs of killed workers
         shutil.rmtree(worker_tmp, ignore_errors=True)
 
