@@ -19,6 +19,8 @@ TINY = TokenizerConfig(channels=16, channel_mult=(1, 2), num_res_blocks=1, tempo
 TINY3 = dataclasses.replace(TINY, channel_mult=(1, 1, 2), temporal_downsample=(True, True))
 # patching (2 frames x 2 x 2 pixels folded into channels) under one more level: factor 4 in space and time
 PATCHED = dataclasses.replace(TINY, patch_size=2, patch_frames=2)
+# the per-position LayerNorm instead of per-frame GroupNorm
+LAYER = dataclasses.replace(PATCHED, norm="layer")
 
 
 def cfg_for(quantizer: str, base: TokenizerConfig = TINY, **kw) -> TokenizerConfig:
@@ -78,9 +80,34 @@ def test_latent_shape_full_like():
     assert TokenizerConfig().latent_shape(16, 64, 64) == (4, 16, 16)
 
 
+# --- size independence -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_layer_norm_encodes_a_crop_like_the_whole_frame(norm):
+    """The demo tokenizer trains on 32x32 crops and is used on 64x64 frames. With the per-position LayerNorm the
+    encoder's output inside a crop (away from the crop's border, which the convs' zero padding reaches) is the
+    same as on the whole frame; a per-frame GroupNorm's statistics over H x W make it differ."""
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(channels=16, channel_mult=(1,), num_res_blocks=0, temporal_downsample=(), norm_groups=4,
+                          z_channels=8, codebook_size=64, patch_size=2, patch_frames=2, norm=norm)
+    model = VideoTokenizer(cfg).eval()
+    whole = clip(b=1, t=4, h=48, w=48)
+    whole[..., :24, :] += 0.8   # an uneven frame: the top half brighter, as sky above a floor
+    crop = whole[..., 16:40, 16:40]
+    with torch.no_grad():
+        z_whole, z_crop = model.encoder(whole), model.encoder(crop)
+    r = 5   # tokens the 3x3 convs reach (conv_in + 2 mid blocks x 2 convs); tokens are 2x2 pixels
+    inner_whole = z_whole[..., 8 + r:20 - r, 8 + r:20 - r]
+    inner_crop = z_crop[..., r:12 - r, r:12 - r]
+    if norm == "layer":
+        torch.testing.assert_close(inner_crop, inner_whole, atol=1e-5, rtol=1e-5)
+    else:
+        assert (inner_crop - inner_whole).abs().max() > 1e-2
+
+
 # --- causality -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("base,k", [(TINY, 2), (TINY, 4), (TINY3, 4), (PATCHED, 4)])
+@pytest.mark.parametrize("base,k", [(TINY, 2), (TINY, 4), (TINY3, 4), (PATCHED, 4), (LAYER, 4)])
 @pytest.mark.parametrize("quantizer", ["vq", "lfq", "fsq"])
 def test_encoder_is_causal(quantizer, base, k):
     torch.manual_seed(0)
@@ -103,7 +130,7 @@ def test_encoder_is_causal(quantizer, base, k):
         assert torch.allclose(model.encoder(x[:, :, :k]), zx[:, :, :m], atol=1e-5)
 
 
-@pytest.mark.parametrize("base", [TINY, TINY3, PATCHED])
+@pytest.mark.parametrize("base", [TINY, TINY3, PATCHED, LAYER])
 def test_decoder_is_causal(base):
     torch.manual_seed(0)
     cfg = cfg_for("vq", base)
@@ -264,6 +291,7 @@ def test_unknown_quantizer_is_a_one_line_error():
     ({"quantizer": "lfq", "codebook_size": 1000}, (64, 16), ["1000", "power of two"]),
     ({"quantizer": "fsq", "codebook_size": 1000}, (64, 16), ["1000", "1024"]),
     ({"channels": 12}, (64, 16), ["norm_groups"]),
+    ({"norm": "batch"}, (64, 16), ["'batch'", "group, layer"]),
 ])
 def test_validate_rejects_bad_sizes_with_one_line(kwargs, args, words):
     cfg = dataclasses.replace(TokenizerConfig(), **kwargs)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 QUANTIZERS = ("vq", "lfq", "fsq")
+NORMS = ("group", "layer")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -55,6 +56,9 @@ class TokenizerConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2)      # one entry per level; every level but the last halves H and W
     num_res_blocks: int = 1                        # residual blocks per level (encoder and decoder)
     temporal_downsample: tuple[bool, ...] = (True, True)  # per downsampling level (len(channel_mult) - 1): also halve T?
+    norm: str = "group"                            # "group": GroupNorm per frame (MAGVIT); "layer": LayerNorm over
+                                                   # channels at each position (no statistics over H, W: what a
+                                                   # model trained on crops learns carries over to whole frames)
     norm_groups: int = 8                           # GroupNorm groups; every level's width must be a multiple
     z_channels: int = 16                           # vq code dimension (lfq: log2(codebook_size), fsq: len(fsq_levels))
     quantizer: str = "vq"                          # "vq" | "lfq" | "fsq"
@@ -94,10 +98,12 @@ class TokenizerConfig:
         if len(self.temporal_downsample) != len(self.channel_mult) - 1:
             raise ValueError(f"temporal_downsample {tuple(self.temporal_downsample)} must have "
                              f"len(channel_mult) - 1 = {len(self.channel_mult) - 1} entries (one per downsampling level)")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; allowed: {', '.join(NORMS)}")
         if self.norm_groups < 1:
             raise ValueError(f"norm_groups {self.norm_groups} must be >= 1")
         for m in self.channel_mult:
-            if self.channels < 1 or (self.channels * m) % self.norm_groups:
+            if self.channels < 1 or (self.norm == "group" and (self.channels * m) % self.norm_groups):
                 raise ValueError(f"width channels*mult = {self.channels}*{m} is not a multiple of "
                                  f"norm_groups = {self.norm_groups}")
         if self.patch_size < 1 or self.patch_frames < 1:
@@ -161,11 +167,25 @@ class FrameGroupNorm(nn.GroupNorm):
         return rearrange(x, "(b t) c h w -> b c t h w", b=b)
 
 
+class PositionLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each (t, h, w) position: causal, and independent of the clip's size, so a
+    model trained on small crops sees the same statistics on whole frames (a per-frame GroupNorm does not: its
+    mean and variance over H x W differ between a 32x32 crop and a 64x64 frame)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+
+def make_norm(cfg: "TokenizerConfig", channels: int) -> nn.Module:
+    return FrameGroupNorm(cfg.norm_groups, channels) if cfg.norm == "group" else PositionLayerNorm(channels)
+
+
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, groups: int):
+    def __init__(self, cin: int, cout: int, cfg: "TokenizerConfig"):
         super().__init__()
-        self.norm1, self.conv1 = FrameGroupNorm(groups, cin), CausalConv3d(cin, cout)
-        self.norm2, self.conv2 = FrameGroupNorm(groups, cout), CausalConv3d(cout, cout)
+        self.norm1, self.conv1 = make_norm(cfg, cin), CausalConv3d(cin, cout)
+        self.norm2, self.conv2 = make_norm(cfg, cout), CausalConv3d(cout, cout)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,19 +227,18 @@ class Encoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
-        g = cfg.norm_groups
         self.patch = (cfg.patch_frames, cfg.patch_size)
         self.conv_in = CausalConv3d(3 * cfg.patch_frames * cfg.patch_size ** 2, widths[0])
         blocks, cin = [], widths[0]
         for i, w in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(cin, w, g))
+                blocks.append(ResBlock(cin, w, cfg))
                 cin = w
             if i < len(widths) - 1:
                 blocks.append(Downsample(cin, cfg.temporal_downsample[i]))
-        blocks += [ResBlock(cin, cin, g), ResBlock(cin, cin, g)]   # mid
+        blocks += [ResBlock(cin, cin, cfg), ResBlock(cin, cin, cfg)]   # mid
         self.blocks = nn.Sequential(*blocks)
-        self.norm_out = FrameGroupNorm(g, cin)
+        self.norm_out = make_norm(cfg, cin)
         self.conv_out = CausalConv3d(cin, cfg.code_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,18 +252,17 @@ class Decoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
-        g = cfg.norm_groups
         cin = widths[-1]
         self.conv_in = CausalConv3d(cfg.code_dim, cin)
-        blocks = [ResBlock(cin, cin, g), ResBlock(cin, cin, g)]   # mid
+        blocks = [ResBlock(cin, cin, cfg), ResBlock(cin, cin, cfg)]   # mid
         for i in reversed(range(len(widths))):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(cin, widths[i], g))
+                blocks.append(ResBlock(cin, widths[i], cfg))
                 cin = widths[i]
             if i > 0:
                 blocks.append(Upsample(cin, cfg.temporal_downsample[i - 1]))
         self.blocks = nn.Sequential(*blocks)
-        self.norm_out = FrameGroupNorm(g, cin)
+        self.norm_out = make_norm(cfg, cin)
         self.patch = (cfg.patch_frames, cfg.patch_size)
         self.conv_out = CausalConv3d(cin, 3 * cfg.patch_frames * cfg.patch_size ** 2)
 
