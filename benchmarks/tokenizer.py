@@ -485,7 +485,8 @@ def markdown(res: dict) -> str:
     o, p, opt = res["ours"], res["peer"], res["optimizer"]
     m = o["model"]
     ours_desc = (f"channels {m['channels']}, channel_mult {list(m['channel_mult'])}, num_res_blocks "
-                 f"{m['num_res_blocks']}, temporal_downsample {list(m['temporal_downsample'])}, quantizer "
+                 f"{m['num_res_blocks']}, temporal_downsample {list(m['temporal_downsample'])}, "
+                 f"{m.get('norm', 'group')} norm, quantizer "
                  f"{m['quantizer']} ({m['codebook_size']} codes, z_channels {m['z_channels']})")
     layers = ", ".join(f"{a}:{b}" for a, b in p["kwargs"]["layers"])
     curve_rows = []
