@@ -397,35 +397,38 @@ def test_render_rejects_a_sample_timeout_not_above_zero(tmp_path, value):
 @pytest.mark.blender
 def test_a_second_render_of_the_same_shard_is_refused_and_touches_nothing(tmp_path):
     """Two renders of one shard into one dataset would delete each other's partial samples and Blender temp dirs:
-    the second is refused (exit 2, naming the holder's pid) while the first holds the shard's lock, other shards
-    are not blocked, and a lock whose holder was killed is free again."""
+    the second is refused (exit 2, naming the holder's pid) while the first holds the shard's lock, another shard
+    renders meanwhile, and a lock whose holder was killed is free again."""
     root = tmp_path / "ds"
-    other = cli(*render_args(root, 4, "--shard", "1/2"))
-    assert other.returncode == 0, other.stderr
-    partial = ds.tmp_sample_dir(root, 0)   # what a running render of shard 0/2 has in flight
+    first = cli(*render_args(root, 6, "--shard", "2/3"))
+    assert first.returncode == 0, first.stderr
+    partial = ds.tmp_sample_dir(root, 0)   # what a running render of shard 0/3 has in flight
     partial.mkdir(parents=True)
     (partial / "frame.png").write_bytes(b"in progress")
-    blender_tmp = root / "logs" / "blender-tmp.shard-0-of-2"
+    blender_tmp = root / "logs" / "blender-tmp.shard-0-of-3"
     blender_tmp.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
         "from datagen.render import shard_lock; "
-        "lock = shard_lock(Path(sys.argv[2]), (0, 2)); lock.__enter__(); print('held', flush=True); time.sleep(600)"),
-        str(REPO), str(root / "logs" / "render.shard-0-of-2.lock")], stdout=subprocess.PIPE, text=True)
+        "lock = shard_lock(Path(sys.argv[2]), (0, 3)); lock.__enter__(); print('held', flush=True); time.sleep(600)"),
+        str(REPO), str(root / "logs" / "render.shard-0-of-3.lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        refused = cli(*render_args(root, 4, "--shard", "0/2"))
+        refused = cli(*render_args(root, 6, "--shard", "0/3"))
         assert refused.returncode == 2
         line = one_error_line(refused.stderr)
-        assert "another render of shard 0/2" in line and f"pid {holder.pid}" in line, line
+        assert "another render of shard 0/3" in line and f"pid {holder.pid}" in line, line
         assert (partial / "frame.png").read_bytes() == b"in progress" and blender_tmp.is_dir()
-        assert ds.complete_sample_ids(root) == {1, 3}
+        other = cli(*render_args(root, 6, "--shard", "1/3"))   # another shard is not blocked
+        assert other.returncode == 0, other.stderr
+        assert ds.complete_sample_ids(root) == {1, 2, 4, 5}
+        assert (partial / "frame.png").read_bytes() == b"in progress" and blender_tmp.is_dir()
     finally:
         holder.kill()
         holder.wait()
-    resumed = cli(*render_args(root, 4, "--shard", "0/2"))  # the killed holder's lock is gone with it
+    resumed = cli(*render_args(root, 6, "--shard", "0/3"))  # the killed holder's lock is gone with it
     assert resumed.returncode == 0, resumed.stderr
-    assert ds.complete_sample_ids(root) == {0, 1, 2, 3}
+    assert ds.complete_sample_ids(root) == set(range(6))
     assert not partial.exists() and not blender_tmp.exists()
     assert verify_dataset(root, progress=False)["ok"]
 
