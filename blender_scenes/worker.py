@@ -71,14 +71,6 @@ def _fault_ids(env: str) -> set[int]:
     return {int(x) for x in text.split(",") if x.strip()} if text else set()
 
 
-def _fault_crash_ids() -> set[int]:
-    return _fault_ids(FAULT_CRASH_ENV)
-
-
-def _fault_hang_ids() -> set[int]:
-    return _fault_ids(FAULT_HANG_ENV)
-
-
 def _hang_forever() -> None:
     """Never return and never reply, as a deadlocked Blender would (killed by the orchestrator's timeout)."""
     while True:
@@ -110,13 +102,13 @@ def render_request(spec: dict, out_dir: str, device: str, threads: int = 0, allo
         raise scene.RenderSetupError(
             "EEVEE needs a GPU context; without one bpy falls back to software GL at ~20 s per 128x128 frame. "
             "Use --engine cycles, or pass --allow-software-eevee to accept that cost")
-    if spec.get("sample_id") in _fault_hang_ids():
+    if spec.get("sample_id") in _fault_ids(FAULT_HANG_ENV):
         _hang_forever()
     t0 = time.perf_counter()
     cameras = scene.build_scene(spec, device, threads)
     t1 = time.perf_counter()
     timings = scene.render_views(spec, cameras, out_dir)
-    if spec.get("sample_id") in _fault_crash_ids():
+    if spec.get("sample_id") in _fault_ids(FAULT_CRASH_ENV):
         _crash_now()
     safety = safety_state()
     if safety["scripts_auto_execute"] or safety["blend_file"]:
