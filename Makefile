@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test clean-demo bench-venv bench-tokenizer
+.PHONY: setup demo test clean-demo bench-venv bench-tokenizer bench-codec
 
 # The stamp is remade whenever pyproject.toml changes, so a changed pin reinstalls.
 $(VENV)/.installed: pyproject.toml
@@ -34,10 +34,16 @@ BUDGET ?= 240
 $(BENCH_VENV)/.installed:
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 'numpy>=1.26,<2' magvit2-pytorch==0.5.1 \
-		einops safetensors 'scikit-image>=0.22,<0.26' tqdm click pillow
+		einops safetensors 'scikit-image>=0.22,<0.26' tqdm click pillow imageio-ffmpeg
 	touch $@
 
 bench-venv: $(BENCH_VENV)/.installed
 
 bench-tokenizer: bench-venv
 	$(BENCH_VENV)/bin/python benchmarks/tokenizer.py --budget-s $(BUDGET)
+
+# A video codec (x264/x265, from the bench venv's imageio-ffmpeg) at the demo token grid's bit budget: the reference
+# for the tokenizer's PSNR. Needs the packed demo dataset (make demo).
+bench-codec: setup bench-venv
+	$(BIN)/python benchmarks/codec_bound.py --data $(DEMO_DIR)/dataset --write-md \
+		--ffmpeg "$$($(BENCH_VENV)/bin/python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')"

@@ -7,8 +7,9 @@ as training validation does (training.metrics.psnr_per_clip). Per clip it keeps 
 fit the budget, and the fewest bits any encoding needed to reach a target PSNR. Headers (SPS/PPS/VPS) count against
 the codec; x264's encoder-settings SEI is dropped, as it carries no picture information.
 
+    make bench-codec
     .venv/bin/python benchmarks/codec_bound.py --data demo_out/dataset [--split val] [--grid 4x8x8 --codebook 1024]
-        [--target-psnr 30] [--ffmpeg PATH] [--write-md]
+        [--target-psnr 30] [--ffmpeg PATH] [--write-md] [--json OUT] [--from-json OUT]
 
 ffmpeg: --ffmpeg, else $PATH, else the binary of the `imageio-ffmpeg` package (pip install imageio-ffmpeg; a
 benchmark-only dependency, e.g. in .venv-bench). It is a reference point, not a bound in the strict sense: a learned
