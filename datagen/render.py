@@ -316,9 +316,9 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
         summary.update(seconds=0.0, clips_per_s=None, device=None)
         return summary
 
-    # Start one worker and learn the device before writing anything: `--device gpu` with no GPU fails here.
     root_existed, logs_existed = root.exists(), log_dir.exists()
-    # Before anything of an earlier run is cleaned up: that might be a render of this shard still running.
+    # The lock comes before anything of an earlier run is cleaned up: that might be a render of this shard still
+    # running. (It is the one file written before the device check; leave_nothing_behind removes it with logs/.)
     held.enter_context(shard_lock(log_dir / f"render{shard_tag}.lock", shard))
     if worker_tmp.exists():  # left by a killed run of this shard: Blender session dirs of killed workers
         shutil.rmtree(worker_tmp, ignore_errors=True)
@@ -331,6 +331,7 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
         else:
             shutil.rmtree(worker_tmp, ignore_errors=True)
 
+    # Start one worker and learn the device before writing the dataset: `--device gpu` with no GPU fails here.
     try:
         first = start_worker(0)
     except UserError:

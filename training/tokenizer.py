@@ -176,7 +176,6 @@ class PositionLayerNorm(nn.LayerNorm):
         return super().forward(x.movedim(1, -1)).movedim(-1, 1)
 
 
-
 def make_norm(cfg: "TokenizerConfig", channels: int) -> nn.Module:
     return FrameGroupNorm(cfg.norm_groups, channels) if cfg.norm == "group" else PositionLayerNorm(channels)
 
