@@ -2,9 +2,9 @@
 
 PSNR per frame on [0, 1], averaged over the evaluated frames (views x frames), then over clips; identical frames are
 capped at 100 dB (training.metrics). SSIM is scikit-image's (gaussian weights, sigma 1.5), averaged the same way.
-LPIPS is the `lpips` package's AlexNet v0.1 with the ImageNet backbone from torchvision's cache or an explicit
-file (training.lpips_metric; never downloaded). Without the backbone it is reported as "unavailable" with the
-reason, never as a number.
+LPIPS is the `lpips` package's AlexNet v0.1 with the ImageNet backbone from an explicit file or torchvision's cache,
+downloaded there on first use (training.lpips_metric). Without the backbone it is reported as "unavailable" with
+the reason, never as a number.
 """
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def lpips_status(metric: LpipsMetric | None) -> dict:
 
 
 def open_lpips(weights_path=None, log=print) -> LpipsMetric:
-    """load_lpips with a clear one-line notice when the AlexNet backbone is absent."""
-    metric = load_lpips(weights_path)
+    """load_lpips with a clear one-line notice when the AlexNet backbone is absent (and one before a download)."""
+    metric = load_lpips(weights_path, log=log)
     if not metric.available:
         log(f"notice: LPIPS unavailable ({metric.reason}); it is reported as 'unavailable' in every output")
     return metric

@@ -66,7 +66,7 @@ def test_evaluate_identical_clips(setup, tmp_path, capsys, monkeypatch):
     gen = write_gen(tmp_path / "gen", test, np.array(test.rgb))
     # a second run under the same directory name (the two get distinct names in the report)
     cv_dir = write_gen(tmp_path / "other" / "gen", test, np.array(test.rgb), task="complete-view", given_views=[0, 2])
-    monkeypatch.setattr(ev_metrics, "load_lpips", lambda path=None: load_lpips(random_backbone=True))
+    monkeypatch.setattr(ev_metrics, "load_lpips", lambda path=None, log=None: load_lpips(random_backbone=True))
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "ffmpeg").write_text('#!/bin/sh\nfor a; do last="$a"; done\ncat > "$last"\n')
@@ -133,7 +133,7 @@ def test_evaluate_generate_task_escapes_and_reports_missing_lpips(setup, tmp_pat
     block = m["runs"][0]["tasks"]["generate"]
     assert set(block["summary"]["model"]) == {"family_accuracy", "reprojection_px"}
     assert block["clips"][0]["shape"] == evil and "psnr" not in block["clips"][0]
-    assert not m["lpips"]["available"] and "not found" in m["lpips"]["reason"]
+    assert not m["lpips"]["available"] and "are not in the torch hub cache" in m["lpips"]["reason"]
     assert m["mp4"].startswith("MP4 skipped")
     text = (report / "index.html").read_text()
     assert "<script>" not in text and "<img src=x" not in text and "<b>gen" not in text

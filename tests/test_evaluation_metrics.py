@@ -1,4 +1,4 @@
-"""Evaluation metrics: LPIPS loading/paths (no real weights, no network), PSNR/SSIM, DLT triangulation."""
+"""Evaluation metrics: LPIPS loading/paths/download (no real weights, no network), PSNR/SSIM, DLT triangulation."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +17,7 @@ from training.metrics import psnr_per_clip, ssim_per_clip
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Any attempt to fetch weights fails the test loudly (the machine has no network anyway)."""
+    """Any attempt to fetch weights fails the test loudly (MAGVIT3D_OFFLINE is set for the tests: none is made)."""
     import torchvision.models._api as tv_api
 
     def refuse(*a, **k):
@@ -77,14 +77,56 @@ def test_lpips_rejects_bad_input(random_lpips):
         random_lpips.per_clip(a[:, :, :16, :16], a[:, :, :16, :16])
 
 
-def test_lpips_unavailable_without_weights(empty_hub, no_network):
+def test_lpips_unavailable_offline_without_weights(empty_hub, no_network):
     m = load_lpips()
     assert not m.available and alexnet_weights_name() == "alexnet-owt-7be5be79.pth"
     assert "alexnet-owt-7be5be79.pth" in m.reason and str(empty_hub) in m.reason and "\n" not in m.reason
+    assert "MAGVIT3D_OFFLINE is set" in m.reason and "--lpips-weights PATH" in m.reason
     with pytest.raises(RuntimeError, match="LPIPS unavailable"):
         m.per_clip(smooth_clips(0), smooth_clips(0))
     missing = empty_hub / "elsewhere.pth"  # an explicit path is never silently replaced by the cache
     assert not load_lpips(missing).available and str(missing) in load_lpips(missing).reason
+    assert not empty_hub.exists()
+
+
+def test_lpips_failed_download_is_unavailable_with_the_reason(empty_hub, monkeypatch):
+    """Online mode on a machine without a network (the tests block it, tests/conftest.py): torch.hub's real
+    downloader runs and fails; LPIPS is unavailable, the reason says why, and no empty cache folder is left."""
+    monkeypatch.delenv("MAGVIT3D_OFFLINE")
+    notes = []
+    m = load_lpips(log=notes.append)
+    assert not m.available and "\n" not in m.reason
+    assert ("the download from https://download.pytorch.org/models/alexnet-owt-7be5be79.pth failed: URLError"
+            in m.reason and "network blocked in the tests" in m.reason), m.reason
+    assert str(empty_hub / "checkpoints" / "alexnet-owt-7be5be79.pth") in m.reason
+    assert len(notes) == 1 and notes[0].startswith("downloading the AlexNet weights for LPIPS")
+    assert not empty_hub.exists()
+
+
+def test_lpips_downloads_into_the_hub_cache_once(tmp_path, monkeypatch):
+    """First use online: the weights are fetched as torchvision fetches them (its URL, torch.hub's downloader with
+    the hash prefix of the file name) into $TORCH_HOME/hub/checkpoints, then read from there. The download is
+    stood in for by a randomly initialised AlexNet written to the destination: not the real weights, which this
+    test never claims to have (it checks where the file goes and that it is used)."""
+    from torchvision.models import alexnet
+
+    monkeypatch.delenv("MAGVIT3D_OFFLINE")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(2)
+            torch.save(alexnet(weights=None).state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    m = load_lpips()
+    assert calls == [("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", str(cached), "7be5be79")]
+    assert m.available and m.backbone == f"ImageNet AlexNet downloaded to {cached}" and cached.is_file()
+    again = load_lpips()                        # a cache hit: no second download
+    assert len(calls) == 1 and again.available and again.backbone == f"ImageNet AlexNet from {cached}"
 
 
 def test_lpips_loads_backbone_from_file(empty_hub, no_network, tmp_path):

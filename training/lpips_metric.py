@@ -1,9 +1,11 @@
-"""LPIPS (AlexNet, v0.1) via the `lpips` package, without ever touching the network.
+"""LPIPS (AlexNet, v0.1) via the `lpips` package, with torchvision's ImageNet AlexNet as its backbone.
 
-`lpips.LPIPS(net='alex')` normally asks torchvision for the ImageNet AlexNet, which downloads it. We build it with
-pnet_rand=True instead (random backbone, no download), let lpips load its linear heads (they ship inside the
-package), and copy the backbone weights in ourselves from torchvision's file: an explicit path, else torch's hub
-cache. Without the file, LPIPS is reported unavailable with a one-line reason, never a made-up number.
+`lpips.LPIPS(net='alex')` asks torchvision for the ImageNet AlexNet, which torch.hub downloads into its cache on first
+use. We do the same, in steps we control: build lpips with pnet_rand=True (random backbone, nothing fetched), let it
+load its linear heads (they ship inside the package), and copy the backbone weights in from torchvision's file:
+an explicit path (`--lpips-weights`, for machines without a network), else torch's hub cache, downloaded there on
+first use with torch.hub's downloader and hash check (not when MAGVIT3D_OFFLINE is set). When none of that works,
+LPIPS is reported unavailable with a one-line reason, never a made-up number.
 It lives in training (the perceptual loss) and evaluation imports it from here (the metric).
 
     metric = load_lpips()              # or load_lpips("/data/alexnet-owt-7be5be79.pth")
@@ -14,6 +16,8 @@ It lives in training (the perceptual loss) and evaluation imports it from here (
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 MIN_SIDE = 31  # AlexNet's first five layers (as lpips slices them) need at least 31x31 inputs
+OFFLINE_ENV = "MAGVIT3D_OFFLINE"   # set (e.g. to 1): never download; the test suite sets it
 
 
 def alexnet_weights_name() -> str:
@@ -30,9 +35,36 @@ def alexnet_weights_name() -> str:
     return AlexNet_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
 
 
+def alexnet_weights_url() -> str:
+    from torchvision.models import AlexNet_Weights
+
+    return AlexNet_Weights.IMAGENET1K_V1.url
+
+
 def default_weights_path() -> Path:
     """Where torch.hub (and so torchvision) caches the AlexNet weights: <torch hub dir>/checkpoints/<name>."""
     return Path(torch.hub.get_dir()) / "checkpoints" / alexnet_weights_name()
+
+
+def download_weights(path: Path, log=lambda message: None) -> str | None:
+    """Download torchvision's AlexNet weights to `path` as torchvision would (torch.hub's downloader, checking the
+    SHA-256 prefix in the file name; it writes a temp file and renames it, so nothing half-written stays).
+    None when the file is there, else the one-line reason it is not."""
+    url = alexnet_weights_url()
+    if os.environ.get(OFFLINE_ENV):
+        return f"{OFFLINE_ENV} is set, so they are not downloaded from {url}"
+    log(f"downloading the AlexNet weights for LPIPS (233 MB, once) from {url} to {path}")
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), torch.hub.HASH_REGEX.search(path.name).group(1),
+                                       progress=False)
+    except (OSError, RuntimeError, ValueError) as e:   # no network, HTTP error, disk full, wrong hash
+        for folder in made:   # the cache folders this attempt created, innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        return f"the download from {url} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return None
 
 
 class LpipsMetric:
@@ -100,9 +132,10 @@ def _load_backbone(net, path: Path) -> None:
 
 
 def load_lpips(weights_path: str | Path | None = None, *, random_backbone: bool = False, device="cpu",
-               seed: int = 0) -> LpipsMetric:
-    """LPIPS-AlexNet with the ImageNet backbone from `weights_path`, else torch's hub cache; unavailable (with a
-    reason) when the file is absent or unreadable. An explicit path is used alone, never silently replaced.
+               seed: int = 0, log=lambda message: None) -> LpipsMetric:
+    """LPIPS-AlexNet with the ImageNet backbone from `weights_path`, else torch's hub cache, downloaded there when it
+    is not yet (see download_weights); unavailable, with the reason, when the file is absent or unreadable. An
+    explicit path is used alone, never silently replaced. `log` gets a line before a download starts.
 
     random_backbone=True is for tests only: the backbone stays randomly initialised (seeded), so the values are
     NOT LPIPS and must never be reported as such; `backbone` says so.
@@ -110,15 +143,20 @@ def load_lpips(weights_path: str | Path | None = None, *, random_backbone: bool 
     if random_backbone:
         net = _build(seed)
         return LpipsMetric(net.to(device), backbone=f"RANDOM AlexNet backbone (seed {seed}); test only, not LPIPS")
+    name, how = alexnet_weights_name(), "from"
     path = Path(weights_path) if weights_path is not None else default_weights_path()
-    if not path.is_file():
-        where = "" if weights_path is not None else " (torch hub cache; pass weights_path or set TORCH_HOME)"
-        return LpipsMetric(reason=f"AlexNet weights {alexnet_weights_name()} not found at {path}{where}; "
-                                  f"no download is attempted")
+    if weights_path is not None and not path.is_file():
+        return LpipsMetric(reason=f"AlexNet weights {name} not found at {path}")
+    if weights_path is None and not path.is_file():
+        failed = download_weights(path, log)
+        if failed:
+            return LpipsMetric(reason=f"AlexNet weights {name} are not in the torch hub cache ({path}) and {failed}; "
+                                      f"pass --lpips-weights PATH with a copy of the file")
+        how = "downloaded to"
     net = _build(seed)
     try:
         _load_backbone(net, path)
     except Exception as e:  # unreadable, truncated, or not an AlexNet state dict
         msg = " ".join(str(e).split())[:300]
         return LpipsMetric(reason=f"cannot load AlexNet weights from {path}: {type(e).__name__}: {msg}")
-    return LpipsMetric(net.to(device), backbone=f"ImageNet AlexNet from {path}")
+    return LpipsMetric(net.to(device), backbone=f"ImageNet AlexNet {how} {path}")
