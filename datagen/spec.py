@@ -203,13 +203,28 @@ class DatasetConfig:
             raise UserError(f"cameras.rig names {names} must be unique and alphanumeric")
         if self.cameras.lens_mm <= 0 or self.cameras.sensor_mm <= 0:
             raise UserError("cameras.lens_mm and cameras.sensor_mm must be positive")
+        # The middle of the region trajectories are drawn around: every camera must see it. A camera below the
+        # ground sees the ground's underside, one that looks away sees sky; both rendered empty masks.
+        tc = self.trajectories
+        middle = np.array([sum(tc.center_xy_range) / 2, sum(tc.center_xy_range) / 2, sum(tc.center_z_range) / 2])
+        res = self.render.resolution
+        K = cam.intrinsics(self.cameras.lens_mm, self.cameras.sensor_mm, res, res)
         for c in self.cameras.rig:
+            if c.position[2] <= 0:
+                raise UserError(f"camera {c.name!r} position z = {c.position[2]:g} is at or below the ground (z = 0), "
+                                f"where it sees nothing; allowed: z > 0, e.g. position = [2.0, 0.0, 1.0]")
             if np.allclose(c.position, c.target):
                 raise UserError(f"camera {c.name!r} position equals its target {list(c.target)}")
             try:
-                cam.look_at(c.position, c.target)
+                R, t = cam.look_at(c.position, c.target)
             except ValueError as e:
                 raise UserError(f"camera {c.name!r}: {e}") from None
+            seen = cam.depth(R, t, middle[None])[0] > 0 and \
+                cam.in_image(cam.project(cam.projection_matrix(K, R, t), middle[None]), res, res)[0]
+            if not seen:
+                raise UserError(f"camera {c.name!r} (position {list(c.position)}, target {list(c.target)}) does not "
+                                f"see the middle of the scene {middle.round(3).tolist()}; aim its target there, e.g. "
+                                f"target = [0.0, 0.0, 0.0]")
 
 
 # --- spec building -------------------------------------------------------------------------------

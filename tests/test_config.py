@@ -404,3 +404,27 @@ def test_valid_config_passes():
     cfg = from_dict(DatasetConfig, {"render": {"resolution": 72, "frames": 2}, "dataset": {"num_samples": 1},
                                     "objects": {"shapes": ["cone"]}, "cameras": {"motion": "jitter"}})
     assert cfg.render.resolution == 72 and cfg.objects.shapes == ["cone"]
+
+
+# A camera below the ground, or one looking away from the scene, used to pass these checks and render empty masks.
+
+@pytest.mark.parametrize("z", [-1.0, 0.0])
+def test_camera_at_or_below_the_ground_is_rejected_naming_it(z):
+    rig = [{"name": "view0", "position": [2.0, 0.0, 1.0]}, {"name": "low", "position": [0.0, 2.0, z]}]
+    msg = bad({"cameras": {"rig": rig}})
+    assert msg == (f"camera 'low' position z = {z:g} is at or below the ground (z = 0), where it sees nothing; "
+                   f"allowed: z > 0, e.g. position = [2.0, 0.0, 1.0]")
+
+
+@pytest.mark.parametrize("target", [[4.0, 0.0, 1.5],      # looks away from the scene, into the sky
+                                    [0.0, 0.0, -40.0]])   # looks steeply down past the scene
+def test_camera_that_does_not_see_the_scene_is_rejected_naming_it(target):
+    rig = [{"name": "view0", "position": [2.0, 0.0, 1.0], "target": target},
+           {"name": "view1", "position": [0.0, 2.0, 1.0]}]
+    msg = bad({"cameras": {"rig": rig}})
+    assert msg.startswith(f"camera 'view0' (position [2.0, 0.0, 1.0], target {target}) does not see the middle "
+                          f"of the scene [0.0, 0.0, 0.5]"), msg
+    # the same camera aimed at the scene is fine, and so is a camera just above the ground
+    rig[0]["target"] = [0.0, 0.0, 0.3]
+    rig[1]["position"] = [0.0, 2.5, 0.05]
+    assert from_dict(DatasetConfig, {"cameras": {"rig": rig}}).cameras.rig[1].position == (0.0, 2.5, 0.05)
