@@ -46,7 +46,7 @@ def select_cycles_device(device: str) -> dict:
                     d.use = d.type == backend
                 return {"device": backend, "devices": [d.name for d in gpus], "notice": None}
         if device == "gpu":
-            raise RenderSetupError("--device gpu: no GPU found for Cycles (tried OPTIX, CUDA, HIP, ONEAPI, METAL); "
+            raise RenderSetupError("--device cuda: no GPU found for Cycles (tried OPTIX, CUDA, HIP, ONEAPI, METAL); "
                                    "use --device cpu or auto")
         prefs.compute_device_type = "NONE"
         return {"device": "CPU", "devices": [], "notice": "no GPU found for Cycles; rendering on the CPU"}

@@ -23,6 +23,11 @@ class UserError(Exception):
     """Bad input from the user: the CLI prints it as one line and exits with status 2."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, carrying the one line that says what was kept and how to continue (the CLI prints it and
+    exits with status 130). Raised by the code that knows the answer: a training loop, the render, the demo."""
+
+
 def check_output_dir(path: str | os.PathLike, option: str = "--out") -> None:
     """UserError (one line, before any work) when directory `path` cannot be created or written: a file is in the
     way (the path or a folder above it), or the nearest existing folder above it is not writable."""

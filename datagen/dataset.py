@@ -138,6 +138,20 @@ def split_ids(num_samples: int, fractions: dict[str, float], seed: int) -> dict[
     return out
 
 
+def empty_splits_warning(splits: dict[str, list[int]], fractions: dict[str, float]) -> str | None:
+    """One line when a split meant to hold clips (fraction > 0) got none, which happens with fewer clips than
+    splits (split_ids gives every such split one clip otherwise); None when all have clips. Training validates on
+    val, and generate/evaluate/reconstruct read test by default, so an empty split is said at render and pack time."""
+    empty = [name for name, ids in splits.items() if not ids and fractions.get(name, 0) > 0]
+    if not empty:
+        return None
+    total = sum(len(ids) for ids in splits.values())
+    wanted = sum(1 for f in fractions.values() if f > 0)
+    return (f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty: {total} clip(s) for "
+            f"{wanted} splits; training validates on val and generate/evaluate/reconstruct read test, so render "
+            f"at least {wanted} clips (-n {wanted}) or change dataset.splits")
+
+
 def build_dataset_json(cfg, blender_version: str) -> dict:
     from datagen.spec import camera_tracks
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from datagen.config import UserError
-from datagen.dataset import (complete_sample_ids, frame_path, load_dataset_json, load_meta, naming, read_json,
-                             sample_dir, write_errors, write_json_atomic)
+from datagen.dataset import (complete_sample_ids, empty_splits_warning, frame_path, load_dataset_json, load_meta,
+                             naming, read_json, sample_dir, write_errors, write_json_atomic)
 from datagen.verify import SampleError, check_meta, decode_png
 
 PACKED_DIR = "packed"
@@ -132,7 +132,8 @@ def _pack_split(root: Path, info: dict, split: str, ids: list[int], progress: bo
 
 
 def pack_dataset(root, progress: bool = True) -> dict:
-    """Pack every split of dataset.json; UserError (before writing anything) when samples are missing."""
+    """Pack every split of dataset.json; UserError (before writing anything) when samples are missing. The summary
+    has per split its file and shape, and a `warning` line when a split is empty (else None)."""
     root = Path(root)
     info = load_dataset_json(root)
     present = complete_sample_ids(root)
@@ -145,7 +146,16 @@ def pack_dataset(root, progress: bool = True) -> dict:
     with write_errors("pack", "the packed files from before are unchanged; free space and run pack again"):
         (root / PACKED_DIR).mkdir(exist_ok=True)
         return {"dataset": str(root),
-                "splits": {name: _pack_split(root, info, name, ids, progress) for name, ids in splits.items()}}
+                "splits": {name: _pack_split(root, info, name, ids, progress) for name, ids in splits.items()},
+                "warning": empty_splits_warning(splits, _split_fractions(info))}
+
+
+def _split_fractions(info: dict) -> dict:
+    """dataset.splits of the config in dataset.json (every split counts as wanted when it is not there)."""
+    config = info.get("config")
+    section = config.get("dataset") if isinstance(config, dict) else None
+    fractions = section.get("splits") if isinstance(section, dict) else None
+    return fractions if isinstance(fractions, dict) else {name: 1.0 for name in info["splits"]}
 
 
 # --- the reader ----------------------------------------------------------------------------------

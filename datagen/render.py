@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from datagen import dataset as ds
-from datagen.config import UserError
+from datagen.config import Interrupted, UserError
 from datagen.spec import DatasetConfig, build_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +41,8 @@ SAMPLE_TIMEOUT_S = 600.0  # default: a worker that gives no reply to a sample th
 MAX_ATTEMPTS = 2  # a failed sample is retried once
 MAX_START_FAILURES = 3  # a slot whose workers die (or hang) this many times in a row before they are ready retires
 RESUME = "completed samples are kept; free space and rerun the same command to resume"
+# the user's device words (every command's --device) -> the worker's Cycles device; cuda means any GPU backend
+CYCLES_DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu"}
 
 
 class WorkerCrashed(RuntimeError):
@@ -257,10 +259,14 @@ def render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str =
     also written to root/render_summary[.shard-I-of-N].json. A failed write (disk full, quota, file size limit)
     raises datagen.dataset.WriteFailed (one line); the samples completed before stay as they are. A worker that
     gives no reply to a sample within `sample_timeout_s` seconds is killed and the sample retried (once)."""
-    with ds.write_errors("render", RESUME), contextlib.ExitStack() as held:
-        return _render_dataset(cfg, root, device=device, workers=workers, shard=shard,
-                               allow_software_eevee=allow_software_eevee, progress=progress, log=log,
-                               sample_timeout_s=sample_timeout_s, held=held)
+    try:
+        with ds.write_errors("render", RESUME), contextlib.ExitStack() as held:
+            return _render_dataset(cfg, root, device=device, workers=workers, shard=shard,
+                                   allow_software_eevee=allow_software_eevee, progress=progress, log=log,
+                                   sample_timeout_s=sample_timeout_s, held=held)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the complete samples in {root} are kept; rerun the same command to render "
+                          f"the rest") from None
 
 
 def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str, workers: int | None,
@@ -271,6 +277,9 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
 
     if not sample_timeout_s > 0:  # also NaN
         raise UserError(f"sample timeout {sample_timeout_s!r} s: need a number > 0")
+    if device not in CYCLES_DEVICES:
+        raise UserError(f"unknown device {device!r}; allowed: auto, cpu, cuda")
+    device = CYCLES_DEVICES[device]
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"output path {root} exists and is not a directory")
@@ -331,9 +340,13 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
         else:
             shutil.rmtree(worker_tmp, ignore_errors=True)
 
-    # Start one worker and learn the device before writing the dataset: `--device gpu` with no GPU fails here.
+    # Start one worker and learn the device before writing the dataset: `--device cuda` with no GPU fails here.
     try:
         first = start_worker(0)
+    except WorkerStartFailed:
+        # Not bad input but a broken worker: the message names its log, so DATASET/logs stays for the user to read.
+        shutil.rmtree(worker_tmp, ignore_errors=True)
+        raise
     except UserError:
         leave_nothing_behind()
         raise
@@ -345,6 +358,10 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
                         "at ~20 s per 128x128 frame. Use --engine cycles, or --allow-software-eevee to accept that")
     if info.get("notice"):
         log(f"notice: {info['notice']}")
+    empty = ds.empty_splits_warning(ds.split_ids(cfg.dataset.num_samples, cfg.dataset.splits, cfg.dataset.seed),
+                                    cfg.dataset.splits)
+    if empty:   # said here, after the checks that can still refuse the render, so an error stays one line
+        log(f"warning: {empty}")
     root.mkdir(parents=True, exist_ok=True)
     if existing is None:  # before samples/: a failed write here leaves a directory the rerun still accepts
         ds.write_json_atomic(root / "dataset.json", ds.build_dataset_json(cfg, info["blender"]))
@@ -421,7 +438,6 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
     bar = tqdm(total=len(ids), initial=len(done_before), unit="clip", disable=not progress, dynamic_ncols=True,
                desc=f"render{'' if shard == (0, 1) else f' shard {shard[0]}/{shard[1]}'}")
     finished, slots_alive, retired = 0, n_workers, None
-    t_loop = time.perf_counter()
     try:
         while finished < len(todo):
             kind, sid, payload = results.get()
@@ -429,8 +445,7 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
                 finished += 1
                 summary["rendered"] += 1
                 sample_seconds.append(payload["seconds"])
-                bar.update(1)
-                bar.set_postfix(clips_per_s=f"{summary['rendered'] / (time.perf_counter() - t_loop):.2f}")
+                bar.update(1)   # (tqdm shows the rate; the final line gives clips/s and camera-frames/s)
             elif kind == "retry":
                 summary["retried"].append(sid)
                 bar.write(f"sample {sid} failed, retrying once: {payload}")

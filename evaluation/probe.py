@@ -492,12 +492,11 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
                 progress: bool = True, max_steps_this_run: int | None = None, log=print) -> dict:
     """Train (or resume) a probe run on DATASET's packed train split (validation on val); returns the summary also
     written to RUN/summary.json. max_steps_this_run stops early with a checkpoint, as an interruption would."""
-    from tqdm import tqdm
-
     from datagen.dataset import load_dataset_json
     from training import checkpoint as ckpt
     from training.loop import (GracefulStop, MetricsLog, backward_checked, checkpoint_on_interrupt, lr_at,
                                pick_device, write_summary)
+    from training.progress import step_bar
 
     data, out = Path(data), Path(out)
     t = cfg.train
@@ -556,7 +555,7 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
 
     start_step = step
     stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
-    bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True, desc="probe")
+    bar = step_bar(t.steps, step, "probe", progress, log)
     t0, last_val, stop = time.perf_counter(), {}, GracefulStop()
     model.train()
     with checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, run=out):

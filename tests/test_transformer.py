@@ -333,3 +333,65 @@ def test_presets_load():
         cfg.validate()
     full = load_run_config("full").model
     assert (full.width, full.depth) == (768, 12)
+
+
+def test_generate_with_another_kind_of_run_is_one_line_exit_2(cache, tmp_path, capsys):
+    """A tokenizer run passed as --transformer used to crash with "internal error: KeyError: 'layout'"."""
+    code, err = run_cli(capsys, "generate", "--transformer", cache, "--task", "predict", "--out", tmp_path / "g",
+                        "--no-progress")
+    assert code == 2 and err == (f"magvit3d: error: {cache} is a 'tokenizer' run, not a transformer run; pass the "
+                                 f"--out of `magvit3d train-transformer`\n"), err
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.fixture(scope="module")
+def empty_test_split(tmp_path_factory):
+    """2 clips for 3 splits (val and test empty), an untrained tokenizer with its token cache and a transformer."""
+    from training.tokenize import tokenize_dataset
+    from training.tokenizer import VideoTokenizer
+    from training.train_tokenizer import load_run_config as tokenizer_config
+
+    root = tmp_path_factory.mktemp("empty_split")
+    data = make_fake_dataset(root / "ds", num_samples=2, resolution=16, frames=4)
+    pack_dataset(data, progress=False)
+    cfg = tokenizer_config("tiny", ["model.channels=8", "model.norm_groups=4", "model.channel_mult=[1,2,2]",
+                                    "model.temporal_downsample=[true,false]"]).model
+    torch.manual_seed(0)
+    ckpt.save_checkpoint(root / "tok", 1, {"kind": "tokenizer", "model": to_dict(cfg),
+                                           "data": {"path": str(data), "image_size": [16, 16], "frames": 4}},
+                         {"model": VideoTokenizer(cfg).state_dict()})
+    tokenize_dataset(root / "tok", data, progress=False)
+    one_step = {"train.steps": 1, "train.val_every": 1, "train.ckpt_every": 1, "train.batch_size": 1}
+    train_transformer(config(**one_step), root / "tok", root / "tr", **QUIET)
+    return data, root / "tok", root / "tr"
+
+
+def test_reconstruct_and_generate_on_an_empty_split_are_one_line_exit_2(empty_test_split, tmp_path, capsys):
+    """`reconstruct` on an empty split used to exit 0 with an empty folder; generate divided by zero."""
+    data, tok, tr = empty_test_split
+    code, err = run_cli(capsys, "reconstruct", "--run", tok, "--data", data, "--out", tmp_path / "r")
+    assert code == 2 and err == (f"magvit3d: error: the test split of {data} is empty, so there is nothing to "
+                                 f"reconstruct; pass --split with a split that has clips, or render more clips (one "
+                                 f"per split at least)\n"), err
+    assert not (tmp_path / "r").exists()
+    code, err = run_cli(capsys, "reconstruct", "--run", tok, "--data", data, "--out", tmp_path / "r", "--split",
+                        "train")
+    assert code == 0 and sorted(p.suffix for p in (tmp_path / "r").iterdir()) == [".gif", ".gif", ".png", ".png"]
+    for task in ("predict", "complete-view"):
+        code, err = run_cli(capsys, "generate", "--transformer", tr, "--task", task, "--out", tmp_path / "g",
+                            "--no-progress")
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"the test split of the token cache {tok.resolve() / 'tokens'} is empty, so there are no clips to " \
+               f"{task}" in err
+        assert not (tmp_path / "g").exists()
+
+
+def test_without_a_progress_bar_training_logs_a_line_every_log_every_steps(cache, tmp_path):
+    """--no-progress used to print nothing between validations (a cluster log stayed empty for 1000 steps)."""
+    lines = []
+    train_transformer(config(**{"train.steps": 6, "train.log_every": 2, "train.val_every": 6}), cache, tmp_path / "r",
+                      progress=False, log=lines.append)
+    steps = [line for line in lines if line.startswith("transformer (masked) step ")]
+    assert [line.split()[3] for line in steps] == ["2/6", "4/6", "6/6"], lines
+    assert all("loss=" in line and "acc=" in line and "steps/s" in line for line in steps), steps
+    assert any(line.startswith("step 6: val loss") for line in lines), lines   # the validation line, as before

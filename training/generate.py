@@ -36,15 +36,23 @@ GAP = 2          # white pixels between panels in the PNG / GIF
 EMPTY = 48       # grey level of a panel part that was not given
 
 
-def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, dict]:
-    """The latest checkpoint of a transformer run (EMA weights when kept), in eval mode, and its config."""
+def transformer_checkpoint(run: Path) -> tuple[Path, dict]:
+    """(latest checkpoint, its config) of a transformer run; one line when RUN holds none or another kind of run
+    (a tokenizer or probe run passed as --transformer)."""
     run = Path(run)
     latest = ckpt.latest_checkpoint(run) if run.is_dir() else None
     if latest is None:
         raise UserError(f"no transformer checkpoint in {run}; train one with `magvit3d train-transformer`")
     saved = ckpt.load_config_json(latest)
     if saved.get("kind") != "transformer":
-        raise UserError(f"{latest} is a {saved.get('kind', 'unknown')!r} checkpoint, not a transformer")
+        raise UserError(f"{run} is a {saved.get('kind', 'unknown')!r} run, not a transformer run; pass the --out of "
+                        f"`magvit3d train-transformer`")
+    return latest, saved
+
+
+def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, dict]:
+    """The latest checkpoint of a transformer run (EMA weights when kept), in eval mode, and its config."""
+    latest, saved = transformer_checkpoint(run)
     model = MaskedVideoTransformer(from_dict(TransformerConfig, saved["model"], where="model"),
                                    TokenLayout(**saved["layout"]))
     weights = latest / "ema.safetensors"
@@ -81,10 +89,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
 
     _check_args(task, steps, num, temperature, top_k)
     transformer = Path(transformer)
-    latest = ckpt.latest_checkpoint(transformer) if transformer.is_dir() else None
-    if latest is None:
-        raise UserError(f"no transformer checkpoint in {transformer}; train one with `magvit3d train-transformer`")
-    saved = ckpt.load_config_json(latest)
+    _, saved = transformer_checkpoint(transformer)
     recorded = saved.get("tokens", {})
     layout = TokenLayout(**saved["layout"])
     latent_frames = 0
@@ -123,6 +128,9 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                    for i, (s, f) in enumerate(combos)]
         target = None
     else:
+        if len(cache) == 0:
+            raise UserError(f"the {split} split of the token cache {cache.source['tokens']} is empty, so there are no "
+                            f"clips to {task}; pass --split with a split that has clips, or render more clips")
         n = len(cache) if num is None else min(num, len(cache))
         if num is not None and num > len(cache):
             log(f"notice: --num {num} exceeds the {len(cache)} clips of the {split} split; generating {n}")

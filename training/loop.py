@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from datagen.config import UserError
+from datagen.config import Interrupted, UserError
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -150,27 +150,29 @@ def backward_checked(loss: torch.Tensor, params, grad_clip: float, step: int, ru
 def checkpoint_on_interrupt(stop: GracefulStop, bar, metrics, save, current_step, log, main: bool = True,
                             run: Path | None = None):
     """Wraps a training loop. Ctrl-C / SIGTERM (raised as KeyboardInterrupt at a step boundary by the loop) saves
-    a checkpoint on the writing rank and re-raises; a second signal (which interrupts mid-step) saves nothing, so
-    the last checkpoint stays the latest. Any other error (a diverged loss, a failed write) saves nothing either;
+    a checkpoint on the writing rank and raises Interrupted, whose one line says so; a second signal (which
+    interrupts mid-step) saves nothing, so the last checkpoint stays the latest. Any other error (a diverged loss, a failed write) saves nothing either;
     an OSError (disk full, file too large, permissions) gets the step and the last checkpoint added to its reason
     (the CLI prints it as one line naming the file, exit status 1). Either way the signal handlers are restored and the progress bar and metrics log closed.
     current_step() gives the step reached; run (the run directory) is named in the messages."""
     try:
         yield
     except KeyboardInterrupt:
+        # One message, carried by the exception (the CLI prints it; the demo replaces it with its own advice).
+        # Rerunning without --resume is refused (checkpoint.checkpoint_to_resume), so the advice names --resume.
         stop.restore()
         if stop.immediate:
             where = f"; {last_checkpoint_note(run)}" if run is not None else ""
-            log(f"interrupted in the middle of step {current_step() + 1}; nothing saved{where}; rerun with "
-                f"--resume to continue from there")
-            raise
+            raise Interrupted(f"interrupted in the middle of step {current_step() + 1}; nothing saved{where}; rerun "
+                              f"the same command with --resume to continue from there") from None
         if main:
             try:
                 save()
             except OSError as e:
                 raise _write_failed(e, current_step(), run) from None
-        log(f"interrupted at step {current_step()}; checkpoint saved, rerun with --resume to continue")
-        raise
+        where = f" in {Path(run) / 'checkpoints'}" if run is not None else ""
+        raise Interrupted(f"interrupted at step {current_step()}; checkpoint saved{where}; rerun the same command "
+                          f"with --resume to continue") from None
     except OSError as e:
         raise _write_failed(e, current_step(), run) from None
     finally:

@@ -98,6 +98,11 @@ def reconstruct_samples(run: Path, data: Path, out: Path, sample_ids: list[int],
     model, saved = load_tokenizer(run, device)
     _check_dataset(Path(data), saved)
     packed = load_packed(data, split)
+    if not packed.sample_ids:
+        raise UserError(f"the {split} split of {data} is empty, so there is nothing to reconstruct; pass --split "
+                        f"with a split that has clips, or render more clips (one per split at least)")
+    if not sample_ids:
+        raise UserError("no sample ids given; pass --sample ID")
     position = {sid: i for i, sid in enumerate(packed.sample_ids)}
     missing = [s for s in sample_ids if s not in position]
     if missing:

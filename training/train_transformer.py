@@ -217,7 +217,7 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
     """Train (or resume) a transformer run on a token cache (a tokenizer run or its tokens directory); returns the
     summary also written to RUN/summary.json. max_steps_this_run stops early (with a checkpoint) as an
     interruption would."""
-    from tqdm import tqdm
+    from training.progress import step_bar
 
     out = Path(out)
     t = cfg.train
@@ -284,8 +284,7 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
     metrics = loop.MetricsLog(out, step) if main else None
     start_step = step
     stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
-    bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True,
-               desc=f"transformer ({cfg.model.arch})")
+    bar = step_bar(t.steps, step, f"transformer ({cfg.model.arch})", progress, log)
     t0, last_val = time.perf_counter(), {}
     stop = GracefulStop()
     with loop.checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, main, run=out):
