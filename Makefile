@@ -18,7 +18,7 @@ setup: $(VENV)/.installed
 # The main job: render -> verify -> pack -> train tokenizer -> tokenize -> train transformer -> train probe ->
 # generate -> evaluate, ending with $(DEMO_DIR)/report/index.html. Rerunning resumes where it stopped.
 demo: setup
-	$(BIN)/magvit3d demo --workdir $(DEMO_DIR)
+	$(BIN)/magvit3d demo --out $(DEMO_DIR)
 
 test: setup
 	$(BIN)/python -m pytest -q tests

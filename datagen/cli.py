@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from datagen.config import UserError, check_output_dir
+from datagen.config import Interrupted, UserError, check_output_dir
 
 PROG = "magvit3d"
 MAX_PREVIEW_SCALE = 16   # a 128 px frame becomes 2048 px; more only makes a multi-gigabyte contact sheet
@@ -55,55 +55,202 @@ class FiniteFloat(click.ParamType):
 
 
 CONFIG_HELP = ("Preset name (tiny, demo, full: configs/dataset/<name>.toml) or a path to a TOML file. "
-               "Flags and --set override it.")
+               "Flags and --set override it; `magvit3d config show dataset -c NAME` prints it.")
 SET_HELP = "Override any config key, e.g. --set render.samples=16 --set 'objects.shapes=[\"cube\"]'. Repeatable."
+DIR = click.Path(file_okay=False, path_type=Path)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One naming scheme for every command: --data (the input dataset), --out (what the command writes), -c/--config,
+# --set, -n/--num (how many clips), --device auto|cpu|cuda. The spellings of the previous release still work for one
+# more release, hidden from --help: Option(old=...) for a renamed option, OldPositional for a positional argument that
+# became an option.
+
+DEVICES = ("auto", "cpu", "cuda")
+# `magvit3d --help` lists the commands in the order a pipeline runs them, each with this line
+PIPELINE = {"render": "Render a dataset of multi-view clips with Blender.",
+            "verify": "Check a rendered dataset (files, images, cameras vs masks).",
+            "pack": "Pack a dataset's splits into arrays for training.",
+            "preview": "Contact sheet and GIF of one sample, 3D centre drawn.",
+            "train-tokenizer": "Train the video tokenizer on a packed dataset.",
+            "reconstruct": "Originals next to a tokenizer's reconstructions.",
+            "tokenize": "Encode a packed dataset into a token cache.",
+            "train-transformer": "Train the masked transformer on a token cache.",
+            "generate": "Sample clips: predict, generate or complete-view.",
+            "train-probe": "Train the probe that finds the object in frames.",
+            "evaluate": "Score generated clips (pixels, 3D motion): HTML report.",
+            "compare": "Side-by-side page of any two sets of clips.",
+            "demo": "All of the above in one resumable command.",
+            "config": "Show a preset's config with every default."}
+
+
+class Option(click.Option):
+    """click.Option whose `old` spellings are accepted but left out of --help and of error messages.
+    late_required=True: required, but checked by Command once an OldPositional had its chance to fill it in."""
+
+    def __init__(self, *args, old=(), late_required: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.old, self.late_required = set(old), late_required
+
+    def _shown(self) -> list[str]:
+        return [o for o in self.opts if o not in self.old]
+
+    def get_help_record(self, ctx):
+        opts, self.opts = self.opts, self._shown()
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+    def get_help_extra(self, ctx):
+        extra = super().get_help_extra(ctx)
+        if self.late_required:
+            extra["required"] = "required"
+        return extra
+
+    def get_error_hint(self, ctx):
+        return " / ".join(f"'{o}'" for o in self._shown())
+
+
+def option(*decls, old=(), **kwargs):
+    """click.option with old spellings: option("--num", "-n", "num", old=["--num-samples"], type=int)."""
+    return click.option(*decls, *old, cls=Option, old=old, **kwargs)
+
+
+class OldPositional(click.Argument):
+    """The positional argument a command took before it became the option `target` (`verify DATASET`, now
+    `verify --data DATASET`): still accepted, left out of the usage line; Command moves its value to the option."""
+
+    def __init__(self, decls, target: str, **kwargs):
+        super().__init__(decls, required=False, **kwargs)
+        self.target = target
+
+    def get_usage_pieces(self, ctx):
+        return []
+
+
+def old_positional(name: str, target: str):
+    return click.argument(name, cls=OldPositional, target=target, type=DIR)
+
+
+INTERRUPTED = "interrupted; rerun the same command to run it again"   # unless the command says more (Interrupted)
+
+
+class Stopped(Exception):
+    """Ctrl-C in a command, carried past click (which would print an empty line and turn it into a bare Abort) to
+    main(), which prints its one line and exits with status 130."""
+
+
+class Command(click.Command):
+    """Every magvit3d command: fills an option from its old positional form, then checks late-required options;
+    Ctrl-C becomes Stopped with the command's own advice (Interrupted) or the general one."""
+
+    def invoke(self, ctx):
+        try:
+            return self._invoke(ctx)
+        except Interrupted as e:
+            raise Stopped(_one_line(e)) from None
+        except KeyboardInterrupt:
+            raise Stopped(INTERRUPTED) from None
+
+    def _invoke(self, ctx):
+        by_name = {p.name: p for p in self.params}
+        for p in self.params:
+            if isinstance(p, OldPositional):
+                value = ctx.params.pop(p.name, None)
+                if value is None:
+                    continue
+                hint = by_name[p.target].get_error_hint(ctx)
+                if ctx.params.get(p.target) is not None:
+                    given = ctx.params[p.target]
+                    raise click.UsageError(f"got both {hint} {given} and a positional {value}; give {hint} once", ctx)
+                ctx.params[p.target] = value
+        for p in self.params:
+            if getattr(p, "late_required", False) and ctx.params.get(p.name) is None:
+                raise click.MissingParameter(ctx=ctx, param=p)
+        return super().invoke(ctx)
+
+
+class DeviceChoice(click.Choice):
+    """auto | cpu | cuda, the device words of every command. `also`: words still accepted without being advertised
+    (render's older 'gpu'; 'mps', Apple's GPU, which auto picks by itself)."""
+
+    def __init__(self, also=()):
+        super().__init__(DEVICES)
+        self.also = tuple(also)
+
+    def convert(self, value, param, ctx):
+        if value in self.also:
+            return value
+        return super().convert(value, param, ctx)
+
+
+def example(*lines: str) -> str:
+    """The 'Example:' paragraph that ends a command's --help (its epilog; \\b keeps click from rewrapping it)."""
+    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 class LazyGroup(click.Group):
     """Commands of other packages are imported only when used, so `magvit3d render` never imports torch and
-    datagen does not depend on training at import time."""
+    datagen does not depend on training at import time. Commands are listed in pipeline order."""
 
+    command_class = Command
     lazy = {"train-tokenizer": "training.cli:train_tokenizer_cmd", "tokenize": "training.cli:tokenize_cmd",
             "reconstruct": "training.cli:reconstruct_cmd", "train-transformer": "training.cli:train_transformer_cmd",
             "generate": "training.cli:generate_cmd",
             "train-probe": "evaluation.cli:train_probe_cmd", "evaluate": "evaluation.cli:evaluate_cmd",
-            "compare": "evaluation.cli:compare_cmd", "demo": "evaluation.pipeline:demo_cmd"}
+            "compare": "evaluation.cli:compare_cmd", "demo": "evaluation.pipeline:demo_cmd",
+            "config": "evaluation.pipeline:config_group"}
 
     def list_commands(self, ctx):
-        return sorted([*super().list_commands(ctx), *self.lazy])
+        names = {*super().list_commands(ctx), *self.lazy}
+        return [n for n in PIPELINE if n in names] + sorted(names - set(PIPELINE))
 
     def get_command(self, ctx, name):
         if name in self.lazy:
             import importlib
 
             module, attr = self.lazy[name].split(":")
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
+            command = getattr(importlib.import_module(module), attr)
+        else:
+            command = super().get_command(ctx, name)
+        if command is not None and name in PIPELINE:
+            command.short_help = PIPELINE[name]
+        return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="magvit3d", prog_name=PROG)
 def cli():
     """Synthetic multi-view 3D-motion videos with Blender, a MAGVIT-style tokenizer and masked transformer,
-    and evaluation. Run `magvit3d COMMAND --help` for each command's options."""
+    and evaluation. The commands below, in pipeline order; `magvit3d COMMAND --help` explains each, with an example.
+
+    \b
+    The whole pipeline in one command (about 20 minutes on a 2-core CPU):
+      magvit3d demo --out demo_out
+    """
 
 
-@cli.command()
-@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@cli.command(epilog=example("magvit3d render --out ds -c tiny                  # 6 clips in seconds",
+                            "magvit3d render --out ds -n 64 --set render.samples=8",
+                            "magvit3d render --out /shared/ds -c full --shard 3/16  # shard 3 of a 16-task job array"))
+@old_positional("dataset_arg", target="out")
+@option("--out", "out", type=DIR, late_required=True, metavar="DATASET",
+        help="Dataset directory to render into (created; a rerun skips its complete samples).")
 @click.option("--config", "-c", default="demo", show_default=True, help=CONFIG_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--num-samples", "-n", type=int, help="Number of clips in the dataset (all shards together).")
+@option("--num", "-n", "num", old=["--num-samples"], type=int,
+        help="Number of clips in the dataset (all shards together).")
 @click.option("--resolution", type=int, help="Image width = height in pixels; a multiple of 8.")
 @click.option("--frames", type=int, help="Frames per clip (>= 2).")
 @click.option("--samples", type=int, help="Cycles samples per pixel.")
 @click.option("--engine", type=click.Choice(["cycles", "eevee"]), help="Render engine (EEVEE needs a GPU).")
 @click.option("--seed", type=int, help="Dataset seed; each sample's seed derives from it and the sample id.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-              help="Cycles device. auto: OPTIX > CUDA > HIP > ONEAPI > METAL, else CPU with a notice; "
-                   "gpu: error when no GPU is found.")
+@click.option("--device", type=DeviceChoice(also=["gpu"]), default="auto", show_default=True,
+              help="auto: the GPU when Blender finds one (OPTIX > CUDA > HIP > ONEAPI > METAL), else the CPU with a "
+                   "notice; cuda: the GPU, an error when there is none; cpu.")
 @click.option("--workers", "-j", type=click.IntRange(min=1), help="Blender worker processes, each using cores/workers threads [default: one per two cores].")
-@click.option("--shard", metavar="I/N", help="Render only samples with id % N == I (for job arrays); "
-                                            "run `pack` once all shards are done.")
+@click.option("--shard", metavar="I/N", help="Render only samples with id % N == I, I counted from 0 (for job "
+                                            "arrays); run `pack` once all shards are done.")
 @click.option("--allow-software-eevee", is_flag=True,
               help="Let EEVEE render without a GPU through software GL (~20 s per 128x128 frame).")
 @click.option("--sample-timeout", type=FiniteFloat(min=0, min_open=True), default=600, show_default=True,
@@ -111,7 +258,7 @@ def cli():
               help="A render worker that gives no reply to a sample for this long (a hung Blender or GPU driver) is "
                    "killed and replaced, and its sample retried once.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def render(dataset, config, overrides, num_samples, resolution, frames, samples, engine, seed, device, workers,
+def render(out, config, overrides, num, resolution, frames, samples, engine, seed, device, workers,
            shard, allow_software_eevee, sample_timeout, no_progress):
     """Render a dataset of textured cubes, cylinders and cones on 3D trajectories, seen by a keyed camera rig.
 
@@ -121,41 +268,43 @@ def render(dataset, config, overrides, num_samples, resolution, frames, samples,
     """
     from datagen.render import parse_shard, render_dataset
 
-    cfg = _dataset_config(config, overrides, dict(num_samples=num_samples, resolution=resolution, frames=frames,
+    cfg = _dataset_config(config, overrides, dict(num_samples=num, resolution=resolution, frames=frames,
                                                    samples=samples, engine=engine, seed=seed))
-    check_output_dir(dataset, "DATASET")
-    summary = render_dataset(cfg, dataset, device=device, workers=workers, shard=parse_shard(shard),
+    check_output_dir(out, "--out")
+    summary = render_dataset(cfg, out, device=device, workers=workers, shard=parse_shard(shard),
                              allow_software_eevee=allow_software_eevee, progress=not no_progress,
                              log=lambda m: click.echo(m, err=True), sample_timeout_s=sample_timeout)
     if summary["rendered"]:
         click.echo(f"rendered {summary['rendered']} clips in {summary['seconds']:.1f} s "
                    f"({summary['clips_per_s']:.2f} clips/s, {summary['camera_frames_per_s']:.1f} camera-frames/s) "
-                   f"on {summary['device']} into {dataset}")
+                   f"on {summary['device']} into {out}")
     if summary["failed"]:
         ids = [f["sample_id"] for f in summary["failed"]]
-        click.echo(f"{PROG}: error: {len(ids)} sample(s) failed twice: {ids}; see {dataset}/logs and rerun to retry",
+        click.echo(f"{PROG}: error: {len(ids)} sample(s) failed twice: {ids}; see {out}/logs and rerun to retry",
                    err=True)
         return 1
     return 0
 
 
-@cli.command()
-@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@cli.command(epilog=example("magvit3d verify --data ds", "magvit3d verify --data ds --json > report.json"))
+@old_positional("dataset_arg", target="data")
+@option("--data", "data", type=DIR, late_required=True, metavar="DATASET", help="The rendered dataset to check.")
 @click.option("--tolerance", type=FiniteFloat(min=0), default=1.5, show_default=True,
               help="Pixels by which a mask's box may exceed the projected 3D box.")
 @click.option("--no-images", is_flag=True, help="Skip decoding PNGs (schema, counts and meta only).")
-@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON (the only output on stdout).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def verify(dataset, tolerance, no_images, as_json, no_progress):
+def verify(data, tolerance, no_images, as_json, no_progress):
     """Check a rendered dataset: schema, file counts, image sizes, decodable PNGs, and that every exported
     camera projects the object's 3D box onto its mask. Exits 1 listing the failing sample ids."""
     from datagen.verify import verify_dataset
 
-    report = verify_dataset(dataset, tolerance_px=tolerance, check_images=not no_images, progress=not no_progress)
-    if as_json:
+    report = verify_dataset(data, tolerance_px=tolerance, check_images=not no_images, progress=not no_progress)
+    if as_json:   # stdout is the JSON document alone, so `verify --json | jq` works; the verdict is the exit code
         click.echo(json.dumps(report, indent=1))
     if report["ok"]:
-        click.echo(f"ok: {report['samples_checked']} samples in {dataset} verified")
+        if not as_json:
+            click.echo(f"ok: {report['samples_checked']} samples in {data} verified")
         return 0
     bad = sorted({e["sample_id"] for e in report["errors"] if e["sample_id"] is not None})
     for e in report["errors"][:20]:
@@ -167,29 +316,35 @@ def verify(dataset, tolerance, no_images, as_json, no_progress):
     return 1
 
 
-@cli.command()
-@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@cli.command(epilog=example("magvit3d pack --data ds"))
+@old_positional("dataset_arg", target="data")
+@option("--data", "data", type=DIR, late_required=True, metavar="DATASET",
+        help="The rendered dataset; the arrays go to DATASET/packed/.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def pack(dataset, no_progress):
+def pack(data, no_progress):
     """Pack every split into uint8 arrays DATASET/packed/<split>_rgb.npy (N, V, T, H, W, 3), opened with mmap
     by training, plus <split>_index.json (ids, labels, 3D positions, 2D centres, cameras). Splits are fixed by
     sample id in dataset.json, so shards rendered separately pack into the same splits."""
     from datagen.pack import pack_dataset
 
-    summary = pack_dataset(dataset, progress=not no_progress)
+    summary = pack_dataset(data, progress=not no_progress)
     for split, info in summary["splits"].items():
         click.echo(f"{split}: {info['samples']} clips -> {info['rgb']} {tuple(info['shape'])}")
+    if summary["warning"]:
+        click.echo(f"warning: {summary['warning']}", err=True)
     return 0
 
 
-@cli.command()
-@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@cli.command(epilog=example("magvit3d preview --data ds --sample 3   # writes ds/previews/000003.png and .gif",
+                            "magvit3d preview --data ds --sample 3 --out /tmp/s3"))
+@old_positional("dataset_arg", target="data")
+@option("--data", "data", type=DIR, late_required=True, metavar="DATASET", help="A rendered dataset.")
 @click.option("--sample", "sample_id", type=int, required=True, help="Sample id to show.")
 @click.option("--out", "out_prefix", type=click.Path(path_type=Path),
               help="Output path prefix (writes PREFIX.png and PREFIX.gif) [default: DATASET/previews/NNNNNN].")
 @click.option("--scale", type=click.IntRange(1, MAX_PREVIEW_SCALE),
               help=f"Integer upscaling of each frame, 1..{MAX_PREVIEW_SCALE} [default: to >= 128 px].")
-def preview(dataset, sample_id, out_prefix, scale):
+def preview(data, sample_id, out_prefix, scale):
     """Contact sheet (views x frames) with the projected 3D centre drawn on every frame, and a GIF."""
     from datagen.preview import write_preview
 
@@ -198,7 +353,7 @@ def preview(dataset, sample_id, out_prefix, scale):
             raise click.BadParameter(f"{str(out_prefix)!r} is a directory; give a file prefix such as DIR/name "
                                      f"(writes DIR/name.png and DIR/name.gif)", param_hint="'--out'")
         check_output_dir(out_prefix.parent, "--out")
-    png, gif = write_preview(dataset, sample_id, out_prefix=out_prefix, scale=scale)
+    png, gif = write_preview(data, sample_id, out_prefix=out_prefix, scale=scale)
     click.echo(f"wrote {png} and {gif}")
     return 0
 
@@ -232,8 +387,11 @@ def main(argv=None) -> None:
     except UserError as e:
         click.echo(f"{PROG}: error: {_one_line(e)}", err=True)
         sys.exit(2)
+    except Stopped as e:   # Ctrl-C: what was kept and how to continue, as the interrupted code knows it
+        click.echo(f"{PROG}: {e}", err=True)
+        sys.exit(130)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo(f"{PROG}: interrupted; rerun the same command to resume", err=True)
+        click.echo(f"{PROG}: {INTERRUPTED}", err=True)
         sys.exit(130)
     except OSError as e:
         if os.environ.get(DEBUG_ENV):
@@ -250,4 +408,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m datagen.cli` runs this file as __main__, a second copy of the module: run the imported datagen.cli,
+    # whose classes (Command, Stopped) are the ones the other packages' commands use
+    from datagen.cli import main as imported_main
+
+    imported_main()

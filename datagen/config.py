@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import tomllib
@@ -214,6 +215,59 @@ def to_dict(obj) -> dict:
             return {k: plain(x) for k, x in v.items()}
         return v
     return plain(obj)
+
+
+def to_toml(obj) -> str:
+    """A config dataclass as a TOML document with every key (`magvit3d config show`): each section a [table] (nested
+    ones [a.b]), other values inline, so that load_config of the text gives the same config back."""
+    lines: list[str] = []
+
+    def table(node, name: str) -> None:
+        sections = []
+        if name:
+            lines.extend(["", f"[{name}]"])
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                sections.append((value, f"{name}.{_toml_key(f.name)}" if name else _toml_key(f.name)))
+            elif isinstance(value, (list, tuple)) and value and all(dataclasses.is_dataclass(v) for v in value):
+                rows = [_toml_value(to_dict(v)) for v in value]   # e.g. the camera rig: one table per line
+                lines.append(f"{_toml_key(f.name)} = [\n" + "".join(f"  {r},\n" for r in rows) + "]")
+            else:
+                lines.append(f"{_toml_key(f.name)} = {_toml_value(to_dict(value))}")
+        for child, child_name in sections:
+            table(child, child_name)
+
+    table(obj, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    # a JSON string is a TOML basic string, except that TOML also wants DEL escaped
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):   # (config floats are finite; TOML spells the others nan, inf, -inf)
+        if math.isfinite(value):
+            return repr(value)
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }" \
+            if value else "{}"
+    raise TypeError(f"no TOML form for {type(value).__name__} {value!r}")
 
 
 def load_config(cls, kind: str, source: str | os.PathLike | None, overrides=None):

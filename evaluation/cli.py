@@ -5,22 +5,28 @@ from pathlib import Path
 
 import click
 
+from datagen.cli import DIR, Command, example, option
 from datagen.config import check_output_dir
+from training.cli import device_option
 
-DIR = click.Path(file_okay=False, path_type=Path)
+LPIPS_HELP = ("torchvision's AlexNet weights file (alexnet-owt-7be5be79.pth) for LPIPS, for machines without a network "
+              "[default: the torch hub cache, downloaded there on first use]. Without it LPIPS is reported as "
+              "unavailable, with the reason.")
 
 
-@click.command("train-probe")
+@click.command("train-probe", cls=Command, epilog=example(
+    "magvit3d train-probe --data ds --out runs/probe -c tiny"))
 @click.option("--data", required=True, type=DIR, help="A rendered and packed dataset (magvit3d render + pack).")
 @click.option("--out", required=True, type=DIR, help="Run directory (checkpoints, metrics.jsonl, summary.json).")
 @click.option("--config", "-c", default="demo", show_default=True,
-              help="Preset name (tiny, demo: configs/probe/<name>.toml) or a path to a TOML file. --set overrides it.")
+              help="Preset name (tiny, demo, full: configs/probe/<name>.toml) or a path to a TOML file. --set "
+                   "overrides it; `magvit3d config show probe -c NAME` prints it.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set train.steps=500 --set 'model.channels=[16,32,48,64]'. "
                    "Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@device_option()
+@click.option("--no-progress", is_flag=True, help="Log a plain line every train.log_every steps instead of a bar.")
 def train_probe_cmd(data, out, config, overrides, resume, device, no_progress):
     """Train the triangulation probe: a small CNN that finds the object's projected 3D centre in one frame of one
     view (heatmap + soft-argmax, sub-pixel, with a confidence), on the rendered frames of the train split with the
@@ -40,7 +46,9 @@ def train_probe_cmd(data, out, config, overrides, resume, device, no_progress):
     return 0
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=Command, epilog=example(
+    "magvit3d evaluate --data ds --generated gen/predict --generated gen/generate --probe runs/probe --out report",
+    "# then open report/index.html in a browser; its GIFs are files beside it (copy the whole folder)"))
 @click.option("--data", required=True, type=DIR, help="The packed dataset the clips were generated from.")
 @click.option("--generated", "generated", required=True, multiple=True, type=DIR,
               help="A directory written by `magvit3d generate`. Repeat to evaluate several models or tasks in one "
@@ -49,15 +57,13 @@ def train_probe_cmd(data, out, config, overrides, resume, device, no_progress):
                                                                      "frames of the dataset's resolution.")
 @click.option("--out", required=True, type=DIR, help="Report directory (replaced atomically): metrics.json, "
                                                      "index.html, clips/.")
-@click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path),
-              help="torchvision's alexnet-owt-7be5be79.pth [default: the torch hub cache]. Without it LPIPS is "
-                   "reported as unavailable (nothing is downloaded).")
+@click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path), help=LPIPS_HELP)
 @click.option("--split", help="Split for the probe's reference numbers [default: the generated clips' split, "
                               "else test].")
-@click.option("--max-clips", default=12, show_default=True, type=click.IntRange(min=0),
-              help="Clips per run and task shown as GIFs and 3D plots (metrics cover every clip).")
+@option("--num", "-n", "num", old=["--max-clips"], default=12, show_default=True, type=click.IntRange(min=0),
+        help="Clips per run and task shown as GIFs and 3D plots (the metrics cover every clip).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def evaluate_cmd(data, generated, probe_run, out, lpips_weights, split, max_clips, no_progress):
+def evaluate_cmd(data, generated, probe_run, out, lpips_weights, split, num, no_progress):
     """Measure generated clips against the rendered ones and write a self-contained HTML report.
 
     Pixels: PSNR, SSIM, LPIPS over the generated part of each clip. 3D: the probe localizes the object in every
@@ -68,7 +74,7 @@ def evaluate_cmd(data, generated, probe_run, out, lpips_weights, split, max_clip
     from evaluation.evaluate import evaluate
 
     metrics = evaluate(data, list(generated), probe_run, out, lpips_weights=lpips_weights, split=split,
-                       max_visual_clips=max_clips, progress=not no_progress, log=lambda m: click.echo(m, err=True))
+                       max_visual_clips=num, progress=not no_progress, log=lambda m: click.echo(m, err=True))
     ref = metrics["probe"]["reference"]
     click.echo(f"probe floor on {ref['split']}: 2D median {ref['2d_error']['median_px']:.3f} px, ADE "
                f"{ref['ade']:.4f} ({ref['ade_pct']:.2f}% of the scene extent)")
@@ -88,22 +94,23 @@ def evaluate_cmd(data, generated, probe_run, out, lpips_weights, split, max_clip
     return 0
 
 
-@click.command("compare")
+@click.command("compare", cls=Command, epilog=example(
+    "magvit3d compare gen/predict ds --out cmp        # generated clips next to the renders they continue",
+    "magvit3d compare gen/run1 gen/run2 --out cmp     # two models on the same clips"))
 @click.argument("a", type=DIR)
 @click.argument("b", type=DIR)
 @click.option("--out", required=True, type=DIR, help="Report directory (replaced atomically).")
 @click.option("--split", default="test", show_default=True, help="Split to read when A or B is a dataset.")
-@click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path),
-              help="torchvision's alexnet-owt-7be5be79.pth [default: the torch hub cache].")
-@click.option("--max-clips", default=12, show_default=True, type=click.IntRange(min=0),
-              help="Clips shown as GIFs (metrics cover every matched clip).")
-def compare_cmd(a, b, out, split, lpips_weights, max_clips):
+@click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path), help=LPIPS_HELP)
+@option("--num", "-n", "num", old=["--max-clips"], default=12, show_default=True, type=click.IntRange(min=0),
+        help="Clips shown as GIFs (the metrics cover every matched clip).")
+def compare_cmd(a, b, out, split, lpips_weights, num):
     """Side by side A | B | difference for two sets of clips, each a `magvit3d generate` directory or a dataset
     (its packed --split), matched by sample id; PSNR / SSIM / LPIPS per clip in OUT/metrics.json and
     OUT/index.html."""
     from evaluation.evaluate import compare
 
-    m = compare(a, b, out, split=split, lpips_weights=lpips_weights, max_visual_clips=max_clips,
+    m = compare(a, b, out, split=split, lpips_weights=lpips_weights, max_visual_clips=num,
                 log=lambda msg: click.echo(msg, err=True))
     s = m["summary"]
     click.echo(f"{m['matched']} clips matched: PSNR {_num(s['psnr'])} dB, SSIM {_num(s['ssim'])}, LPIPS "

@@ -1,13 +1,13 @@
-"""`magvit3d demo`: the whole pipeline, stage by stage, in one work directory.
+"""`magvit3d demo`: the whole pipeline, stage by stage, in one output directory (--out); and `magvit3d config show`.
 
     render -> verify -> pack -> train tokenizer -> tokenize -> train transformer -> train probe
            -> generate (predict, class-conditional generate, complete-view) -> evaluate (REPORT/index.html)
 
 Each stage runs the same function as its own command, with the preset's config (configs/<kind>/<preset>.toml) plus
-`--set STAGE.KEY=VALUE` overrides. WORKDIR/demo_state.json records, per finished stage, a key: the hash of its config
+`--set STAGE.KEY=VALUE` overrides. OUT/demo_state.json records, per finished stage, a key: the hash of its config
 and of the keys of the stages it reads from. A stage whose key is unchanged and whose output exists is skipped; an
 unfinished training stage resumes from its last checkpoint; a stage whose config changed is redone from scratch
-(its output, which lives inside WORKDIR, is replaced), and so is everything downstream of it.
+(its output, which lives inside OUT, is replaced), and so is everything downstream of it.
 
 It lives in `evaluation` because that is the one package allowed to import all the others.
 """
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import click
 
-from datagen.config import UserError, check_output_dir, load_config, to_dict
+from datagen.cli import DIR, Command, DeviceChoice, example, option
+from datagen.config import Interrupted, UserError, check_output_dir, load_config, to_dict, to_toml
 from datagen.dataset import read_json, write_json_atomic
 
 PRESETS = ("tiny", "demo", "full")
@@ -114,7 +115,11 @@ class StageRunner:
         self._save()
         self.log(f"[{name}] running")
         t0 = time.perf_counter()
-        result = fn() or {}
+        try:
+            result = fn() or {}
+        except KeyboardInterrupt:   # the stage's own advice (e.g. a training's --resume) does not apply here
+            raise Interrupted(f"interrupted in stage {name}; rerun the same command to resume (finished stages are "
+                              f"skipped, an unfinished training continues from its last checkpoint)") from None
         seconds = time.perf_counter() - t0
         self.state["stages"][name] = {"key": key, "done": True, "seconds": round(seconds, 1), "result": result}
         self._save()
@@ -127,18 +132,24 @@ class StageRunner:
         write_json_atomic(self.path, self.state)
 
 
-def load_stage_configs(plan: DemoPlan) -> dict:
-    """Every stage's config from the preset + overrides; all of them load (and fail) before any work starts."""
+def load_stage_config(kind: str, source, overrides=()):
+    """The config of one kind (dataset, tokenizer, transformer, probe) from a preset name or a TOML file plus
+    KEY=VALUE overrides: what `render`, `train-*`, `demo` and `config show` load."""
     from datagen.spec import DatasetConfig
     from evaluation.probe import load_run_config as load_probe_config
     from training.train_tokenizer import load_run_config as load_tokenizer_config
     from training.train_transformer import load_run_config as load_transformer_config
 
-    ov = plan.overrides
-    return {"dataset": load_config(DatasetConfig, "dataset", plan.preset, ov.get("dataset", [])),
-            "tokenizer": load_tokenizer_config(plan.preset, ov.get("tokenizer", [])),
-            "transformer": load_transformer_config(plan.preset, ov.get("transformer", [])),
-            "probe": load_probe_config(plan.preset, ov.get("probe", []))}
+    loaders = {"dataset": lambda src, ov: load_config(DatasetConfig, "dataset", src, ov),
+               "tokenizer": load_tokenizer_config, "transformer": load_transformer_config, "probe": load_probe_config}
+    if kind not in loaders:
+        raise UserError(f"unknown config kind {kind!r}; allowed: {', '.join(STAGE_KINDS)}")
+    return loaders[kind](source, list(overrides))
+
+
+def load_stage_configs(plan: DemoPlan) -> dict:
+    """Every stage's config from the preset + overrides; all of them load (and fail) before any work starts."""
+    return {kind: load_stage_config(kind, plan.preset, plan.overrides.get(kind, [])) for kind in STAGE_KINDS}
 
 
 def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
@@ -155,7 +166,7 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
 
     if plan.preset not in PRESETS:
         raise UserError(f"unknown preset {plan.preset!r}; allowed: {', '.join(PRESETS)}")
-    check_output_dir(plan.workdir, "--workdir")
+    check_output_dir(plan.workdir, "--out")
     cfgs = load_stage_configs(plan)
     plan.workdir.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(plan, log)
@@ -267,30 +278,64 @@ def headline(metrics: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 # command line (registered lazily by datagen.cli as `magvit3d demo`)
 
-@click.command("demo")
-@click.option("--preset", default="demo", show_default=True, type=click.Choice(PRESETS),
-              help="tiny: seconds per stage (tests); demo: ~20 min on a 2-core CPU; full: the seed's scale, one GPU.")
-@click.option("--workdir", default="demo_out", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Everything goes here: dataset/, tokenizer/, transformer/, probe/, generated/, report/.")
+@click.command("demo", cls=Command, epilog=example(
+    "magvit3d demo --out demo_out                      # what `make demo` runs",
+    "magvit3d demo -c tiny --out /tmp/tiny             # tiny settings: checks that every stage runs",
+    "magvit3d demo -c full --out full_out --device cuda",
+    "magvit3d demo --out demo_out -n 64 --set tokenizer.train.steps=300"))
+@option("--config", "-c", "preset", old=["--preset"], default="demo", show_default=True, type=click.Choice(PRESETS),
+        help="Preset of every stage (configs/<kind>/<name>.toml). tiny: seconds per stage (tests); demo: ~20 min on "
+             "a 2-core CPU; full: the seed's scale, one GPU.")
+@option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,
+        help="Everything goes here: dataset/, tokenizer/, transformer/, probe/, generated/, report/.")
 @click.option("--set", "overrides", multiple=True, metavar="KIND.KEY=VALUE",
               help="Override a stage config key, KIND one of dataset, tokenizer, transformer, probe, "
-                   "e.g. --set tokenizer.train.steps=100 --set dataset.dataset.num_samples=64. Repeatable.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto (GPU when there is one, else CPU) for rendering and training; cpu to force the CPU.")
+                   "e.g. --set tokenizer.train.steps=100 --set dataset.render.samples=8. Repeatable.")
+@click.option("--num", "-n", "num", type=click.IntRange(min=1),
+              help="Clips to render (dataset.dataset.num_samples) [default: the preset's].")
+@click.option("--device", type=DeviceChoice(), default="auto", show_default=True,
+              help="For every stage. auto: the GPU when there is one, else the CPU; cuda: the GPU for training and "
+                   "for Cycles (any GPU backend Blender finds), an error when there is none; cpu.")
 @click.option("--steps", "generate_steps", default=12, show_default=True, type=click.IntRange(min=1),
               help="Parallel-decoding steps when generating.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
-def demo_cmd(preset, workdir, overrides, device, generate_steps, no_progress):
+@click.option("--no-progress", is_flag=True, help="Plain log lines instead of progress bars.")
+def demo_cmd(preset, out, overrides, num, device, generate_steps, no_progress):
     """Run the whole pipeline end to end: render -> verify -> pack -> train tokenizer -> tokenize -> train
     transformer -> train probe -> generate (frame prediction on held-out clips, class-conditional generation for
-    every shape x family, view completion) -> evaluate, ending with WORKDIR/report/index.html.
+    every shape x family, view completion) -> evaluate, ending with OUT/report/index.html.
 
     Rerunning resumes: finished stages whose config is unchanged are skipped, an interrupted training continues
-    from its last checkpoint. Stage times and headline numbers go to WORKDIR/demo_summary.json."""
-    plan = DemoPlan(preset=preset, workdir=workdir, device=device, overrides=split_overrides(overrides),
+    from its last checkpoint. Stage times and headline numbers go to OUT/demo_summary.json."""
+    items = list(overrides) + ([f"dataset.dataset.num_samples={num}"] if num is not None else [])
+    plan = DemoPlan(preset=preset, workdir=out, device=device, overrides=split_overrides(items),
                     generate_steps=generate_steps)
     summary = run_demo(plan, progress=not no_progress, log=lambda m: click.echo(m, err=True))
     click.echo(format_summary(summary))
+    return 0
+
+
+@click.group("config")
+def config_group():
+    """Look at configs: `magvit3d config show KIND -c PRESET` prints one with every key and its value."""
+
+
+@config_group.command("show", cls=Command, short_help="Print a config as TOML, every default filled in.", epilog=example(
+    "magvit3d config show dataset -c demo              # what `magvit3d render` uses by default",
+    "magvit3d config show tokenizer -c tiny --set train.steps=50",
+    "magvit3d config show dataset > my_rig.toml        # edit it, then: magvit3d render -c my_rig.toml ..."))
+@click.argument("kind", type=click.Choice(STAGE_KINDS), metavar="KIND")
+@click.option("--config", "-c", default="demo", show_default=True,
+              help="Preset name (tiny, demo, full: configs/KIND/<name>.toml) or a path to a TOML file.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any key, as the commands' --set does. Repeatable.")
+def config_show_cmd(kind, config, overrides):
+    """Print the config of KIND (dataset, tokenizer, transformer, probe) as the commands resolve it: the preset or
+    file, then --set, with every key that was left to its default filled in. Valid TOML: save it, edit it and pass
+    the file to -c."""
+    cfg = load_stage_config(kind, config, overrides)
+    sets = "".join(f" --set {o}" for o in overrides)
+    click.echo(f"# magvit3d config show {kind} -c {config}{sets}: every key, defaults included\n{to_toml(cfg)}",
+               nl=False)
     return 0
 
 

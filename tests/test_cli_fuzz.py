@@ -393,6 +393,8 @@ def option_value(draw, param: click.Parameter, command: str):
     if name == "config":
         return draw(st.one_of(st.sampled_from(["tiny", "demo", "full", "huge", "{S}/cfg.toml", "{S}/bad.toml",
                                                "{S}/empty", "{S}/missing.toml"]), junk))
+    if name == "device":   # (before the Choice case: the words that are accepted without being shown, too)
+        return draw(st.one_of(st.sampled_from(["auto", "cpu", "cuda", "mps", "gpu", "cuda:0", "tpu"]), junk))
     if isinstance(t, click.Choice):
         return draw(st.one_of(st.sampled_from(list(t.choices)), junk))
     if isinstance(t, (click.types.IntParamType, click.IntRange)):
@@ -400,8 +402,6 @@ def option_value(draw, param: click.Parameter, command: str):
                               st.sampled_from(["1.5", "x", "", "0x10", "1e3", "nan"])))
     if isinstance(t, click.types.FloatParamType):
         return draw(st.one_of(st.floats(-5, 5).map(repr), st.sampled_from(["nan", "inf", "-inf", "1e400", "x", ""])))
-    if name == "device":
-        return draw(st.one_of(st.sampled_from(["auto", "cpu", "cuda", "mps", "gpu", "cuda:0", "tpu"]), junk))
     if name == "split":
         return draw(st.one_of(st.sampled_from(["train", "val", "test", "../test", "nope"]), junk))
     if name == "shard":
@@ -413,15 +413,31 @@ def option_value(draw, param: click.Parameter, command: str):
     return draw(junk)
 
 
-COMMANDS = sorted(root_group.list_commands(click.Context(root_group)))
+def command_names(group=root_group, prefix=()) -> list[str]:
+    """Every command, a group's subcommands as 'group sub' (e.g. 'config show')."""
+    names = []
+    for name in group.list_commands(click.Context(group)):
+        cmd = group.get_command(click.Context(group), name)
+        names += command_names(cmd, prefix + (name,)) if isinstance(cmd, click.Group) else [" ".join(prefix + (name,))]
+    return names
+
+
+def command_object(command: str) -> click.Command:
+    cmd = root_group
+    for part in command.split():
+        cmd = cmd.get_command(click.Context(cmd), part)
+    return cmd
+
+
+COMMANDS = sorted(command_names())
 
 
 # per command a valid invocation on the templates; the fuzz mutates it (or builds one from scratch)
 BASE = {
-    "render": ["{S}/fresh", "-c", "tiny", "--no-progress"],
-    "verify": ["{S}/unpacked", "--no-progress"],
-    "pack": ["{S}/unpacked", "--no-progress"],
-    "preview": ["{S}/unpacked", "--sample", "1", "--out", "{S}/fresh/p"],
+    "render": ["--out", "{S}/fresh", "-c", "tiny", "--no-progress"],
+    "verify": ["--data", "{S}/unpacked", "--no-progress"],
+    "pack": ["--data", "{S}/unpacked", "--no-progress"],
+    "preview": ["--data", "{S}/unpacked", "--sample", "1", "--out", "{S}/fresh/p"],
     "train-tokenizer": ["--data", "{S}/packed", "--out", "{S}/fresh", "-c", "tiny", "--device", "cpu", "--no-progress"],
     "tokenize": ["--run", "{S}/tokenizer", "--data", "{S}/packed", "--device", "cpu", "--no-progress"],
     "reconstruct": ["--run", "{S}/tokenizer", "--data", "{S}/packed", "--out", "{S}/fresh", "--device", "cpu"],
@@ -431,9 +447,10 @@ BASE = {
                  "--device", "cpu", "--no-progress"],
     "train-probe": ["--data", "{S}/packed", "--out", "{S}/fresh", "-c", "tiny", "--device", "cpu", "--no-progress"],
     "evaluate": ["--data", "{S}/packed", "--generated", "{S}/gen", "--probe", "{S}/probe", "--out", "{S}/fresh",
-                 "--max-clips", "1", "--no-progress"],
-    "compare": ["{S}/gen", "{S}/packed", "--out", "{S}/fresh", "--max-clips", "1"],
-    "demo": ["--preset", "tiny", "--workdir", "{S}/fresh", "--device", "cpu", "--no-progress"],
+                 "-n", "1", "--no-progress"],
+    "compare": ["{S}/gen", "{S}/packed", "--out", "{S}/fresh", "-n", "1"],
+    "demo": ["-c", "tiny", "--out", "{S}/fresh", "--device", "cpu", "--no-progress"],
+    "config show": ["dataset", "-c", "tiny"],
 }
 
 
@@ -442,13 +459,13 @@ def argv_for(draw, command: str):
     """Either the command's valid invocation with 0-3 mutations (a value replaced by a random one, an option added,
     a token dropped, a junk token inserted), or an invocation built from random choices for every parameter."""
     if draw(st.integers(0, 9)) < 6:
-        return [command] + draw(mutated(command))
+        return command.split() + draw(mutated(command))
     return draw(random_argv(command))
 
 
 @st.composite
 def mutated(draw, command: str):
-    cmd = root_group.get_command(click.Context(root_group), command)
+    cmd = command_object(command)
     options = {opt: p for p in cmd.params if isinstance(p, click.Option) for opt in p.opts}
     arguments = [p for p in cmd.params if isinstance(p, click.Argument)]
     args = list(BASE[command])
@@ -475,8 +492,8 @@ def mutated(draw, command: str):
 
 @st.composite
 def random_argv(draw, command: str):
-    cmd = root_group.get_command(click.Context(root_group), command)
-    args = [command]
+    cmd = command_object(command)
+    args = command.split()
     for param in cmd.params:
         if isinstance(param, click.Argument):
             if draw(st.integers(0, 9)) > 0:
@@ -593,25 +610,27 @@ def test_every_command_runs_or_exits_2_with_one_line(command, data, templates, s
 
 # bad inputs the fuzz found (or that are too rare for it to hit reliably), each pinned: (argv, text in the message)
 KNOWN_BAD = [
-    (["render", "{S}/fresh", "--config", "{S}/empty"], "is a directory"),
-    (["render", "{S}/fresh", "--config", "{S}/latin1.toml"], "not UTF-8"),
-    (["render", "{S}/fresh", "-c", "tiny", "--set", "trajectories.gravity=nan"], "finite"),
-    (["render", "{S}/fresh", "-c", "tiny", "--set", "render.samples=99999999999999999999"], "render.samples"),
+    (["render", "--out", "{S}/fresh", "--config", "{S}/empty"], "is a directory"),
+    (["render", "--out", "{S}/fresh", "--config", "{S}/latin1.toml"], "not UTF-8"),
+    (["render", "{S}/fresh", "-c", "tiny", "--set", "trajectories.gravity=nan"], "finite"),   # the old positional
+    (["render", "--out", "{S}/fresh", "-c", "tiny", "--set", "render.samples=99999999999999999999"], "render.samples"),
     (["train-tokenizer", "--data", "{S}/packed", "--out", "{S}/fresh", "--set", "train.lr=inf"], "finite"),
     (["train-tokenizer", "--data", "{S}/packed", "--out", "{S}/fresh", "--set", "model.norm_groups=0"],
      "norm_groups"),
     (["train-transformer", "--tokens", "{S}/tokenizer", "--out", "{S}/fresh", "--set", "train.lr=nan"], "finite"),
     (["train-probe", "--data", "{S}/packed", "--out", "{S}/fresh", "--set", "train.lr=-inf"], "finite"),
-    (["verify", "{S}/unpacked", "--tolerance", "nan"], "--tolerance"),
-    (["verify", "{S}/unpacked", "--tolerance", "-1"], "--tolerance"),
-    (["verify", "{S}/listjson"], "not a JSON object"),
+    (["verify", "--data", "{S}/unpacked", "--tolerance", "nan"], "--tolerance"),
+    (["verify", "--data", "{S}/unpacked", "--tolerance", "-1"], "--tolerance"),
+    (["verify", "--data", "{S}/listjson"], "not a JSON object"),
+    (["pack", "--data", "{S}/listjson"], "not a JSON object"),
     (["pack", "{S}/listjson"], "not a JSON object"),
-    (["preview", "{S}/unpacked", "--sample", "1", "--scale", "100000000"], "--scale"),
-    (["preview", "{S}/unpacked", "--sample", "1", "--out", ".."], "--out"),
-    (["preview", "{S}/unpacked", "--sample", "1", "--out", "{S}/empty"], "--out"),
+    (["preview", "--data", "{S}/unpacked", "--sample", "1", "--scale", "100000000"], "--scale"),
+    (["preview", "--data", "{S}/unpacked", "--sample", "1", "--out", ".."], "--out"),
+    (["preview", "--data", "{S}/unpacked", "--sample", "1", "--out", "{S}/empty"], "--out"),
     (["tokenize", "--run", "{S}/tokenizer", "--data", "{S}/packed", "--device", "mps"], "mps"),
+    (["demo", "-c", "tiny", "--out", "{S}/a_file.txt/below"], "is a file, not a directory"),
     (["demo", "--preset", "tiny", "--workdir", "{S}/a_file.txt/below"], "is a file, not a directory"),
-    (["render", "{S}/a_file.txt/below", "-c", "tiny"], "is a file, not a directory"),
+    (["render", "--out", "{S}/a_file.txt/below", "-c", "tiny"], "is a file, not a directory"),
     (["train-probe", "--data", "{S}/packed", "--out", "{S}/a_file.txt/below"], "is a file, not a directory"),
     (["reconstruct", "--run", "{S}/tokenizer", "--data", "{S}/packed", "--out", "{S}/a_file.txt/below"],
      "is a file, not a directory"),
@@ -629,6 +648,9 @@ KNOWN_BAD = [
       "100000000000000000000"], "--steps"),
     (["generate", "--transformer", "{S}/transformer", "--task", "generate", "--out", "{S}/fresh", "--num",
       "99999999999"], "--num"),
+    (["generate", "--transformer", "{S}/tokenizer", "--task", "predict", "--out", "{S}/fresh"],
+     "is a 'tokenizer' run, not a transformer run"),
+    (["config", "show", "dataset", "-c", "{S}/bad.toml"], "not valid TOML"),
     (["compare", "{S}/badjson", "{S}/packed", "--out", "{S}/fresh"], "not a JSON object"),
     (["compare", "{S}/gen", "{S}/packed", "--out", "{S}/fresh", "--split", "../packed/test"], "--split"),
     (["compare", "{S}/gen", "{S}/packed", "--out", "{S}/packed"], "an input of this command"),
@@ -668,7 +690,8 @@ def test_known_bad_inputs_exit_2_with_one_line(args, needle, templates, tmp_path
 
 def test_the_commands_are_the_documented_ones():
     assert set(COMMANDS) >= {"render", "verify", "pack", "preview", "train-tokenizer", "tokenize", "reconstruct",
-                             "train-transformer", "generate", "train-probe", "evaluate", "compare", "demo"}
+                             "train-transformer", "generate", "train-probe", "evaluate", "compare", "demo",
+                             "config show"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -682,7 +705,7 @@ def run_script(args, cwd, home):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["render", "{S}/out", "--config", "{S}"], "is a directory"),
+    (["render", "--out", "{S}/out", "--config", "{S}"], "is a directory"),
     (["render", "{S}/out", "--set", "render.fps=nan"], "render.fps"),
     (["train-probe", "--data", "{S}/missing", "--out", "{S}/o", "--set", "train.lr=inf"], "train.lr"),
     (["generate", "--transformer", "{S}", "--task", "predict", "--out", "{S}/o", "--temperature", "nan"],
@@ -730,7 +753,8 @@ def test_real_render_writes_nothing_into_cwd_or_home(tmp_path):
     cwd, home = tmp_path / "cwd", tmp_path / "home"
     cwd.mkdir()
     home.mkdir()
-    proc = run_script(["render", tmp_path / "ds", "-c", "tiny", "-n", "1", "--frames", "2", "--resolution", "16",
+    proc = run_script(["render", "--out", tmp_path / "ds", "-c", "tiny", "-n", "1", "--frames", "2", "--resolution",
+                       "16",
                        "--samples", "1", "--device", "cpu", "--no-progress"], cwd, home)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "ds" / "samples" / "000000" / "meta.json").is_file()

@@ -10,7 +10,7 @@ import typing
 import pytest
 
 from datagen.config import (CONFIG_ROOT, UserError, apply_overrides, from_dict, load_config, parse_override,
-                            preset_path, to_dict)
+                            preset_path, to_dict, to_toml)
 from datagen.spec import (CameraSpec, DatasetConfig, FAMILIES, SHAPES, TEXTURES, build_spec)
 
 PRESETS = ("tiny", "demo", "full")
@@ -428,3 +428,23 @@ def test_camera_that_does_not_see_the_scene_is_rejected_naming_it(target):
     rig[0]["target"] = [0.0, 0.0, 0.3]
     rig[1]["position"] = [0.0, 2.5, 0.05]
     assert from_dict(DatasetConfig, {"cameras": {"rig": rig}}).cameras.rig[1].position == (0.0, 2.5, 0.05)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_to_toml_writes_every_key_and_reads_back_the_same_config(name, tmp_path):
+    cfg = load(name, ['objects.shapes=["cone", "cube"]', "dataset.splits={train = 0.5, test = 0.5}"])
+    text = to_toml(cfg)
+    assert tomllib.loads(text).keys() == to_dict(cfg).keys()
+    path = tmp_path / "shown.toml"
+    path.write_text(text)
+    assert to_dict(load(str(path))) == to_dict(cfg)
+    for section, values in to_dict(DatasetConfig()).items():   # every key, also the ones the preset leaves out
+        assert f"[{section}]" in text and all(f"\n{key} = " in text for key in values)
+
+
+def test_to_toml_quotes_what_toml_needs_quoted():
+    from training.train_tokenizer import load_run_config
+
+    path = "/tmp/a \"b\"\\c\u00e9\u007f\U0001F600.pth"   # quotes, a backslash, non-ASCII, DEL, beyond the BMP
+    cfg = load_run_config("tiny", {"train.lpips_weights": path})
+    assert tomllib.loads(to_toml(cfg))["train"]["lpips_weights"] == path

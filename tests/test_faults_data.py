@@ -58,7 +58,7 @@ def cli(*args, env=None, fsize_limit=None, cwd=REPO, timeout=120) -> subprocess.
 
 
 def render_args(root, n, *extra):
-    return ["render", root, "-c", "tiny", "-n", n, "--set", "render.frames=2", "--no-progress", *extra]
+    return ["render", "--out", root, "-c", "tiny", "-n", n, "--set", "render.frames=2", "--no-progress", *extra]
 
 
 def one_error_line(stderr: str) -> str:
@@ -278,7 +278,7 @@ def test_blender_hang_in_one_sample_is_killed_reported_replaced_and_the_rest_fin
     summary = json.loads((root / "render_summary.json").read_text())
     assert summary["rendered"] == 1 and summary["sample_timeout_s"] == 600
     assert_unchanged(before, stamps(root), "rerun after the hang")
-    verify = cli("verify", root, "--no-progress")
+    verify = cli("verify", "--data", root, "--no-progress")
     assert verify.returncode == 0, verify.stderr
 
 
@@ -382,7 +382,38 @@ def test_worker_that_hangs_while_it_starts_counts_as_a_failed_start(tmp_path, mo
     assert "gave no reply within 0.3 s (hung?); killed it" in str(e.value) and "\n" not in str(e.value)
     assert len(started) == render.MAX_START_FAILURES
     assert all(p.returncode == -signal.SIGKILL for p in started)
-    assert not root.exists()  # nothing written, not even the workers' logs
+    # the log the message names is there to read (it used to be deleted with the rest); nothing else is written
+    named = Path(re.search(r"log: (\S+\.log)", str(e.value)).group(1))
+    assert named.is_file() and named.parent == (root / "logs").absolute()
+    assert sorted(p.name for p in root.iterdir()) == ["logs"]
+    assert not list((root / "logs").glob("blender-tmp*"))
+
+
+@pytest.mark.parametrize("device,cycles", [("cuda", "gpu"), ("cpu", "cpu"), ("auto", "auto"), ("gpu", "gpu")])
+def test_render_and_demo_translate_the_device_word_for_cycles(tmp_path, monkeypatch, device, cycles):
+    """Every command says auto|cpu|cuda; Cycles' worker says auto|cpu|gpu (any GPU backend). `demo --device cuda` used
+    to pass 'cuda' to the render workers, which refused it three times. (gpu: render's old spelling.) A stand-in
+    worker refuses to start, naming the device it was given; nothing is written."""
+    from datagen import render
+    from datagen.config import load_config
+    from datagen.spec import DatasetConfig
+    from evaluation.pipeline import DemoPlan, run_demo
+
+    class Reporting(render.RenderWorker):
+        @staticmethod
+        def command(reply_fd, device, *_):
+            return [sys.executable, "-c", REPLY + "os.write(fd, ('{\"event\": \"error\", \"error\": \"worker "
+                    "device=%s\"}\\n' % sys.argv[2]).encode())", str(reply_fd), device]
+
+    monkeypatch.setattr(render, "RenderWorker", Reporting)
+    cfg = load_config(DatasetConfig, "dataset", "tiny", [])
+    with pytest.raises(UserError, match=f"^worker device={cycles}$"):
+        render.render_dataset(cfg, tmp_path / "ds", device=device, progress=False, log=lambda m: None)
+    if device != "gpu":   # the demo only takes the three words
+        with pytest.raises(UserError, match=f"^worker device={cycles}$"):
+            run_demo(DemoPlan("tiny", tmp_path / "demo", device=device), progress=False, log=lambda m: None)
+        assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["demo_state.json"]
+    assert not (tmp_path / "ds").exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])
@@ -490,7 +521,7 @@ def packed_files(root) -> dict[str, bytes]:
 def test_pack_on_a_full_disk_fails_in_one_line_and_keeps_the_old_pack(tmp_path):
     root = make_fake_dataset(tmp_path / "ds", num_samples=4, resolution=32, frames=3)
     # nothing packed yet: no array may appear at its final path
-    out = cli("pack", root, "--no-progress", fsize_limit=4096)
+    out = cli("pack", "--data", root, "--no-progress", fsize_limit=4096)
     assert out.returncode == 1
     line = one_error_line(out.stderr)
     assert f"{rgb_path(root, 'train')}: File too large" in line and "pack stopped" in line
@@ -498,7 +529,7 @@ def test_pack_on_a_full_disk_fails_in_one_line_and_keeps_the_old_pack(tmp_path):
 
     pack_dataset(root, progress=False)
     before = packed_files(root)
-    out = cli("pack", root, "--no-progress", fsize_limit=4096)
+    out = cli("pack", "--data", root, "--no-progress", fsize_limit=4096)
     assert out.returncode == 1 and "File too large" in one_error_line(out.stderr)
     assert packed_files(root) == before  # byte for byte, and no temp file beside them
     for split in ("train", "val", "test"):
@@ -543,7 +574,7 @@ def test_verify_cli_names_the_corrupt_files(fake):
     wrong = ds.load_meta(fake, 3)
     wrong["image_size"] = 32  # valid JSON, wrong type: reported, not a crash
     ds.write_json_atomic(ds.sample_dir(fake, 3) / "meta.json", wrong)
-    out = cli("verify", fake, "--no-progress")
+    out = cli("verify", "--data", fake, "--no-progress")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     lines = out.stderr.splitlines()
     assert any(f"sample 1: rgb image {png} does not decode" in ln for ln in lines), out.stderr
@@ -556,7 +587,7 @@ def test_pack_cli_on_a_truncated_png_is_one_line_and_writes_no_array(fake):
     sid = ds.load_dataset_json(fake)["splits"]["train"][0]
     png = ds.frame_path(ds.sample_dir(fake, sid), "view2", "rgb", 0)
     png.write_bytes(png.read_bytes()[: len(png.read_bytes()) // 2])
-    out = cli("pack", fake, "--no-progress")
+    out = cli("pack", "--data", fake, "--no-progress")
     assert out.returncode == 2
     assert str(png) in one_error_line(out.stderr)
     assert not rgb_path(fake, "train").exists() and not list((fake / "packed").glob(".*"))
@@ -628,7 +659,8 @@ def test_render_pack_verify_write_nothing_outside_the_dataset(tmp_path):
     cwd.mkdir()
     env = clean_env(tmp_path)
     repo_before = repo_files()
-    for args in (render_args("ds", 3, "-j", "2"), ["verify", "ds", "--no-progress"], ["pack", "ds", "--no-progress"]):
+    for args in (render_args("ds", 3, "-j", "2"), ["verify", "--data", "ds", "--no-progress"],
+                 ["pack", "--data", "ds", "--no-progress"]):
         out = cli(*args, env=env, cwd=cwd)
         assert out.returncode == 0, (args, out.stderr)
     assert ds.complete_sample_ids(cwd / "ds") == {0, 1, 2}

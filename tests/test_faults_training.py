@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from datagen.cli import main
+from datagen.config import Interrupted
 from datagen.pack import pack_dataset
 from evaluation.probe import load_probe, load_run_config as probe_config, train_probe
 from fakes import make_fake_dataset
@@ -160,7 +161,11 @@ def test_ctrl_c_to_the_process_group_saves_the_last_step_and_exits_130(runs, tmp
     for name, p in procs.items():
         run, err = tmp_path / name, errs[name]
         assert p.returncode == 130, err
-        assert "checkpoint saved" in err and "Traceback" not in err, err
+        # one message, and the advice in it is the one that works (the same command alone is refused)
+        lines = [ln for ln in err.splitlines() if "interrupt" in ln or "resume" in ln]
+        assert lines == [f"magvit3d: interrupted at step {latest_step(run)}; checkpoint saved in "
+                         f"{run / 'checkpoints'}; rerun the same command with --resume to continue"], err
+        assert "Traceback" not in err, err
         assert latest_step(run) == max(logged_steps(run)) >= 2  # exactly the last finished step
     # the checkpoints load with the commands' own loaders, and --resume continues from them
     assert load_tokenizer(tmp_path / "tok")[1]["step"] == latest_step(tmp_path / "tok")
@@ -170,6 +175,11 @@ def test_ctrl_c_to_the_process_group_saves_the_last_step_and_exits_130(runs, tmp
     again = train_probe(probe_config("tiny", PROBE + long), runs["ds"], tmp_path / "probe", resume=True,
                         max_steps_this_run=1, **QUIET)
     assert again["step"] == before + 1
+    # without --resume the same command is refused, with the way to continue in its one line
+    refused = subprocess.run([sys.executable, "-m", "datagen.cli", *map(str, commands["trans"]), "--out",
+                              str(tmp_path / "trans"), "--no-progress"], cwd=REPO, env=ENV, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr, refused.stderr
 
 
 def test_a_second_ctrl_c_interrupts_mid_step_and_saves_nothing(tmp_path):
@@ -183,7 +193,7 @@ def test_a_second_ctrl_c_interrupts_mid_step_and_saves_nothing(tmp_path):
 
     before = signal.getsignal(signal.SIGINT)
     saved, logs, stop = [], [], GracefulStop()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as interrupted:
         with checkpoint_on_interrupt(stop, Bar(), None, lambda: saved.append(1), lambda: 3, logs.append, run=tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
             for _ in range(1000):  # the handler runs between bytecodes: the first signal only sets the flag
@@ -194,7 +204,10 @@ def test_a_second_ctrl_c_interrupts_mid_step_and_saves_nothing(tmp_path):
                 pass
             raise AssertionError("the second signal did not interrupt")
     assert saved == [] and stop.immediate
-    assert logs and "in the middle of step 4; nothing saved; no checkpoint was saved" in logs[0], logs
+    assert logs == []  # the message is the exception's, printed once by the CLI (or replaced by the demo's)
+    assert str(interrupted.value) == (f"interrupted in the middle of step 4; nothing saved; no checkpoint was saved in "
+                                      f"{tmp_path / 'checkpoints'} before it; rerun the same command with --resume to "
+                                      f"continue from there")
     assert signal.getsignal(signal.SIGINT) is before
 
 

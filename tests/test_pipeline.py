@@ -124,13 +124,31 @@ def test_bad_set_is_a_one_line_error():
         split_overrides(["model.width=3"])
 
 
+def test_ctrl_c_in_a_stage_says_to_rerun_the_same_command(tmp_path):
+    """The demo resumes by itself, so a training's own advice (add --resume) does not apply: one message, the demo's."""
+    from datagen.config import Interrupted
+
+    runner = pipeline.StageRunner(plan(tmp_path / "w"), log=lambda m: None)
+
+    def interrupted_training():
+        raise Interrupted("interrupted at step 3; checkpoint saved in X; rerun the same command with --resume to "
+                          "continue")
+    with pytest.raises(Interrupted) as e:
+        runner.run("train-tokenizer", {}, [], [tmp_path / "never"], interrupted_training)
+    assert str(e.value) == ("interrupted in stage train-tokenizer; rerun the same command to resume (finished stages "
+                            "are skipped, an unfinished training continues from its last checkpoint)")
+
+
 @pytest.mark.parametrize("args,needle", [
-    (["--preset", "huge"], "'huge' is not one of 'tiny', 'demo', 'full'"),
+    (["-c", "huge"], "Invalid value for '--config' / '-c': 'huge' is not one of 'tiny', 'demo', 'full'"),
+    (["--preset", "huge"], "'huge' is not one of 'tiny', 'demo', 'full'"),   # the old spelling, still accepted
     (["--set", "tokenizer.train.stpes=3"], "unknown config key 'train.stpes'"),
     (["--set", "nope"], "expected KIND.KEY=VALUE"),
+    (["--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
+    (["-n", "0"], "Invalid value for '--num' / '-n': 0 is not in the range x>=1"),
 ])
 def test_demo_bad_input_exit_2_and_nothing_written(tmp_path, args, needle):
-    out = subprocess.run([sys.executable, "-m", "datagen.cli", "demo", "--workdir", str(tmp_path / "w"), *args],
+    out = subprocess.run([sys.executable, "-m", "datagen.cli", "demo", "--out", str(tmp_path / "w"), *args],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()

@@ -127,7 +127,7 @@ def test_same_seed_gives_identical_meta_and_images(tmp_path):
 
 def test_sigkill_mid_render_then_rerun_completes_without_rerendering(tmp_path):
     root = tmp_path / "ds"
-    args = ["render", root, "-c", "tiny", "-n", "16", "--set", "render.frames=3", "--no-progress"]
+    args = ["render", "--out", root, "-c", "tiny", "-n", "16", "--set", "render.frames=3", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", *map(str, args)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -221,7 +221,10 @@ BAD_INPUTS = {
     "negative samples": (["-n", "-4"], "-4"),
     "unknown config key": (["--set", "render.sampels=3"], "sampels"),
     "unknown preset": (["-c", "huge"], "huge"),
-    "gpu without a GPU": (["--device", "gpu"], "gpu"),
+    "cuda without a GPU": (["--device", "cuda"], "--device cuda: no GPU found for Cycles"),
+    "gpu (the old spelling) without a GPU": (["--device", "gpu"], "--device cuda: no GPU found for Cycles"),
+    "camera below the ground": (["--set", 'cameras.rig=[{name="a", position=[2.0, 0.0, 1.0]}, '
+                                          '{name="b", position=[0.0, 2.0, -1.0]}]'], "camera 'b' position z = -1"),
     "bad shard": (["--shard", "3/2"], "3/2"),
     "eevee without a GPU": (["--engine", "eevee"], "eevee"),
 }
@@ -231,7 +234,7 @@ BAD_INPUTS = {
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, case):
     extra, needle = BAD_INPUTS[case]
     root = tmp_path / "out"
-    out = run_cli("render", root, "-c", "tiny", "--no-progress", *extra)
+    out = run_cli("render", "--out", root, "-c", "tiny", "--no-progress", *extra)
     assert out.returncode == 2, (case, out.stdout, out.stderr)
     lines = [ln for ln in out.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
     assert len(lines) == 1 and lines[0].startswith("magvit3d: error:"), out.stderr
@@ -239,16 +242,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, case):
     assert not root.exists(), f"{case}: wrote {list(root.rglob('*'))}"
 
 
+def test_render_reports_its_rate_once_and_warns_about_empty_splits(tmp_path):
+    """The bar showed tqdm's clip/s next to a clips_per_s postfix of its own; one clip leaves val and test empty."""
+    out = run_cli("render", "--out", tmp_path / "ds", "-c", "tiny", "-n", "1", "--set", "render.frames=2")
+    assert out.returncode == 0, out.stderr
+    assert "clips_per_s" not in out.stderr and out.stdout.count("clips/s") == 1, (out.stdout, out.stderr)
+    assert "warning: the val and test splits are empty: 1 clip(s) for 3 splits" in out.stderr
+    assert not run_cli("render", "--out", tmp_path / "ds3", "-c", "tiny", "-n", "3", "--set", "render.frames=2",
+                       "--no-progress").stderr.count("warning")
+
+
 def test_output_dir_with_a_different_config_is_refused(tmp_path):
     root = tmp_path / "ds"
-    assert run_cli("render", root, "-c", "tiny", "-n", "1", "--set", "render.frames=2", "--no-progress").returncode == 0
+    assert run_cli("render", "--out", root, "-c", "tiny", "-n", "1", "--set", "render.frames=2",
+                   "--no-progress").returncode == 0
     before = sorted(str(p) for p in root.rglob("*"))
-    out = run_cli("render", root, "-c", "tiny", "-n", "1", "--set", "render.frames=3", "--no-progress")
+    out = run_cli("render", "--out", root, "-c", "tiny", "-n", "1", "--set", "render.frames=3", "--no-progress")
     assert out.returncode == 2
     assert "different config" in out.stderr and "render.frames: 2 vs 3" in out.stderr
     assert sorted(str(p) for p in root.rglob("*")) == before
     # the same config again is a no-op resume
-    again = run_cli("render", root, "-c", "tiny", "-n", "1", "--set", "render.frames=2", "--no-progress")
+    again = run_cli("render", "--out", root, "-c", "tiny", "-n", "1", "--set", "render.frames=2", "--no-progress")
     assert again.returncode == 0 and "already complete" in again.stderr
 
 
@@ -259,7 +273,8 @@ def test_shards_render_disjoint_ids_into_one_dataset_that_packs(tmp_path):
 
     root = tmp_path / "ds"
     for shard in ("1/2", "0/2"):
-        out = run_cli("render", root, "-c", "tiny", "-n", "5", "--set", "render.frames=2", "--shard", shard, "--no-progress")
+        out = run_cli("render", "--out", root, "-c", "tiny", "-n", "5", "--set", "render.frames=2", "--shard", shard,
+                      "--no-progress")
         assert out.returncode == 0, out.stderr
         if shard == "1/2":
             assert ds.complete_sample_ids(root) == {1, 3}

@@ -146,7 +146,7 @@ def test_evaluate_and_compare_escape_every_data_string_and_leave_cwd_and_home_al
     before = tree(root)
     report = tmp_path / f"report{BREAKER}"
     proc = run_script(["evaluate", "--data", ds, "--generated", gen, "--probe", probe, "--out", report,
-                       "--max-clips", "2", "--no-progress"], cwd, home)
+                       "-n", "2", "--no-progress"], cwd, home)
     assert proc.returncode == 0, proc.stderr
     text = assert_html_safe(report / "index.html")
     labels = load_packed(ds, "test").index["labels"]
@@ -158,7 +158,7 @@ def test_evaluate_and_compare_escape_every_data_string_and_leave_cwd_and_home_al
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)
         mp.setenv("HOME", str(home))
-        code, _, err = run_main(["compare", gen, ds, "--out", cmp, "--max-clips", "2"], capsys)
+        code, _, err = run_main(["compare", gen, ds, "--out", cmp, "-n", "2"], capsys)
     assert code == 0, err
     assert_html_safe(cmp / "index.html")
     assert not list(cwd.iterdir()) and not list(home.iterdir()), (list(cwd.rglob("*")), list(home.rglob("*")))
@@ -233,10 +233,10 @@ def test_out_that_would_destroy_something_is_refused(world, tmp_path, capsys, mo
 def test_a_previous_report_is_replaced_atomically(world, tmp_path, capsys):
     root, ds, probe, gen = world
     out = tmp_path / "cmp"
-    assert run_main(["compare", gen, ds, "--out", out, "--max-clips", "1"], capsys)[0] == 0
+    assert run_main(["compare", gen, ds, "--out", out, "-n", "1"], capsys)[0] == 0
     first = json.loads((out / "metrics.json").read_text())
     (out / "stale.txt").write_text("from the last run")
-    code, _, err = run_main(["compare", gen, ds, "--out", out, "--max-clips", "0"], capsys)
+    code, _, err = run_main(["compare", gen, ds, "--out", out, "-n", "0"], capsys)
     assert code == 0, err
     assert not (out / "stale.txt").exists() and not list((out / "clips").iterdir())
     assert json.loads((out / "metrics.json").read_text())["matched"] == first["matched"]
@@ -249,8 +249,8 @@ def test_full_disk_one_line_error_and_the_previous_report_intact(world, tmp_path
     root, ds, probe, gen = world
     out = tmp_path / "report"
     args = {"evaluate": ["evaluate", "--data", ds, "--generated", gen, "--probe", probe, "--out", out,
-                         "--max-clips", "1", "--no-progress"],
-            "compare": ["compare", gen, ds, "--out", out, "--max-clips", "1"]}[command]
+                         "-n", "1", "--no-progress"],
+            "compare": ["compare", gen, ds, "--out", out, "-n", "1"]}[command]
     code, _, err = run_main(args, capsys)                  # a complete report first
     assert code == 0, err
     previous = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

@@ -1,11 +1,9 @@
 """Training commands of `magvit3d` (registered lazily by datagen.cli so `magvit3d render` never imports torch)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from datagen.cli import FiniteFloat
+from datagen.cli import DIR, Command, DeviceChoice, FiniteFloat, example
 from datagen.config import check_output_dir
 
 MAX_STEPS = 1000          # parallel decoding steps: more than the tokens of a clip only repeat work
@@ -13,18 +11,25 @@ MAX_PER_CLASS = 1000      # --num clips per shape x family (generate): all of th
 MAX_SEED = 2**62          # clip i uses seed + i as a 64-bit generator seed
 
 CONFIG_HELP = ("Preset name (tiny, demo, full: configs/tokenizer/<name>.toml) or a path to a TOML file. "
-               "--set overrides it.")
+               "--set overrides it; `magvit3d config show tokenizer -c NAME` prints it.")
+DEVICE_HELP = "auto: cuda when available (else Apple's mps, else cpu); cuda: an error when there is none."
 
 
-@click.command("train-tokenizer")
-@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A rendered and packed dataset (magvit3d render + pack).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+def device_option():
+    return click.option("--device", type=DeviceChoice(also=["mps"]), default="auto", show_default=True,
+                        help=DEVICE_HELP)
+
+
+@click.command("train-tokenizer", cls=Command, epilog=example(
+    "magvit3d train-tokenizer --data ds --out runs/tok -c tiny",
+    "magvit3d train-tokenizer --data ds --out runs/tok --set train.steps=500 --resume"))
+@click.option("--data", required=True, type=DIR, help="A rendered and packed dataset (magvit3d render + pack).")
+@click.option("--out", required=True, type=DIR, help="Run directory.")
 @click.option("--config", "-c", default="demo", show_default=True, help=CONFIG_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set train.steps=500 --set model.quantizer=lfq. Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
+@device_option()
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train_tokenizer_cmd(data, out, config, overrides, resume, device, no_progress):
     """Train the causal 3D-CNN video tokenizer on a packed dataset. Logs losses and validation PSNR, SSIM and
@@ -42,11 +47,12 @@ def train_tokenizer_cmd(data, out, config, overrides, resume, device, no_progres
     return 0
 
 
-@click.command("tokenize")
-@click.option("--run", required=True, type=click.Path(file_okay=False, path_type=Path), help="A tokenizer run.")
-@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), help="The packed dataset.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.command("tokenize", cls=Command, epilog=example("magvit3d tokenize --run runs/tok --data ds"))
+@click.option("--run", required=True, type=DIR, help="A tokenizer run (magvit3d train-tokenizer).")
+@click.option("--data", required=True, type=DIR, help="The packed dataset.")
+@device_option()
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="View-clips encoded at once.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def tokenize_cmd(run, data, device, batch_size, no_progress):
     """Encode every split of a packed dataset into the token cache RUN/tokens/<split>_tokens.npy
@@ -60,13 +66,15 @@ def tokenize_cmd(run, data, device, batch_size, no_progress):
     return 0
 
 
-@click.command("reconstruct")
-@click.option("--run", required=True, type=click.Path(file_okay=False, path_type=Path), help="A tokenizer run.")
-@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), help="The packed dataset.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.command("reconstruct", cls=Command, epilog=example(
+    "magvit3d reconstruct --run runs/tok --data ds --out recon            # the first 4 test clips",
+    "magvit3d reconstruct --run runs/tok --data ds --out recon --split train --sample 0 --sample 5"))
+@click.option("--run", required=True, type=DIR, help="A tokenizer run (magvit3d train-tokenizer).")
+@click.option("--data", required=True, type=DIR, help="The packed dataset.")
+@click.option("--out", required=True, type=DIR, help="Output directory.")
 @click.option("--sample", "samples", type=int, multiple=True, help="Sample id(s) [default: the first 4 of the split].")
-@click.option("--split", default="test", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
+@click.option("--split", default="test", show_default=True, help="Split the samples come from.")
+@device_option()
 def reconstruct_cmd(run, data, out, samples, split, device):
     """Write originals next to reconstructions (PNG grid: per view, original over reconstruction; and a GIF)."""
     from datagen.pack import load_packed
@@ -74,26 +82,28 @@ def reconstruct_cmd(run, data, out, samples, split, device):
     from training.loop import pick_device
 
     check_output_dir(out)
-    ids = list(samples) or load_packed(data, split).sample_ids[:4]
+    ids = list(samples) or load_packed(data, split).sample_ids[:4]   # (an empty split: reconstruct_samples says so)
     for path in reconstruct_samples(run, data, out, ids, split=split, device=pick_device(device)):
         click.echo(f"wrote {path}")
     return 0
 
 
 TRANSFORMER_CONFIG_HELP = ("Preset name (tiny, demo, full: configs/transformer/<name>.toml) or a path to a TOML file. "
-                           "--set overrides it.")
+                           "--set overrides it; `magvit3d config show transformer -c NAME` prints it.")
 
 
-@click.command("train-transformer")
-@click.option("--tokens", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.command("train-transformer", cls=Command, epilog=example(
+    "magvit3d train-transformer --tokens runs/tok --out runs/tr -c tiny",
+    "magvit3d train-transformer --tokens runs/tok --out runs/ar --set model.arch=ar   # the autoregressive baseline"))
+@click.option("--tokens", required=True, type=DIR,
               help="A tokenizer run with a token cache (magvit3d tokenize), or the token cache directory itself.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("--out", required=True, type=DIR, help="Run directory.")
 @click.option("--config", "-c", default="demo", show_default=True, help=TRANSFORMER_CONFIG_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set model.arch=ar --set tasks.predict=0.5. Repeatable.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@device_option()
+@click.option("--no-progress", is_flag=True, help="Log a plain line every train.log_every steps instead of a bar.")
 def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_progress):
     """Train the masked video transformer (or, with --set model.arch=ar, the autoregressive baseline) on a token
     cache, with the tasks predict, generate, complete-view and unconditional mixed. Logs loss and masked-token
@@ -111,16 +121,17 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
     return 0
 
 
-@click.command("generate")
-@click.option("--transformer", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A transformer run (magvit3d train-transformer).")
+@click.command("generate", cls=Command, epilog=example(
+    "magvit3d generate --transformer runs/tr --task predict --out gen/predict",
+    "magvit3d generate --transformer runs/tr --task generate --out gen/cones --shape cone -n 2"))
+@click.option("--transformer", required=True, type=DIR, help="A transformer run (magvit3d train-transformer).")
 @click.option("--task", required=True, type=click.Choice(["predict", "generate", "complete-view"]),
               help="predict: continue held-out clips from their first frames; complete-view: generate one view "
                    "from the others; generate: class-conditional clips per shape x family.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--out", required=True, type=DIR, help="Output directory.")
 @click.option("--steps", default=12, show_default=True, type=int,
               help=f"Parallel decoding steps (masked model), 1..{MAX_STEPS}.")
-@click.option("--num", type=click.IntRange(min=1),
+@click.option("--num", "-n", "num", type=click.IntRange(min=1),
               help=f"Clips of the split (predict, complete-view) [default: all], or clips per shape x family "
                    f"(generate, at most {MAX_PER_CLASS}) [default: 1].")
 @click.option("--temperature", default=1.0, show_default=True, type=FiniteFloat(min=0),
@@ -136,11 +147,11 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
 @click.option("--view", type=int, help="complete-view: the view to generate [default: clip i generates view i % V].")
 @click.option("--shape", "shapes", multiple=True, help="generate: shape class(es) [default: all]. Repeatable.")
 @click.option("--family", "families", multiple=True, help="generate: trajectory family(ies) [default: all]. Repeatable.")
-@click.option("--tokens", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--tokens", type=DIR,
               help="Token cache to condition on [default: the one the transformer was trained on]; must come from "
                    "the same tokenizer.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda or mps.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Clips sampled at once.")
+@device_option()
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, top_k, seed, split,
                  given_frames, view, shapes, families, tokens, batch_size, device, no_progress):
