@@ -269,7 +269,7 @@ def bbox_offset(shape: str, dims) -> list[float]:
     tracked position, the point the object spins about) is the centre of mass of the solid: the box centre for a cube
     and a cylinder, h/4 above the base for a cone, so the box centre sits h/4 above the origin. A free body spins
     about its centre of mass, and it is the point an image-based probe can find: with the box centre as the target,
-    a probe has to learn an orientation-dependent offset from the visible mass (DESIGN.md, evaluation notes)."""
+    a probe has to learn an orientation-dependent offset from the visible mass."""
     return [0.0, 0.0, float(dims[2]) / 4] if shape == "cone" else [0.0, 0.0, 0.0]
 
 

@@ -1,6 +1,6 @@
 """Camera math (datagen.camera): intrinsics, look_at, projection, Blender<->OpenCV, quaternions, rig tracks.
 
-numpy only; every expected value is derived here from the conventions in DESIGN.md, not from the code under test.
+numpy only; every expected value is derived here from the conventions in docs/dataset.md, not from the code under test.
 """
 from __future__ import annotations
 
