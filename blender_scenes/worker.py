@@ -134,7 +134,8 @@ def main(argv=None) -> int:
         bpy.context.preferences.filepaths.use_scripts_auto_execute = False
         dev = scene.select_cycles_device(args.device)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which prints it as one line
-        reply(event="error", error=f"{type(e).__name__}: {e}")
+        # a RenderSetupError is written for the user (no GPU, ...); anything else (bpy failed to import) keeps its type
+        reply(event="error", error=str(e) if type(e).__name__ == "RenderSetupError" else f"{type(e).__name__}: {e}")
         return 3
 
     if args.spec:

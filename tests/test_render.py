@@ -221,8 +221,8 @@ BAD_INPUTS = {
     "negative samples": (["-n", "-4"], "-4"),
     "unknown config key": (["--set", "render.sampels=3"], "sampels"),
     "unknown preset": (["-c", "huge"], "huge"),
-    "cuda without a GPU": (["--device", "cuda"], "--device cuda: no GPU found for Cycles"),
-    "gpu (the old spelling) without a GPU": (["--device", "gpu"], "--device cuda: no GPU found for Cycles"),
+    "cuda without a GPU": (["--device", "cuda"], "error: --device cuda: no GPU found for Cycles"),
+    "gpu (the old spelling) without a GPU": (["--device", "gpu"], "error: --device cuda: no GPU found for Cycles"),
     "camera below the ground": (["--set", 'cameras.rig=[{name="a", position=[2.0, 0.0, 1.0]}, '
                                           '{name="b", position=[0.0, 2.0, -1.0]}]'], "camera 'b' position z = -1"),
     "bad shard": (["--shard", "3/2"], "3/2"),

@@ -335,13 +335,18 @@ def test_presets_load():
     assert (full.width, full.depth) == (768, 12)
 
 
-def test_generate_with_another_kind_of_run_is_one_line_exit_2(cache, tmp_path, capsys):
+def test_generate_with_another_kind_of_run_is_one_line_exit_2(cache, trained, tmp_path, capsys):
     """A tokenizer run passed as --transformer used to crash with "internal error: KeyError: 'layout'"."""
     code, err = run_cli(capsys, "generate", "--transformer", cache, "--task", "predict", "--out", tmp_path / "g",
                         "--no-progress")
     assert code == 2 and err == (f"magvit3d: error: {cache} is a 'tokenizer' run, not a transformer run; pass the "
                                  f"--out of `magvit3d train-transformer`\n"), err
     assert not (tmp_path / "g").exists()
+    data = json.loads((cache / "tokens" / "test_index.json").read_text())["dataset"]   # and the other way round
+    code, err = run_cli(capsys, "tokenize", "--run", trained["masked"], "--data", data, "--no-progress")
+    assert code == 2 and err == (f"magvit3d: error: {trained['masked']} is a 'transformer' run, not a tokenizer run; "
+                                 f"pass the --out of `magvit3d train-tokenizer`\n"), err
+    assert not (trained["masked"] / "tokens").exists()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ def load_tokenizer(run: Path, device: torch.device | str = "cpu") -> tuple[Video
         raise UserError(f"no tokenizer checkpoint in {run}; train one with `magvit3d train-tokenizer`")
     saved = ckpt.load_config_json(latest)
     if saved.get("kind") != "tokenizer":
-        raise UserError(f"{latest} is a {saved.get('kind', 'unknown')!r} checkpoint, not a tokenizer")
+        raise UserError(f"{run} is a {saved.get('kind', 'unknown')!r} run, not a tokenizer run; pass the --out of "
+                        f"`magvit3d train-tokenizer`")
     model = VideoTokenizer(from_dict(TokenizerConfig, saved["model"], where="model"))
     weights = latest / "ema.safetensors"
     ckpt.load_weights(weights if weights.exists() else latest / "model.safetensors", model)
