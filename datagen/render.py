@@ -358,10 +358,6 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
                         "at ~20 s per 128x128 frame. Use --engine cycles, or --allow-software-eevee to accept that")
     if info.get("notice"):
         log(f"notice: {info['notice']}")
-    empty = ds.empty_splits_warning(ds.split_ids(cfg.dataset.num_samples, cfg.dataset.splits, cfg.dataset.seed),
-                                    cfg.dataset.splits)
-    if empty:   # said here, after the checks that can still refuse the render, so an error stays one line
-        log(f"warning: {empty}")
     root.mkdir(parents=True, exist_ok=True)
     if existing is None:  # before samples/: a failed write here leaves a directory the rerun still accepts
         ds.write_json_atomic(root / "dataset.json", ds.build_dataset_json(cfg, info["blender"]))
@@ -498,4 +494,8 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
         "threads_per_worker": threads,
     })
     ds.write_json_atomic(root / f"render_summary{shard_tag}.json", summary)
+    empty = ds.empty_splits_warning(ds.split_ids(cfg.dataset.num_samples, cfg.dataset.splits, cfg.dataset.seed),
+                                    cfg.dataset.splits)
+    if empty:   # said once the render worked, so that a failed one stays one line
+        log(f"warning: {empty}")
     return summary
