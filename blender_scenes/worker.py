@@ -1,7 +1,8 @@
 """A long-lived render worker: imports bpy once, then renders one scene spec after another.
 
-Started by datagen.render (one per core):
-    python -m blender_scenes.worker --device auto --reply-fd N
+Started by datagen.render, by default one per two cores (`-j` sets the count), each rendering with
+cores / workers threads:
+    python -m blender_scenes.worker --device auto --reply-fd N --threads 2
 Requests arrive on stdin, one JSON object per line: {"spec": {...}, "out_dir": "..."}.
 Replies go to file descriptor N (stdout belongs to Blender's own log output), one JSON object per line:
     {"event": "ready", "blender": "5.0.1", "device": "CPU", "devices": [], "notice": ...}   once, at start

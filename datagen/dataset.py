@@ -1,4 +1,4 @@
-"""The dataset on disk (schema version 1): layout, dataset.json, meta.json, splits, atomic writes, reading.
+"""The dataset on disk (schema version 2, SCHEMA_VERSION): layout, dataset.json, meta.json, splits, atomic writes, reading.
 
     DATASET/
       dataset.json                  schema_version, versions, full config, camera rig, splits, counts

@@ -1,7 +1,8 @@
 """The four trajectory families (numpy only) and their seeded parameter draws.
 
 A family is a function of time t (seconds, t_k = k / fps) and a parameter dict -> positions (T, 3) of the
-object's centre in world units (Z up). Parameters are drawn from ranges in `TrajectoryConfig`.
+object's origin (its centre of mass, see datagen.spec) in world units (Z up). Parameters are drawn from the ranges
+in the config's `trajectories` section (datagen.spec.TrajectoriesSection).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _uniform(rng: np.random.Generator, lo_hi) -> float:
 
 
 def draw_params(family: str, cfg, t: np.ndarray, rng: np.random.Generator) -> dict:
-    """Draw one parameter set of `family` from the ranges in cfg (a TrajectoryConfig)."""
+    """Draw one parameter set of `family` from the ranges in cfg (a datagen.spec.TrajectoriesSection)."""
     t_mid = float((t[0] + t[-1]) / 2)
     center = [_uniform(rng, cfg.center_xy_range), _uniform(rng, cfg.center_xy_range), _uniform(rng, cfg.center_z_range)]
     if family == "linear":
