@@ -74,26 +74,33 @@ def fake_rgb(mask: np.ndarray, sample_id: int, view: int, frame: int) -> np.ndar
     return rgb.astype(np.uint8)
 
 
-def write_fake_sample(root: Path, cfg: DatasetConfig, sample_id: int) -> Path:
-    """One complete sample directory: rgb + mask (+ depth) PNGs and meta.json."""
-    spec = build_spec(cfg, sample_id)
+def write_fake_frames(out_dir: Path, spec: dict) -> list[str]:
+    """The rgb + mask (+ depth) PNGs of one scene spec in `out_dir`, laid out as a render worker writes them;
+    returns the view names."""
     o, r = spec["object"], spec["render"]
     corners = world_corners(o["dimensions"], o["bbox_offset"], np.asarray(o["location"]), np.asarray(o["rotation"]))
-    d = sample_dir(root, sample_id)
     views = [c["name"] for c in spec["cameras"]]
     for v, c in enumerate(spec["cameras"]):
         P = projection_matrix(np.asarray(c["K"]), np.asarray(c["R"]), np.asarray(c["t"]))
         for f in range(r["frames"]):
             mask = draw_mask(P[f], corners[f], r["width"], r["height"])
-            for kind, arr in (("mask", mask), ("rgb", fake_rgb(mask, sample_id, v, f))):
-                path = frame_path(d, views[v], kind, f)
+            for kind, arr in (("mask", mask), ("rgb", fake_rgb(mask, spec["sample_id"], v, f))):
+                path = frame_path(out_dir, views[v], kind, f)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(arr).save(path)
             if r["depth"]:
-                path = frame_path(d, views[v], "depth", f)
+                path = frame_path(out_dir, views[v], "depth", f)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(np.full((r["height"], r["width"]), 2000, np.uint16)).save(path)
-    write_json_atomic(d / "meta.json", build_meta(spec, mask_stats(d, views, r["frames"])))
+    return views
+
+
+def write_fake_sample(root: Path, cfg: DatasetConfig, sample_id: int) -> Path:
+    """One complete sample directory: rgb + mask (+ depth) PNGs and meta.json."""
+    spec = build_spec(cfg, sample_id)
+    d = sample_dir(root, sample_id)
+    views = write_fake_frames(d, spec)
+    write_json_atomic(d / "meta.json", build_meta(spec, mask_stats(d, views, spec["render"]["frames"])))
     return d
 
 
