@@ -1,6 +1,6 @@
 """Camera math: the one place for intrinsics, extrinsics, projection and Blender<->OpenCV conversion.
 
-Conventions (docs/dataset.md):
+Conventions (docs/architecture.md, "Camera convention"):
 - World is Z-up. OpenCV camera frame: x right, y down, z forward. A world point X maps to the camera
   frame as R @ X + t and to pixels as P = K [R | t].
 - Pixels: u right, v down, the image's top-left corner at (0, 0), so pixel (row i, col j) has its centre

@@ -202,7 +202,7 @@ def test_blender_camera_pose(pos, target):
     fwd = np.asarray(target) - np.asarray(pos)
     np.testing.assert_allclose(-M[:, 2], fwd / np.linalg.norm(fwd), atol=1e-12)  # -Z looks at the target
     assert M[2, 1] > 0                                                             # +Y is up-ish
-    # back to OpenCV exactly as the DESIGN says: R_b = M^T, t_b = -R_b loc; R = F R_b, t = F t_b
+    # back to OpenCV exactly as docs/architecture.md says: R_b = M^T, t_b = -R_b loc; R = F R_b, t = F t_b
     R_b = M.T
     np.testing.assert_allclose(F @ R_b, R, atol=1e-12)
     np.testing.assert_allclose(F @ (-R_b @ loc), t, atol=1e-12)
