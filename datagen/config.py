@@ -1,8 +1,9 @@
 """Config loading, the one place: TOML presets/files -> nested dataclasses, with `--set key=value` overrides.
 
 Every stage's config is a small dataclass tree. `load_config(cls, preset_or_path, overrides)` reads a TOML
-file (a preset name resolves to configs/<kind>/<name>.toml), applies dotted overrides, rejects unknown keys
-and wrong types with a one-line message, and returns the dataclass. `to_dict` gives back plain JSON data.
+file (a preset name resolves to datagen/presets/<kind>/<name>.toml, package data that a wheel install ships too),
+applies dotted overrides, rejects unknown keys and wrong types with a one-line message, and returns the dataclass.
+`to_dict` gives back plain JSON data.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import types
 import typing
 from pathlib import Path
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_ROOT = Path(__file__).resolve().parent / "presets"  # package data (pyproject.toml)
 MAX_INT = 2**63 - 1          # TOML's integers are 64-bit; anything larger is a typo, and overflows numpy/torch later
 
 
@@ -45,7 +46,7 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> None:
 
 
 def preset_path(kind: str, name: str) -> Path:
-    """configs/<kind>/<name>.toml; raises UserError naming the available presets."""
+    """datagen/presets/<kind>/<name>.toml; raises UserError naming the available presets."""
     folder = CONFIG_ROOT / kind
     path = folder / f"{name}.toml"
     if not path.is_file():
@@ -274,7 +275,7 @@ def load_config(cls, kind: str, source: str | os.PathLike | None, overrides=None
     """Load config `cls` from a preset name or a TOML path (None = the class defaults), then overrides.
 
     `source` is a path when it names an existing file or ends in .toml, otherwise a preset name under
-    configs/<kind>/.
+    datagen/presets/<kind>/.
     """
     if source is None:
         data = {}

@@ -19,7 +19,7 @@ LPIPS_HELP = ("torchvision's AlexNet weights file (alexnet-owt-7be5be79.pth) for
 @click.option("--data", required=True, type=DIR, help="A rendered and packed dataset (magvit3d render + pack).")
 @click.option("--out", required=True, type=DIR, help="Run directory (checkpoints, metrics.jsonl, summary.json).")
 @click.option("--config", "-c", default="demo", show_default=True,
-              help="Preset name (tiny, demo, full: configs/probe/<name>.toml) or a path to a TOML file. --set "
+              help="Preset name (tiny, demo, full: datagen/presets/probe/<name>.toml) or a path to a TOML file. --set "
                    "overrides it; `magvit3d config show probe -c NAME` prints it.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set train.steps=500 --set 'model.channels=[16,32,48,64]'. "

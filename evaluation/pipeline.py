@@ -3,11 +3,12 @@
     render -> verify -> pack -> train tokenizer -> tokenize -> train transformer -> train probe
            -> generate (predict, class-conditional generate, complete-view) -> evaluate (REPORT/index.html)
 
-Each stage runs the same function as its own command, with the preset's config (configs/<kind>/<preset>.toml) plus
-`--set STAGE.KEY=VALUE` overrides. OUT/demo_state.json records, per finished stage, a key: the hash of its config
-and of the keys of the stages it reads from. A stage whose key is unchanged and whose output exists is skipped; an
-unfinished training stage resumes from its last checkpoint; a stage whose config changed is redone from scratch
-(its output, which lives inside OUT, is replaced), and so is everything downstream of it.
+Each stage runs the same function as its own command, with the preset's config
+(datagen/presets/<kind>/<preset>.toml) plus `--set STAGE.KEY=VALUE` overrides. OUT/demo_state.json records, per
+finished stage, a key: the hash of its config and of the keys of the stages it reads from. A stage whose key is
+unchanged and whose output exists is skipped; an unfinished training stage resumes from its last checkpoint; a stage
+whose config changed is redone from scratch (its output, which lives inside OUT, is replaced), and so is everything
+downstream of it.
 
 It lives in `evaluation` because that is the one package allowed to import all the others.
 """
@@ -284,8 +285,8 @@ def headline(metrics: dict) -> dict:
     "magvit3d demo -c full --out full_out --device cuda",
     "magvit3d demo --out demo_out -n 64 --set tokenizer.train.steps=300"))
 @option("--config", "-c", "preset", old=["--preset"], default="demo", show_default=True, type=click.Choice(PRESETS),
-        help="Preset of every stage (configs/<kind>/<name>.toml). tiny: seconds per stage (tests); demo: ~20 min on "
-             "a 2-core CPU; full: the seed's scale, one GPU.")
+        help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
+             "demo: ~20 min on a 2-core CPU; full: the seed's scale, one GPU.")
 @option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,
         help="Everything goes here: dataset/, tokenizer/, transformer/, probe/, generated/, report/.")
 @click.option("--set", "overrides", multiple=True, metavar="KIND.KEY=VALUE",
@@ -325,7 +326,7 @@ def config_group():
     "magvit3d config show dataset > my_rig.toml        # edit it, then: magvit3d render -c my_rig.toml ..."))
 @click.argument("kind", type=click.Choice(STAGE_KINDS), metavar="KIND")
 @click.option("--config", "-c", default="demo", show_default=True,
-              help="Preset name (tiny, demo, full: configs/KIND/<name>.toml) or a path to a TOML file.")
+              help="Preset name (tiny, demo, full: datagen/presets/KIND/<name>.toml) or a path to a TOML file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any key, as the commands' --set does. Repeatable.")
 def config_show_cmd(kind, config, overrides):

@@ -25,7 +25,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
-    """A tiny probe trained through the CLI (configs/probe/tiny.toml)."""
+    """A tiny probe trained through the CLI (datagen/presets/probe/tiny.toml)."""
     out = tmp_path_factory.mktemp("probe") / "run"
     with pytest.raises(SystemExit) as e:
         main(["train-probe", "--data", str(dataset), "--out", str(out), "--config", "tiny", "--no-progress"])

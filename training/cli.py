@@ -10,7 +10,7 @@ MAX_STEPS = 1000          # parallel decoding steps: more than the tokens of a c
 MAX_PER_CLASS = 1000      # --num clips per shape x family (generate): all of them are held in memory
 MAX_SEED = 2**62          # clip i uses seed + i as a 64-bit generator seed
 
-CONFIG_HELP = ("Preset name (tiny, demo, full: configs/tokenizer/<name>.toml) or a path to a TOML file. "
+CONFIG_HELP = ("Preset name (tiny, demo, full: datagen/presets/tokenizer/<name>.toml) or a path to a TOML file. "
                "--set overrides it; `magvit3d config show tokenizer -c NAME` prints it.")
 DEVICE_HELP = "auto: cuda when available (else Apple's mps, else cpu); cuda: an error when there is none."
 
@@ -88,8 +88,8 @@ def reconstruct_cmd(run, data, out, samples, split, device):
     return 0
 
 
-TRANSFORMER_CONFIG_HELP = ("Preset name (tiny, demo, full: configs/transformer/<name>.toml) or a path to a TOML file. "
-                           "--set overrides it; `magvit3d config show transformer -c NAME` prints it.")
+TRANSFORMER_CONFIG_HELP = ("Preset name (tiny, demo, full: datagen/presets/transformer/<name>.toml) or a path to a "
+                           "TOML file. --set overrides it; `magvit3d config show transformer -c NAME` prints it.")
 
 
 @click.command("train-transformer", cls=Command, epilog=example(

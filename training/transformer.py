@@ -35,7 +35,7 @@ ARCHS = ("masked", "ar")
 
 @dataclass
 class TransformerConfig:
-    """The architecture, as a user sets it (configs/transformer/*.toml, section [model])."""
+    """The architecture, as a user sets it (datagen/presets/transformer/*.toml, section [model])."""
     arch: str = "masked"      # masked (bidirectional, parallel decoding) | ar (causal, raster order, KV cache)
     width: int = 256
     depth: int = 4
