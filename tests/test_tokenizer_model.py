@@ -21,6 +21,8 @@ TINY3 = dataclasses.replace(TINY, channel_mult=(1, 1, 2), temporal_downsample=(T
 PATCHED = dataclasses.replace(TINY, patch_size=2, patch_frames=2)
 # the per-position LayerNorm instead of per-frame GroupNorm
 LAYER = dataclasses.replace(PATCHED, norm="layer")
+# the demo's shape: patching into one latent frame per 2 frames and no time taps (a 2D net per latent frame)
+FLAT = dataclasses.replace(LAYER, channel_mult=(1,), temporal_downsample=(), temporal_kernel=1)
 
 
 def cfg_for(quantizer: str, base: TokenizerConfig = TINY, **kw) -> TokenizerConfig:
@@ -107,7 +109,7 @@ def test_layer_norm_encodes_a_crop_like_the_whole_frame(norm):
 
 # --- causality -------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("base,k", [(TINY, 2), (TINY, 4), (TINY3, 4), (PATCHED, 4), (LAYER, 4)])
+@pytest.mark.parametrize("base,k", [(TINY, 2), (TINY, 4), (TINY3, 4), (PATCHED, 4), (LAYER, 4), (FLAT, 2), (FLAT, 4)])
 @pytest.mark.parametrize("quantizer", ["vq", "lfq", "fsq"])
 def test_encoder_is_causal(quantizer, base, k):
     torch.manual_seed(0)
@@ -130,7 +132,7 @@ def test_encoder_is_causal(quantizer, base, k):
         assert torch.allclose(model.encoder(x[:, :, :k]), zx[:, :, :m], atol=1e-5)
 
 
-@pytest.mark.parametrize("base", [TINY, TINY3, PATCHED, LAYER])
+@pytest.mark.parametrize("base", [TINY, TINY3, PATCHED, LAYER, FLAT])
 def test_decoder_is_causal(base):
     torch.manual_seed(0)
     cfg = cfg_for("vq", base)
@@ -144,6 +146,64 @@ def test_decoder_is_causal(base):
         a, b = model.decode_indices(idx), model.decode_indices(other)
     assert torch.equal(a[:, :, :j * f], b[:, :, :j * f])
     assert not torch.equal(a[:, :, j * f:], b[:, :, j * f:])
+
+
+def test_temporal_kernel_one_codes_each_latent_frame_alone():
+    """With temporal_kernel = 1 and no temporal downsampling nothing mixes latent frames, in either direction: a
+    latent frame's tokens depend on its own frames only, and its decoded frames on its own tokens only."""
+    torch.manual_seed(0)
+    model = VideoTokenizer(cfg_for("fsq", FLAT)).eval()
+    assert all(m.conv.kernel_size[0] == 1 for m in model.modules() if type(m).__name__ == "CausalConv3d")
+    x = clip(t=8)
+    y = x.clone()
+    y[:, :, 2:4] = clip(t=2, seed=1)                    # change latent frame 1 only (frames 2, 3)
+    with torch.no_grad():
+        _, ix, _ = model.encode(x)
+        _, iy, _ = model.encode(y)
+        same = [torch.equal(ix[:, j], iy[:, j]) for j in range(4)]
+        other = ix.clone()
+        other[:, 1] = (other[:, 1] + 1) % model.cfg.codebook_size
+        a, b = model.decode_indices(ix), model.decode_indices(other)
+    assert same == [True, False, True, True]
+    assert torch.equal(a[:, :, :2], b[:, :, :2]) and torch.equal(a[:, :, 4:], b[:, :, 4:])
+    assert not torch.equal(a[:, :, 2:4], b[:, :, 2:4])
+
+
+def test_temporal_kernel_must_be_positive():
+    with pytest.raises(ValueError, match="temporal_kernel 0 must be >= 1"):
+        dataclasses.replace(FLAT, temporal_kernel=0).validate()
+
+
+# --- code-space health -----------------------------------------------------------------------------------------------
+
+def test_code_space_health_on_hand_made_latents():
+    from training.tokenizer import code_space_health
+
+    # four codes at the corners of a square in 2-D: variance spread evenly over both axes, no duplicates
+    square = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]]).repeat(5, 1)
+    health = code_space_health(square, torch.arange(4).repeat(5))
+    assert health == {"effective_dim": pytest.approx(2.0), "duplicate_codes": 0.0}
+    # the same four tokens placed on one line: one dimension
+    line = torch.tensor([[-1.5, 0.0], [-0.5, 0.0], [0.5, 0.0], [1.5, 0.0]]).repeat(5, 1)
+    assert code_space_health(line, torch.arange(4).repeat(5))["effective_dim"] == pytest.approx(1.0)
+    # a collapsed codebook: 4 distinct ids, all within 0.01 of each other
+    collapsed = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.995, 0.0], [1.0, -0.005]])
+    assert code_space_health(collapsed, torch.arange(4))["duplicate_codes"] == 1.0
+    # two clusters of two: every code has a near twin
+    pairs = torch.tensor([[1.0, 0.0], [1.0, 0.05], [-1.0, 0.0], [-1.0, 0.05]])
+    assert code_space_health(pairs, torch.arange(4))["duplicate_codes"] == 1.0
+    # one code for every position: no spread at all
+    assert code_space_health(torch.ones(6, 3), torch.zeros(6, dtype=torch.long)) == {"effective_dim": 0.0,
+                                                                                       "duplicate_codes": 0.0}
+
+
+def test_fsq_lattice_never_has_duplicates():
+    from training.tokenizer import code_space_health
+
+    q = FiniteScalarQuantizer(cfg_for("fsq", FLAT, fsq_levels=(8, 5, 5, 5), codebook_size=1000))
+    idx = torch.arange(1000)
+    codes = q.indices_to_codes(idx.view(1, 1, 1, -1))[0, :, 0, 0].T            # (1000, 4)
+    assert code_space_health(codes, idx)["duplicate_codes"] == 0.0
 
 
 # --- VQ --------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ Clips are (B, 3, T, H, W) in [-1, 1]; views are folded into B by the caller. The
 Patching: the encoder first folds patch_frames x patch_size x patch_size pixels into channels (space-to-depth), and the
 decoder's last conv unfolds them, so the convs run at a fraction of the pixel resolution. On a CPU that is what buys
 enough training steps: the images are smooth (4x bicubic down/up of the demo renders keeps 29.3 dB), and a full-res
-conv stack spends most of its time on detail a linear patch map already carries.
+conv stack spends most of its time on detail a linear patch map already carries. With temporal_kernel = 1 and no
+temporal downsampling the convs have no time taps at all: each latent frame is coded by a 2D net on its own, which is
+what the demo uses (time taps at the token grid made a step 2.8x dearer and learnt slower; docs/tokenizer.md).
 
 Temporal scheme ("T divisible by f"): with a total temporal factor f = patch_frames * 2 ** (number of True in
 temporal_downsample), T must be a multiple of f and latent frame j covers input frames [j*f, (j+1)*f). Causality holds
@@ -19,14 +21,16 @@ Three ingredients make that true: every conv pads time on the left only; a tempo
 so that its output j ends exactly at input frame (j+1)*s - 1; and GroupNorm normalizes each frame separately (a plain
 GroupNorm over (C, T, H, W) would leak statistics of future frames into past ones); a temporal patch never spans two
 groups. Temporal upsampling in the decoder is depth-to-space: a causal conv makes s frames' worth of channels from latent frame j, which become output frames j*s..j*s+s-1.
-For 16 frames and two temporal downsamplings: 16 -> 4 latent frames (DESIGN: 128x128x16 -> 4x16x16 tokens per view).
+For 16 frames and two temporal downsamplings: 16 -> 4 latent frames (128x128x16 -> 4x16x16 tokens per view).
 
 Quantizers share one interface: forward(z) -> (z_q, indices, aux), z_q straight-through (forward value = the code,
 gradient = identity to z), indices (B, t, h, w) int64, aux = dict of scalar tensors: commitment_loss, codebook_loss,
 entropy_loss, loss (their weighted sum: what the trainer adds to the reconstruction loss), perplexity, usage.
   - vq: l2-normalized codes, nearest code by cosine similarity; the codebook is learnt by gradient (codebook loss, as in
     VQ-VAE; ViT-VQGAN style normalized codes) which needs no buffer syncing under DDP. Dead codes (unused for
-    dead_code_threshold training steps) are re-initialized from random encoder outputs of the current batch.
+    dead_code_threshold training steps) are re-initialized from random encoder outputs of the current batch. At the
+    demo's budget it collapses (one code without restarts; with them ~1,000 near-duplicates along ~1 direction), so
+    the presets use fsq; see docs/tokenizer.md.
   - lfq: lookup-free: each of d = log2(codebook_size) channels is quantized to its sign; the index is the bit pattern.
   - fsq: each of len(fsq_levels) channels is squashed with tanh and rounded to one of L_i levels; no codebook, no aux loss.
 The entropy term (vq, lfq) is MAGVIT-v2's: mean per-position entropy (want confident assignments) minus entropy of the
@@ -60,6 +64,8 @@ class TokenizerConfig:
                                                    # channels at each position (no statistics over H, W: what a
                                                    # model trained on crops learns carries over to whole frames)
     norm_groups: int = 8                           # GroupNorm groups; every level's width must be a multiple
+    temporal_kernel: int = 3                       # time taps of the 3x3 convs (causal); 1 = no mixing of latent
+                                                   # frames: with patching, a 2D net per latent frame
     z_channels: int = 16                           # vq code dimension (lfq: log2(codebook_size), fsq: len(fsq_levels))
     quantizer: str = "vq"                          # "vq" | "lfq" | "fsq"
     codebook_size: int = 1024                      # vq: K; lfq: 2 ** d; fsq: must equal prod(fsq_levels)
@@ -106,6 +112,8 @@ class TokenizerConfig:
             if self.channels < 1 or (self.norm == "group" and (self.channels * m) % self.norm_groups):
                 raise ValueError(f"width channels*mult = {self.channels}*{m} is not a multiple of "
                                  f"norm_groups = {self.norm_groups}")
+        if self.temporal_kernel < 1:
+            raise ValueError(f"temporal_kernel {self.temporal_kernel} must be >= 1 (1: no mixing across latent frames)")
         if self.patch_size < 1 or self.patch_frames < 1:
             raise ValueError(f"patch_size {self.patch_size} and patch_frames {self.patch_frames} must be >= 1")
         if self.num_res_blocks < 0:
@@ -146,11 +154,13 @@ class CausalConv3d(nn.Module):
     With temporal stride s it pads kernel - s frames, so output frame j sees input frames (j+1)*s - kernel .. (j+1)*s - 1:
     never beyond its own group of s frames."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1)):
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1),
+                 time_kernel: int | None = None):
         super().__init__()
-        assert kernel >= stride[0], "temporal stride larger than the kernel would skip frames"
-        self.time_pad = kernel - stride[0]
-        self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(0, kernel // 2, kernel // 2))
+        kt = kernel if time_kernel is None else time_kernel
+        assert kt >= stride[0], "temporal stride larger than the kernel would skip frames"
+        self.time_pad = kt - stride[0]
+        self.conv = nn.Conv3d(cin, cout, (kt, kernel, kernel), stride=stride, padding=(0, kernel // 2, kernel // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.time_pad:
@@ -183,8 +193,9 @@ def make_norm(cfg: "TokenizerConfig", channels: int) -> nn.Module:
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, cfg: "TokenizerConfig"):
         super().__init__()
-        self.norm1, self.conv1 = make_norm(cfg, cin), CausalConv3d(cin, cout)
-        self.norm2, self.conv2 = make_norm(cfg, cout), CausalConv3d(cout, cout)
+        kt = cfg.temporal_kernel
+        self.norm1, self.conv1 = make_norm(cfg, cin), CausalConv3d(cin, cout, time_kernel=kt)
+        self.norm2, self.conv2 = make_norm(cfg, cout), CausalConv3d(cout, cout, time_kernel=kt)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,11 +205,11 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Strided causal conv: H, W halved; T halved too when temporal."""
+    """Strided causal conv: H, W halved; T halved too when temporal (then 3 time taps, whatever temporal_kernel)."""
 
-    def __init__(self, ch: int, temporal: bool):
+    def __init__(self, ch: int, temporal: bool, time_kernel: int = 3):
         super().__init__()
-        self.conv = CausalConv3d(ch, ch, 3, stride=(2 if temporal else 1, 2, 2))
+        self.conv = CausalConv3d(ch, ch, 3, stride=(2 if temporal else 1, 2, 2), time_kernel=3 if temporal else time_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -207,10 +218,10 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Inverse of Downsample: time by depth-to-space (latent frame j -> frames 2j, 2j+1 only), space by nearest + conv."""
 
-    def __init__(self, ch: int, temporal: bool):
+    def __init__(self, ch: int, temporal: bool, time_kernel: int = 3):
         super().__init__()
-        self.time_conv = CausalConv3d(ch, 2 * ch) if temporal else None
-        self.conv = CausalConv3d(ch, ch)
+        self.time_conv = CausalConv3d(ch, 2 * ch, time_kernel=time_kernel) if temporal else None
+        self.conv = CausalConv3d(ch, ch, time_kernel=time_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.time_conv is not None:
@@ -227,14 +238,14 @@ class Encoder(nn.Module):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
         self.patch = (cfg.patch_frames, cfg.patch_size)
-        self.conv_in = CausalConv3d(3 * cfg.patch_frames * cfg.patch_size ** 2, widths[0])
+        self.conv_in = CausalConv3d(3 * cfg.patch_frames * cfg.patch_size ** 2, widths[0], time_kernel=cfg.temporal_kernel)
         blocks, cin = [], widths[0]
         for i, w in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
                 blocks.append(ResBlock(cin, w, cfg))
                 cin = w
             if i < len(widths) - 1:
-                blocks.append(Downsample(cin, cfg.temporal_downsample[i]))
+                blocks.append(Downsample(cin, cfg.temporal_downsample[i], cfg.temporal_kernel))
         blocks += [ResBlock(cin, cin, cfg), ResBlock(cin, cin, cfg)]   # mid
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = make_norm(cfg, cin)
@@ -252,18 +263,18 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
         cin = widths[-1]
-        self.conv_in = CausalConv3d(cfg.code_dim, cin)
+        self.conv_in = CausalConv3d(cfg.code_dim, cin, time_kernel=cfg.temporal_kernel)
         blocks = [ResBlock(cin, cin, cfg), ResBlock(cin, cin, cfg)]   # mid
         for i in reversed(range(len(widths))):
             for _ in range(cfg.num_res_blocks):
                 blocks.append(ResBlock(cin, widths[i], cfg))
                 cin = widths[i]
             if i > 0:
-                blocks.append(Upsample(cin, cfg.temporal_downsample[i - 1]))
+                blocks.append(Upsample(cin, cfg.temporal_downsample[i - 1], cfg.temporal_kernel))
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = make_norm(cfg, cin)
         self.patch = (cfg.patch_frames, cfg.patch_size)
-        self.conv_out = CausalConv3d(cin, 3 * cfg.patch_frames * cfg.patch_size ** 2)
+        self.conv_out = CausalConv3d(cin, 3 * cfg.patch_frames * cfg.patch_size ** 2, time_kernel=cfg.temporal_kernel)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.blocks(self.conv_in(z))
@@ -282,6 +293,26 @@ def codebook_stats(indices: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
     p = counts / counts.sum()
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
     return {"perplexity": entropy.exp(), "usage": (counts > 0).float().mean()}
+
+
+@torch.no_grad()
+def code_space_health(z_q: torch.Tensor, indices: torch.Tensor, duplicate_distance: float = 0.1) -> dict[str, float]:
+    """How much of the code space the tokens really span, which codebook usage alone does not show (a codebook can be
+    fully used by ~1,000 near-identical codes). z_q: quantized latents (N, d); indices: (N,) their tokens.
+      effective_dim: participation ratio (sum l)^2 / sum l^2 of the covariance eigenvalues of z_q over the N tokens:
+                     d for latents spread evenly over d directions, 1 when they vary along one line, 0 for one code;
+      duplicate_codes: fraction of the distinct codes used that lie within duplicate_distance of another used code.
+                     Every quantizer's codes live in [-1, 1]^d or on the unit sphere, where 0.1 is a cosine of 0.995:
+                     0 for FSQ's and LFQ's lattices by construction, near 1 for a collapsed VQ codebook."""
+    z = z_q.double()
+    eig = torch.linalg.eigvalsh(torch.atleast_2d(torch.cov(z.T))).clamp_min(0) if len(z) > 1 else torch.zeros(1)
+    eff = float(eig.sum() ** 2 / (eig ** 2).sum()) if eig.sum() > 1e-12 else 0.0
+    _, row = torch.unique(indices, return_inverse=True)
+    codes = torch.zeros(int(row.max()) + 1, z.shape[1], dtype=z.dtype).index_copy_(0, row, z)   # one row per code
+    if len(codes) < 2:
+        return {"effective_dim": eff, "duplicate_codes": 0.0}
+    dist = torch.cdist(codes, codes).fill_diagonal_(float("inf"))
+    return {"effective_dim": eff, "duplicate_codes": float((dist.min(1).values < duplicate_distance).double().mean())}
 
 
 def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
