@@ -15,24 +15,28 @@ Under torchrun (WORLD_SIZE > 1) the same code runs DDP.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from datagen.config import UserError, load_config, to_dict
 from datagen.dataset import load_dataset_json
+from datagen.pack import load_packed
 from training import checkpoint as ckpt
 from training import loop
+from training.baselines import tokenizer_baselines
 from training.data import PackedViewClips, infinite_loader, random_crop, to_model_range, to_uint8
 from training.discriminator import LeCAM, PatchDiscriminator3D, generator_loss, hinge_d_loss
 from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
 from training.metrics import psnr_per_clip, ssim_per_clip
-from training.tokenizer import TokenizerConfig, VideoTokenizer
+from training.tokenizer import TokenizerConfig, VideoTokenizer, code_space_health
 
 
 @dataclass
@@ -48,7 +52,7 @@ class TrainSection:
     grad_clip: float = 1.0            # max gradient norm; 0 = off
     ema_decay: float = 0.99           # 0 = no EMA (validation and checkpoints then use the raw weights)
     recon_loss: str = "l1"            # l1 | l2
-    perceptual_weight: float = 0.0    # LPIPS loss weight; used only when AlexNet weights are found (no download)
+    perceptual_weight: float = 0.0    # LPIPS loss weight; used when AlexNet's weights are found or downloaded
     lpips_weights: str = ""           # torchvision alexnet-owt-7be5be79.pth; "" = look in the torch hub cache
     disc_weight: float = 0.0          # adversarial loss weight; 0 = no discriminator
     disc_start: int = 1000            # step at which the discriminator starts (reconstruction first)
@@ -64,6 +68,7 @@ class TrainSection:
     crop_size: int = 0                # train on random crop_size x crop_size windows (0 = whole frames): the model is
     crop_frames: int = 0              # convolutional, and on a CPU smaller windows buy more, more varied steps
     compile: bool = False             # torch.compile the model (CUDA recommended)
+    baselines: bool = True            # fit the same-budget baselines (k-means, block and clip means) once per run
 
 
 @dataclass
@@ -112,30 +117,75 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 @torch.no_grad()
 def validate(model: VideoTokenizer, clips: torch.Tensor, device: torch.device, batch_size: int) -> dict:
-    """Reconstruct uint8 view-clips (N, 3, T, H, W): PSNR, SSIM, codebook usage and perplexity over all of them."""
+    """Reconstruct uint8 view-clips (N, 3, T, H, W): PSNR and SSIM; codebook usage and perplexity; the code space's
+    health (effective dimension, duplicate codes: see tokenizer.code_space_health); whether the reconstructions keep
+    each clip's mean colour (mean absolute error of the per-clip mean, in 0..255 levels) and move as much as the input
+    (motion_ratio: mean absolute frame-to-frame change of the reconstructions over that of the input)."""
     model.eval()
-    recon, indices = [], []
+    recon, indices, latents = [], [], []
     for i in range(0, len(clips), batch_size):
         x = to_model_range(clips[i:i + batch_size].to(device))
-        x_hat, idx, _ = model(x)
-        recon.append(to_uint8(x_hat.float()).cpu())
-        indices.append(idx.cpu())
+        z_q, idx, _ = model.encode(x)
+        recon.append(to_uint8(model.decode(z_q).float()).cpu())
+        indices.append(idx.cpu().flatten())
+        latents.append(z_q.float().movedim(1, -1).reshape(-1, z_q.shape[1]).cpu())
     model.train()
     a = clips.permute(0, 2, 3, 4, 1).numpy()                      # (N, T, H, W, 3)
     b = torch.cat(recon).permute(0, 2, 3, 4, 1).numpy()
-    idx = torch.cat(indices).flatten()
+    idx = torch.cat(indices)
     counts = torch.bincount(idx, minlength=model.cfg.codebook_size).double()
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    af, bf = a.astype(np.float32), b.astype(np.float32)
+    input_motion = float(np.abs(np.diff(af, axis=1)).mean())
     return {"psnr": float(psnr_per_clip(a, b).mean()), "ssim": float(ssim_per_clip(a, b).mean()),
-            "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(entropy))}
+            "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(entropy)),
+            **code_space_health(torch.cat(latents), idx),
+            "mean_colour_error": float(np.abs(af.mean(axis=(1, 2, 3)) - bf.mean(axis=(1, 2, 3))).mean()),
+            "motion_ratio": float(np.abs(np.diff(bf, axis=1)).mean() / input_motion) if input_motion > 0 else None}
+
+
+def validation_line(val: dict, baselines: dict) -> str:
+    """One log line per validation, with the same-budget k-means baseline beside the PSNR."""
+    versus = (f" (k-means at the same budget {baselines['kmeans']:.2f} dB, block means {baselines['block_mean']:.2f}, "
+              f"clip mean {baselines['clip_mean']:.2f})" if baselines else "")
+    motion = f", motion ratio {val['motion_ratio']:.2f}" if val.get("motion_ratio") is not None else ""
+    return (f"step {val['step']}: {val['split']} PSNR {val['psnr']:.2f} dB{versus}, SSIM {val['ssim']:.3f}, "
+            f"codebook usage {val['usage']:.1%}, effective dim {val['effective_dim']:.2f}, duplicate codes "
+            f"{val['duplicate_codes']:.1%}{motion}")
+
+
+def baselines_for(run: Path, data: Path, info: dict, val_clips: torch.Tensor, model_cfg: TokenizerConfig,
+                  val_split: str, log) -> dict:
+    """The same-budget baselines (training.baselines) on the validation clips, cached in RUN/baselines.json so a
+    resumed run does not refit k-means; refit when the dataset, the clips or the token grid differ."""
+    from datagen.dataset import write_json_atomic
+
+    key = {"config_hash": info["config_hash"], "val_split": val_split, "val_clips": len(val_clips),
+           "grid": [model_cfg.temporal_factor, model_cfg.spatial_factor], "codebook_size": model_cfg.codebook_size}
+    path = Path(run) / "baselines.json"
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return cached["psnr"]
+        except (json.JSONDecodeError, AttributeError, KeyError):
+            pass   # a damaged cache is refit
+    log(f"fitting the same-budget baselines (k-means with {model_cfg.codebook_size} codes over raw "
+        f"{model_cfg.temporal_factor}x{model_cfg.spatial_factor}x{model_cfg.spatial_factor} blocks of the train clips)")
+    train = load_packed(data, "train").rgb
+    result = tokenizer_baselines(train.reshape(-1, *train.shape[2:]),
+                                 val_clips.permute(0, 2, 3, 4, 1).numpy(), model_cfg.temporal_factor,
+                                 model_cfg.spatial_factor, model_cfg.codebook_size, seed=0)
+    write_json_atomic(path, {"key": key, "psnr": result})
+    return result
 
 
 def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: bool = False, device: str = "auto",
                     progress: bool = True, max_steps_this_run: int | None = None, log=print) -> dict:
     """Train (or resume) a tokenizer run; returns the summary also written to RUN/summary.json.
     max_steps_this_run stops early after that many steps (a checkpoint is saved), as an interruption would."""
-    from tqdm import tqdm
+    from training.progress import step_bar
 
     data, out = Path(data), Path(out)
     t = cfg.train
@@ -146,7 +196,10 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     except ValueError as e:
         raise UserError(f"dataset {data} ({W}x{H}, {info['frames']} frames) does not fit the tokenizer: {e}") from None
     train_set = PackedViewClips(data, "train")
-    val_set = PackedViewClips(data, "val") if info["counts"].get("val") else train_set
+    val_split = "val" if info["counts"].get("val") else "train"
+    if val_split == "train":
+        log(f"notice: {data} has no val split; validation reconstructs training clips and is logged as split 'train'")
+    val_set = train_set if val_split == "train" else PackedViewClips(data, "val")
     if t.crop_size > min(H, W) or t.crop_frames > info["frames"]:
         raise UserError(f"train.crop_size {t.crop_size} / crop_frames {t.crop_frames} exceed the dataset's "
                         f"{W}x{H}x{info['frames']} clips")
@@ -215,6 +268,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     autocast = autocast_for(dev)
 
     val_clips = torch.stack([val_set[i] for i in range(min(t.val_clips, len(val_set)))])
+    baselines = baselines_for(out, data, info, val_clips, cfg.model, val_split, log) if main and t.baselines else {}
     batches = infinite_loader(train_set, t.batch_size, t.seed, t.workers, start_step=step, rank=rank, world=world)
 
     def save():
@@ -232,7 +286,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
 
     start_step = step
     stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
-    bar = tqdm(total=t.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True, desc="tokenizer")
+    bar = step_bar(t.steps, step, "tokenizer", progress, log)
     t0, last_val = time.perf_counter(), {}
     stop = GracefulStop()
     with loop.checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, main, run=out):
@@ -284,10 +338,11 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
                 log_metrics(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", usage=f"{row.get('usage', 0):.2f}")
             if step % t.val_every == 0 or step == t.steps:
-                last_val = {"step": step, "split": "val", **validate(ema or model, val_clips, dev, t.batch_size)}
+                last_val = {"step": step, "split": val_split, **validate(ema or model, val_clips, dev, t.batch_size)}
+                if baselines:
+                    last_val["psnr_over_kmeans"] = last_val["psnr"] - baselines["kmeans"]
                 log_metrics(last_val)
-                bar.write(f"step {step}: val PSNR {last_val['psnr']:.2f} dB, SSIM {last_val['ssim']:.3f}, "
-                          f"codebook usage {last_val['usage']:.1%}, perplexity {last_val['perplexity']:.1f}")
+                bar.write(validation_line(last_val, baselines))
             if step % t.ckpt_every == 0 or step == stop_at:
                 save()
     if world > 1:
@@ -300,6 +355,6 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
                "view_clips_per_s": round((step - start_step) * t.batch_size / seconds, 3) if seconds > 0 else None,
                "device": str(dev), "parameters": model.num_parameters(), "last_validation": last_val,
                "perceptual_loss": "lpips" if perceptual is not None else "off", "world_size": world,
-               "global_batch": t.batch_size * world}
+               "global_batch": t.batch_size * world, "baselines": baselines}
     loop.write_summary(out, summary)
     return summary
