@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.metrics import psnr_per_clip
+from training.metrics import motion_ratio, psnr_per_clip
 
 
 def to_blocks(clips: np.ndarray, tf: int, sf: int) -> torch.Tensor:
@@ -114,9 +114,9 @@ def tokenizer_baselines(train_clips: np.ndarray, val_clips: np.ndarray, temporal
     g = torch.Generator().manual_seed(seed)
     train_blocks = sample_blocks(train_clips, tf, sf, fit_blocks, g)
     centroids = kmeans(train_blocks, codebook_size, iterations, seed)
-    quantized = centroids[_nearest(vb, centroids)]
+    quantized = from_blocks(centroids[_nearest(vb, centroids)], val.shape, tf, sf)
     return {"clip_mean": float(psnr_per_clip(val, clip_mean).mean()),
             "block_mean": float(psnr_per_clip(val, from_blocks(block_mean, val.shape, tf, sf)).mean()),
-            "kmeans": float(psnr_per_clip(val, from_blocks(quantized, val.shape, tf, sf)).mean()),
+            "kmeans": float(psnr_per_clip(val, quantized).mean()), "kmeans_motion_ratio": motion_ratio(val, quantized),
             "kmeans_codes": int(len(centroids)), "fit_blocks": int(len(train_blocks)),
             "grid": f"{tf}x{sf}x{sf}", "codebook_size": int(codebook_size)}

@@ -26,3 +26,11 @@ def ssim_per_clip(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                                                 gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
                           for t in range(a.shape[1])])
     return out
+
+
+def motion_ratio(original: np.ndarray, reconstruction: np.ndarray) -> float | None:
+    """uint8 (N, T, H, W, 3) pair -> mean absolute frame-to-frame change of the reconstruction over the original's
+    (1: moves as much; ~0: a frozen reconstruction; > 1: flicker the original does not have). None for still input."""
+    still = float(np.abs(np.diff(original.astype(np.float32), axis=1)).mean())
+    moved = float(np.abs(np.diff(reconstruction.astype(np.float32), axis=1)).mean())
+    return moved / still if still > 0 else None

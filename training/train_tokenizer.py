@@ -35,7 +35,7 @@ from training.baselines import tokenizer_baselines
 from training.data import PackedViewClips, infinite_loader, random_crop, to_model_range, to_uint8
 from training.discriminator import LeCAM, PatchDiscriminator3D, generator_loss, hinge_d_loss
 from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
-from training.metrics import psnr_per_clip, ssim_per_clip
+from training.metrics import motion_ratio, psnr_per_clip, ssim_per_clip
 from training.tokenizer import TokenizerConfig, VideoTokenizer, code_space_health
 
 
@@ -137,12 +137,11 @@ def validate(model: VideoTokenizer, clips: torch.Tensor, device: torch.device, b
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
     af, bf = a.astype(np.float32), b.astype(np.float32)
-    input_motion = float(np.abs(np.diff(af, axis=1)).mean())
     return {"psnr": float(psnr_per_clip(a, b).mean()), "ssim": float(ssim_per_clip(a, b).mean()),
             "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(entropy)),
             **code_space_health(torch.cat(latents), idx),
             "mean_colour_error": float(np.abs(af.mean(axis=(1, 2, 3)) - bf.mean(axis=(1, 2, 3))).mean()),
-            "motion_ratio": float(np.abs(np.diff(bf, axis=1)).mean() / input_motion) if input_motion > 0 else None}
+            "motion_ratio": motion_ratio(a, b)}
 
 
 def validation_line(val: dict, baselines: dict) -> str:
@@ -150,6 +149,8 @@ def validation_line(val: dict, baselines: dict) -> str:
     versus = (f" (k-means at the same budget {baselines['kmeans']:.2f} dB, block means {baselines['block_mean']:.2f}, "
               f"clip mean {baselines['clip_mean']:.2f})" if baselines else "")
     motion = f", motion ratio {val['motion_ratio']:.2f}" if val.get("motion_ratio") is not None else ""
+    if motion and baselines.get("kmeans_motion_ratio") is not None:
+        motion += f" (k-means {baselines['kmeans_motion_ratio']:.2f})"
     return (f"step {val['step']}: {val['split']} PSNR {val['psnr']:.2f} dB{versus}, SSIM {val['ssim']:.3f}, "
             f"codebook usage {val['usage']:.1%}, effective dim {val['effective_dim']:.2f}, duplicate codes "
             f"{val['duplicate_codes']:.1%}{motion}")
