@@ -57,6 +57,16 @@ def encode_clips(model: VideoTokenizer, rgb: np.ndarray, device, batch_size: int
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def reconstruct_clips(model: VideoTokenizer, rgb: np.ndarray, device, batch_size: int = 8) -> np.ndarray:
+    """uint8 (M, T, H, W, 3) view-clips -> their uint8 reconstructions (the true tokens decoded), same shape."""
+    out = []
+    for i in range(0, len(rgb), batch_size):
+        x = torch.from_numpy(np.array(rgb[i:i + batch_size])).permute(0, 4, 1, 2, 3).to(device)
+        out.append(to_uint8(model(to_model_range(x))[0].float()).permute(0, 2, 3, 4, 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros_like(rgb)
+
+
 def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8, progress: bool = True) -> dict:
     """Encode every packed split of `data` with the run's tokenizer into RUN/tokens (atomically, per file)."""
     from tqdm import tqdm
@@ -114,8 +124,7 @@ def reconstruct_samples(run: Path, data: Path, out: Path, sample_ids: list[int],
     written = []
     for sid in sample_ids:
         orig = np.array(packed.rgb[position[sid]])                                  # (V, T, H, W, 3)
-        x = to_model_range(torch.from_numpy(orig).permute(0, 4, 1, 2, 3).to(device))
-        recon = to_uint8(model(x)[0].float()).permute(0, 2, 3, 4, 1).cpu().numpy()  # (V, T, H, W, 3)
+        recon = reconstruct_clips(model, orig, device)                              # (V, T, H, W, 3)
         rows = np.stack([orig, recon], 1).reshape(-1, *orig.shape[1:])            # view0 orig, view0 recon, ...
         grid = rearrange(rows, "r t h w c -> (r h) (t w) c")
         png = out / f"recon_{sid:06d}.png"
