@@ -89,6 +89,8 @@ import torch  # noqa: E402
 from common import machine, today, write_section  # noqa: E402
 from datagen.config import UserError, to_dict  # noqa: E402
 from datagen.dataset import load_dataset_json  # noqa: E402
+from datagen.pack import load_packed  # noqa: E402
+from training.baselines import tokenizer_baselines  # noqa: E402
 from training.data import PackedViewClips, infinite_loader, to_model_range, to_uint8  # noqa: E402
 from training.metrics import psnr_per_clip, ssim_per_clip  # noqa: E402
 from training.tokenizer import VideoTokenizer  # noqa: E402
@@ -401,6 +403,14 @@ def run(args) -> None:
 
     contenders = [ours, peer]
     codebook = {ours.name: cfg.model.codebook_size, peer.name: kwargs["codebook_size"]}
+    # the trivial same-budget baselines on the same val view-clips (training.baselines), for each codebook size
+    train_rgb = load_packed(args.data, "train").rgb
+    baselines = {k: tokenizer_baselines(train_rgb.reshape(-1, *train_rgb.shape[2:]),
+                                        val_clips.permute(0, 2, 3, 4, 1).numpy(), cfg.model.temporal_factor,
+                                        cfg.model.spatial_factor, k, seed=0) for k in sorted(set(codebook.values()))}
+    for k, b in baselines.items():
+        print(f"baselines, {k} codes: k-means {b['kmeans']:.2f} dB, block means {b['block_mean']:.2f}, "
+              f"clip mean {b['clip_mean']:.2f}")
     val_s = {c.name: 0.0 for c in contenders}
 
     def validate(c):
@@ -444,7 +454,8 @@ def run(args) -> None:
                     "recon_loss": t.recon_loss, "parameters": ours_params},
            "peer": {"package": f"magvit2-pytorch {peer_version}",
                     "kwargs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()},
-                    "recon_loss": "l2", "parameters": peer_params}}
+                    "recon_loss": "l2", "parameters": peer_params},
+           "baselines": list(baselines.values())}
     for c in contenders:
         key = "ours" if c is ours else "peer"
         res[key].update({"steps": c.steps, "train_s": round(c.train_s, 2),
@@ -452,13 +463,16 @@ def run(args) -> None:
                          "final": c.curve[-1], "curve": c.curve})
     speedup = res["ours"]["view_clips_per_s"] / res["peer"]["view_clips_per_s"]
     dpsnr = res["ours"]["final"]["psnr"] - res["peer"]["final"]["psnr"]
+    kmeans_ours = baselines[cfg.model.codebook_size]["kmeans"]
     res.update({"throughput_ratio": speedup, "psnr_gain_db": dpsnr,
+                "ours_over_kmeans_db": res["ours"]["final"]["psnr"] - kmeans_ours,
                 "goal_met": bool(speedup >= 1.5 and dpsnr > 0)})
 
     table = results_table(res)
     print("\n" + table)
     print(f"\nthroughput ours / magvit2-pytorch = {speedup:.2f}x (goal >= 1.5x); "
-          f"PSNR ours - magvit2-pytorch = {dpsnr:+.2f} dB (goal > 0); goal {'met' if res['goal_met'] else 'NOT met'}")
+          f"PSNR ours - magvit2-pytorch = {dpsnr:+.2f} dB (goal > 0); goal {'met' if res['goal_met'] else 'NOT met'}; "
+          f"PSNR ours - k-means of the same budget = {res['ours_over_kmeans_db']:+.2f} dB")
     if args.out_json:
         args.out_json.write_text(json.dumps(res, indent=1))
     if not args.no_write:
@@ -478,6 +492,14 @@ def results_table(res: dict) -> str:
         f = r["final"]
         rows.append(f"| {label} | {r['parameters'] / 1e6:.2f} M | {r['recon_loss']} | {r['steps']} | {r['train_s']:.0f} | "
                     f"{r['view_clips_per_s']:.2f} | {f['psnr']:.2f} dB | {f['ssim']:.3f} | {f['usage']:.1%} |")
+    for b in res.get("baselines", []):
+        rows.append(f"| k-means over raw {b['grid']} blocks, {b['codebook_size']} codes (no network) | - | - | - | - | - | "
+                    f"{b['kmeans']:.2f} dB | - | - |")
+    if res.get("baselines"):
+        b = res["baselines"][0]
+        rows.append(f"| block means at the {b['grid']} grid (continuous, no codebook) | - | - | - | - | - | "
+                    f"{b['block_mean']:.2f} dB | - | - |")
+        rows.append(f"| one mean colour per view-clip | - | - | - | - | - | {b['clip_mean']:.2f} dB | - | - |")
     return "\n".join(rows)
 
 
@@ -487,7 +509,9 @@ def markdown(res: dict) -> str:
     ours_desc = (f"channels {m['channels']}, channel_mult {list(m['channel_mult'])}, num_res_blocks "
                  f"{m['num_res_blocks']}, temporal_downsample {list(m['temporal_downsample'])}, "
                  f"{m.get('norm', 'group')} norm, quantizer "
-                 f"{m['quantizer']} ({m['codebook_size']} codes, z_channels {m['z_channels']})")
+                 f"{m['quantizer']} ({m['codebook_size']} codes, "
+                 + (f"levels {list(m['fsq_levels'])})" if m['quantizer'] == 'fsq' else f"z_channels {m['z_channels']})")
+                 + f", temporal_kernel {m.get('temporal_kernel', 3)}")
     layers = ", ".join(f"{a}:{b}" for a, b in p["kwargs"]["layers"])
     curve_rows = []
     for key, name in (("ours", "ours"), ("peer", "magvit2-pytorch")):
@@ -502,7 +526,7 @@ Data: {res['data']}, {res['train_view_clips']} train view-clips, validation on {
 view-clips; {res['frames']}x{res['image_size'][1]}x{res['image_size'][0]} -> token grid {'x'.join(map(str, res['token_grid']))}
 for both. Batch {res['batch_size']} view-clips, AdamW lr {opt['lr']} (betas {opt['beta1']}, {opt['beta2']}, weight decay
 {opt['weight_decay']}), {opt['warmup_steps']} warm-up steps then cosine to {opt['lr'] * opt['min_lr_ratio']:g} over the budget,
-gradient clipping {opt['grad_clip']}, EMA {opt['ema_decay']} (validated) for both. Budget {res['budget_s']:.0f} s of training
+gradient clipping {opt['grad_clip']}, {('EMA ' + str(opt['ema_decay']) + ' (validated)') if opt['ema_decay'] else 'no EMA (the raw weights validated)'} for both. Budget {res['budget_s']:.0f} s of training
 each, interleaved in {res['slice_s']:.0f} s slices ({res['wall_s']:.0f} s wall in all, validation included).
 - Ours: {ours_desc}; {o['parameters']:,} parameters; recon {o['recon_loss']} + quantizer losses.
 - Peer: {p['package']} VideoTokenizer(init_dim {p['kwargs']['init_dim']}, layers [{layers}], LFQ
@@ -512,7 +536,7 @@ each, interleaved in {res['slice_s']:.0f} s slices ({res['wall_s']:.0f} s wall i
 {results_table(res)}
 
 Throughput ours / peer: {res['throughput_ratio']:.2f}x (goal >= 1.5x); PSNR ours - peer: {res['psnr_gain_db']:+.2f} dB
-(goal > 0): goal {verdict}. Val PSNR (dB) over training seconds:
+(goal > 0): goal {verdict}. Ours - k-means of the same budget: {res['ours_over_kmeans_db']:+.2f} dB. Val PSNR (dB) over training seconds:
 {chr(10).join(curve_rows)}
 """
 

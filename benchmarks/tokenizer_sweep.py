@@ -24,20 +24,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name:steps:overrides. Steps are the 2-core CPU's 5-minute budget for each recipe (crops ~5.5 steps/s, whole clips
-# ~1 step/s at batch 8; BENCHMARKS.md tokenizer-demo).
+# name:steps:overrides, each against the demo preset (FSQ, a 2D net per latent frame, whole frames). The first five
+# change one thing at equal steps; the last is the whole previous demo preset (VQ, time taps, crops) at its own steps.
+# This is the root-cause ablation of BENCHMARKS.md "Tokenizer: root cause and recipe"; ~10 minutes on 2 CPU cores.
 DEFAULT_VARIANTS = [
-    "demo-crop32-l1:1650:",
-    "crop32-l2:1650:train.recon_loss=l2",
-    "crop32-l2-8min:2640:train.recon_loss=l2",
-    "crop32-l2-lr4e-3:1650:train.recon_loss=l2,train.lr=4e-3",
-    "crop32-l2-b16:825:train.recon_loss=l2,train.batch_size=16",
-    "crop32-l2-k2048:1650:train.recon_loss=l2,model.codebook_size=2048",
-    "crop48-l2:730:train.recon_loss=l2,train.crop_size=48",
-    "whole-l1:300:train.crop_size=0,train.crop_frames=0",
-    "whole-l2:300:train.recon_loss=l2,train.crop_size=0,train.crop_frames=0",
-    "whole-l2-8min:480:train.recon_loss=l2,train.crop_size=0,train.crop_frames=0",
-    "whole-l2-b4:600:train.recon_loss=l2,train.crop_size=0,train.crop_frames=0,train.batch_size=4",
+    "demo-600:600:",
+    "vq:600:model.quantizer=vq,model.z_channels=16,model.dead_code_threshold=20",
+    "vq-no-restarts:600:model.quantizer=vq,model.z_channels=16,model.dead_code_threshold=0",
+    "time-taps:600:model.temporal_kernel=3",
+    "crops-32x32x8:600:train.crop_size=32,train.crop_frames=8",
+    "old-demo-preset:1400:model.quantizer=vq,model.codebook_size=1024,model.z_channels=16,model.dead_code_threshold=20,"
+    "model.temporal_kernel=3,model.channels=128,model.num_res_blocks=2,train.crop_size=32,train.crop_frames=8,"
+    "train.batch_size=8,train.lr=4e-3,train.warmup_steps=30,train.ema_decay=0.99",
 ]
 
 
@@ -73,7 +71,8 @@ def run_variant(args, name: str, steps: int, sets: list[str]) -> dict:
     row["curve"] = [(r["step"], round(r["psnr"], 3), round(r["usage"], 4)) for r in vals]
     if vals:
         last = vals[-1]
-        row.update(psnr=round(last["psnr"], 3), ssim=round(last["ssim"], 4), usage=round(last["usage"], 4))
+        row.update({k: round(last[k], 4) for k in ("psnr", "ssim", "usage", "effective_dim", "duplicate_codes",
+                                                    "motion_ratio", "psnr_over_kmeans") if last.get(k) is not None})
     if len(train) >= 2:
         row["s_per_step"] = round((train[-1]["seconds"] - train[0]["seconds"]) / (train[-1]["step"] - train[0]["step"]), 4)
     return row
@@ -95,10 +94,12 @@ def main() -> int:
         results = list(pool.map(lambda v: run_variant(args, *v), variants))
     (args.out / "sweep.json").write_text(json.dumps({"config": args.config, "device": args.device,
                                                      "results": results}, indent=1))
-    print("| variant | steps | val PSNR | SSIM | usage | s/step | rc |\n|---|---|---|---|---|---|---|")
+    print("| variant | steps | val PSNR | - k-means | SSIM | usage | effective dim | duplicate codes | motion ratio "
+          "| s/step | rc |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['name']} | {r['steps']} | {r.get('psnr', '-')} | {r.get('ssim', '-')} | {r.get('usage', '-')} "
-              f"| {r.get('s_per_step', '-')} | {r['rc']} |")
+        print(f"| {r['name']} | {r['steps']} | {r.get('psnr', '-')} | {r.get('psnr_over_kmeans', '-')} | "
+              f"{r.get('ssim', '-')} | {r.get('usage', '-')} | {r.get('effective_dim', '-')} | "
+              f"{r.get('duplicate_codes', '-')} | {r.get('motion_ratio', '-')} | {r.get('s_per_step', '-')} | {r['rc']} |")
     return 0 if all(r["rc"] == 0 for r in results) else 1
 
 
