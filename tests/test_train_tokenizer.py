@@ -291,3 +291,15 @@ def test_signal_stops_at_a_step_boundary_with_a_checkpoint(packed, tmp_path, sig
     logged = max(losses(run))
     saved = json.loads((run / "checkpoints" / "latest.json").read_text())["step"]
     assert saved == logged >= 3  # the checkpoint is exactly the last completed step
+
+
+def test_without_a_val_split_validation_is_labelled_train_and_says_so(tmp_path):
+    data = make_fake_dataset(tmp_path / "ds", num_samples=2, resolution=16, frames=4)   # val and test stay empty
+    pack_dataset(data, progress=False)
+    lines = []
+    summary = train_tokenizer(tiny(**{"train.steps": 2, "train.val_every": 2}), data, tmp_path / "r",
+                              progress=False, log=lines.append)
+    assert summary["last_validation"]["split"] == "train"
+    assert any(line.startswith("notice:") and "has no val split" in line for line in lines)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in rows if "split" in r] == ["train"]

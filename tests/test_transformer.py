@@ -400,3 +400,12 @@ def test_without_a_progress_bar_training_logs_a_line_every_log_every_steps(cache
     assert [line.split()[3] for line in steps] == ["2/6", "4/6", "6/6"], lines
     assert all("loss=" in line and "acc=" in line and "steps/s" in line for line in steps), steps
     assert any(line.startswith("step 6: val loss") for line in lines), lines   # the validation line, as before
+
+
+def test_without_val_clips_validation_is_labelled_train_and_says_so(empty_test_split, tmp_path):
+    _, tok, _ = empty_test_split
+    lines = []
+    one_step = {"train.steps": 1, "train.val_every": 1, "train.ckpt_every": 1, "train.batch_size": 1}
+    summary = train_transformer(config(**one_step), tok, tmp_path / "tr", progress=False, log=lines.append)
+    assert summary["last_validation"]["split"] == "train"
+    assert any(line.startswith("notice:") and "no val clips" in line for line in lines)

@@ -225,8 +225,11 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
     train_cache = load_token_cache(tokens, "train")
     has_val = (train_cache.directory / "val_tokens.npy").is_file()
     val_cache = load_token_cache(tokens, "val") if has_val else train_cache
-    if len(val_cache) == 0:  # no val split: validate on the first training clips
-        val_cache = train_cache
+    val_split = "val"
+    if len(val_cache) == 0 or val_cache is train_cache:  # no val split: validate on the first training clips, say so
+        val_cache, val_split = train_cache, "train"
+        log(f"notice: the token cache {tokens} has no val clips; validation scores training clips and is logged as "
+            f"split 'train'")
     latent_frames = given_latent_frames(cfg.tasks.predict_frames, train_cache.source, "tasks.predict_frames")
     layout = train_cache.layout()
     weights = cfg.tasks.weights()
@@ -317,10 +320,10 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
                 metrics.log(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{acc:.2f}")
             if step % t.val_every == 0 or step == t.steps:
-                last_val = {"step": step, "split": "val", **validate(ema or model, val_set, weights, latent_frames, dev,
+                last_val = {"step": step, "split": val_split, **validate(ema or model, val_set, weights, latent_frames, dev,
                                                                      t.batch_size, t.seed)}
                 metrics.log(last_val)
-                bar.write(f"step {step}: val loss {last_val['loss']:.3f}, token accuracy {last_val['acc']:.1%}"
+                bar.write(f"step {step}: {val_split} loss {last_val['loss']:.3f}, token accuracy {last_val['acc']:.1%}"
                           + (f" (predict {last_val['acc_predict']:.1%})" if "acc_predict" in last_val else ""))
             if step % t.ckpt_every == 0 or step == stop_at:
                 save()
