@@ -137,9 +137,8 @@ def load_stage_config(kind: str, source, overrides=()):
     """The config of one kind (dataset, tokenizer, transformer, probe) from a preset name or a TOML file plus
     KEY=VALUE overrides: what `render`, `train-*`, `demo` and `config show` load."""
     from datagen.spec import DatasetConfig
-    from evaluation.probe import load_run_config as load_probe_config
-    from training.train_tokenizer import load_run_config as load_tokenizer_config
-    from training.train_transformer import load_run_config as load_transformer_config
+    from evaluation.configs import load_probe_config
+    from training.configs import load_tokenizer_config, load_transformer_config
 
     loaders = {"dataset": lambda src, ov: load_config(DatasetConfig, "dataset", src, ov),
                "tokenizer": load_tokenizer_config, "transformer": load_transformer_config, "probe": load_probe_config}

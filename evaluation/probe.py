@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,117 +43,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datagen.config import UserError, load_config, to_dict
+from datagen.config import UserError, to_dict
+from evaluation.configs import (ProbeModelConfig, ProbeRunConfig, ProbeTrainSection,  # noqa: F401 - re-exported
+                                StageConfig, load_probe_config)
 
 KIND = "probe"
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# config
-
-@dataclass
-class StageConfig:
-    channels: tuple[int, ...] = (16, 24, 32, 48)   # widths at strides 2, 4, 8, 16 (one entry per level)
-    blocks: tuple[int, ...] = (0, 1, 1, 1)         # extra 3x3 convs per level after its strided one
-    decoder_channels: int = 16                      # width of the top-down path
-    heatmap_stride: int = 4                         # heatmap = input / s; a power of 2 from 2 to 2 ** levels
-
-    def validate(self, name: str) -> None:
-        if not self.channels or any(c < 1 for c in self.channels):
-            raise ValueError(f"{name}.channels = {list(self.channels)}: need one or more widths >= 1")
-        if len(self.blocks) != len(self.channels) or any(b < 0 for b in self.blocks):
-            raise ValueError(f"{name}.blocks = {list(self.blocks)}: need one count >= 0 per level "
-                             f"({len(self.channels)})")
-        if self.decoder_channels < 1:
-            raise ValueError(f"{name}.decoder_channels must be >= 1")
-        allowed = [2 ** k for k in range(1, len(self.channels) + 1)]
-        if self.heatmap_stride not in allowed:
-            raise ValueError(f"{name}.heatmap_stride = {self.heatmap_stride}; allowed with {len(self.channels)} "
-                             f"levels: {', '.join(map(str, allowed))}")
-
-    @property
-    def multiple(self) -> int:
-        return 2 ** len(self.channels)
-
-
-@dataclass
-class ProbeModelConfig:
-    coarse: StageConfig = field(default_factory=StageConfig)
-    refine: StageConfig = field(default_factory=lambda: StageConfig((16, 32, 48), (1, 1, 1), 24, 2))
-    coarse_input_stride: int = 1       # the coarse stage sees the frame average-pooled by this (1, 2 or 4)
-    crop: int = 0                      # refine window (px, full resolution, e.g. 32); 0 = no refine stage
-    refine_iters: int = 2              # refine passes at inference, each re-centred on the last estimate
-    flip_test: bool = True             # inference also on the mirrored frame; the two estimates are averaged
-    sigma_floor: float = 0.02          # px; sigma = floor + softplus(head)
-
-    def validate(self) -> None:
-        self.coarse.validate("coarse")
-        if self.crop:
-            self.refine.validate("refine")
-            if self.crop % self.refine.multiple:
-                raise ValueError(f"crop = {self.crop} must be a multiple of {self.refine.multiple} "
-                                 f"(2 ** refine levels)")
-        if self.crop < 0 or self.refine_iters < 1 or self.sigma_floor <= 0:
-            raise ValueError("crop must be >= 0, refine_iters >= 1 and sigma_floor > 0")
-        if self.coarse_input_stride not in (1, 2, 4):
-            raise ValueError(f"coarse_input_stride = {self.coarse_input_stride}; allowed: 1, 2, 4")
-
-    def check_image(self, height: int, width: int) -> None:
-        f = self.coarse.multiple * self.coarse_input_stride
-        if height % f or width % f:
-            raise ValueError(f"{width}x{height} frames are not a multiple of {f} (coarse_input_stride x "
-                             f"2 ** coarse levels)")
-        if self.crop > min(height, width):
-            raise ValueError(f"crop = {self.crop} exceeds the {width}x{height} frames")
-
-
-@dataclass
-class ProbeTrainSection:
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.02
-    warmup_steps: int = 50
-    weight_decay: float = 1e-4
-    heatmap_weight: float = 1.0      # weight of the cross-entropy of the heatmaps vs their bilinear targets
-    sigma_weight: float = 0.1        # weight of the sigma (error-prediction) term
-    crop_jitter: float = 4.0         # px: refine windows are centred on the true centre + U(-j, j) per axis
-    flip: bool = True                # random horizontal flips
-    rot90: bool = False              # random quarter turns (square frames only; on the demo data: no better)
-    jitter: float = 0.15             # brightness/contrast/colour jitter amplitude (0 = off)
-    blur_prob: float = 0.25          # probability of a light blur per frame (a 30..100% blend with a 3x3 box blur)
-    noise: float = 0.02              # max std of additive Gaussian noise on [0, 1] (0 = off)
-    val_every: int = 250
-    val_frames: int = 2048           # validation frames (from the val split, else train) evaluated each time
-    ckpt_every: int = 500
-    log_every: int = 25
-    seed: int = 0
-    threads: int = 0                 # torch CPU threads; 0 = torch's default
-
-
-@dataclass
-class ProbeRunConfig:
-    model: ProbeModelConfig = field(default_factory=ProbeModelConfig)
-    train: ProbeTrainSection = field(default_factory=ProbeTrainSection)
-
-    def validate(self) -> None:
-        try:
-            self.model.validate()
-        except ValueError as e:
-            raise UserError(f"model: {e}") from None
-        t = self.train
-        for name in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "val_frames"):
-            if getattr(t, name) < 1:
-                raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
-        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.threads < 0:
-            raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and threads >= 0")
-        if min(t.sigma_weight, t.heatmap_weight, t.jitter, t.noise, t.crop_jitter) < 0 or not 0 <= t.blur_prob <= 1:
-            raise UserError("train.sigma_weight, heatmap_weight, crop_jitter, jitter and noise must be >= 0, "
-                            "blur_prob in [0, 1]")
-
-
-def load_run_config(source, overrides=None) -> ProbeRunConfig:
-    return load_config(ProbeRunConfig, KIND, source, overrides)
+load_run_config = load_probe_config   # (the name every training loop module uses)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -266,6 +161,34 @@ class ProbeNet(nn.Module):
             uv_m = torch.stack([x.shape[-1] - uv_m[:, 0], uv_m[:, 1]], 1)
             uv, sigma = (uv + uv_m) / 2, (sigma + sigma_m) / 2
         return uv, sigma
+
+    def loss(self, x: torch.Tensor, uv: torch.Tensor, visible: torch.Tensor, t: ProbeTrainSection,
+             gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """The coarse stage on the frames + the refine stage on windows around the true centre shifted by up to
+        t.crop_jitter px (`gen` draws the shifts); both stages' terms summed (see _stage_terms).
+        -> (loss, breakdown of floats: loss, per-stage L1, heatmap cross-entropy, sigma NLL and error in px)."""
+        cfg = self.cfg
+        H, W = x.shape[-2:]
+        logits, offsets, raw, pred = self._coarse(x)
+        loss, parts = _stage_terms(logits, offsets, raw, pred, uv, visible, cfg.coarse.heatmap_stride *
+                                   cfg.coarse_input_stride, cfg.sigma_floor, max(H, W), t)
+        parts = {f"coarse_{k}": v for k, v in parts.items()}
+        if self.refine is not None:
+            shift = (2 * torch.rand(len(x), 2, generator=gen) - 1).to(x.device) * t.crop_jitter
+            centre = torch.where(visible[:, None], uv + shift, torch.tensor([W / 2, H / 2], device=x.device))
+            logits, offsets, raw, local, origin = self._refine(x, centre)
+            l2, p2 = _stage_terms(logits, offsets, raw, local, uv - origin, visible, cfg.refine.heatmap_stride,
+                                  cfg.sigma_floor, max(H, W), t)
+            loss = loss + l2
+            parts.update(p2)
+        else:
+            parts.update({k[len("coarse_"):]: v for k, v in parts.items()})
+        return loss, {"loss": loss.item(), **parts}
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: weight decay on the conv and linear weights; none on biases and BatchNorm."""
+        return [{"params": [p for p in self.parameters() if p.ndim >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in self.parameters() if p.ndim < 2], "weight_decay": 0.0}]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -384,29 +307,6 @@ def _stage_terms(logits, offsets, raw, pred, uv, visible, stride, floor, image_s
                   "err_px": ((err * vis).sum() / n_vis).item()}
 
 
-def probe_loss(model: ProbeNet, x: torch.Tensor, uv: torch.Tensor, visible: torch.Tensor, t: ProbeTrainSection,
-               gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """The coarse stage on the frames + the refine stage on windows around the true centre shifted by up to
-    t.crop_jitter px (`gen` draws the shifts); both stages' terms summed (see _stage_terms)."""
-    cfg = model.cfg
-    H, W = x.shape[-2:]
-    logits, offsets, raw, pred = model._coarse(x)
-    loss, parts = _stage_terms(logits, offsets, raw, pred, uv, visible, cfg.coarse.heatmap_stride *
-                               cfg.coarse_input_stride, cfg.sigma_floor, max(H, W), t)
-    parts = {f"coarse_{k}": v for k, v in parts.items()}
-    if model.refine is not None:
-        shift = (2 * torch.rand(len(x), 2, generator=gen) - 1).to(x.device) * t.crop_jitter
-        centre = torch.where(visible[:, None], uv + shift, torch.tensor([W / 2, H / 2], device=x.device))
-        logits, offsets, raw, local, origin = model._refine(x, centre)
-        l2, p2 = _stage_terms(logits, offsets, raw, local, uv - origin, visible, cfg.refine.heatmap_stride,
-                              cfg.sigma_floor, max(H, W), t)
-        loss = loss + l2
-        parts.update(p2)
-    else:
-        parts.update({k[len("coarse_"):]: v for k, v in parts.items()})
-    return loss, {"loss": loss.item(), **parts}
-
-
 @torch.no_grad()
 def predict_frames(model: ProbeNet, frames, device=None, batch_size: int = 256) -> dict[str, np.ndarray]:
     """uint8 frames (..., H, W, 3) (numpy or torch) -> {"uv": (..., 2), "sigma": (...), "confidence": (...)}."""
@@ -494,7 +394,7 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
     written to RUN/summary.json. max_steps_this_run stops early with a checkpoint, as an interruption would."""
     from datagen.dataset import load_dataset_json
     from training import checkpoint as ckpt
-    from training.loop import (GracefulStop, MetricsLog, backward_checked, checkpoint_on_interrupt, lr_at,
+    from training.loop import (GracefulStop, MetricsLog, adamw, backward_checked, checkpoint_on_interrupt, lr_at,
                                pick_device, write_summary)
     from training.progress import step_bar
 
@@ -504,7 +404,7 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
     W, H = info["image_size"]
     try:
         cfg.model.check_image(H, W)
-    except ValueError as e:
+    except UserError as e:
         raise UserError(f"dataset {data}: {e}; use fewer model.channels levels") from None
     train_set = load_frames(data, "train")
     if len(train_set) < t.batch_size:
@@ -523,10 +423,7 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
     dev = pick_device(device)
     torch.manual_seed(t.seed)
     model = ProbeNet(cfg.model).to(dev)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=t.lr)
+    opt = adamw(model.param_groups(t.weight_decay), t)
     step = 0
     if latest is not None:
         saved = ckpt.load_config_json(latest)
@@ -569,7 +466,7 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
             x, uv, vis = (x * 2 - 1).to(dev), uv.to(dev), train_set.visible[idx].to(dev)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, t)
-            loss, parts = probe_loss(model, x, uv, vis, t, gen)
+            loss, parts = model.loss(x, uv, vis, t, gen)
             opt.zero_grad(set_to_none=True)
             backward_checked(loss, model.parameters(), 0, step, out, "probe loss",
                              "lower train.lr or check the dataset's 2D centres")  # stops on nan/inf

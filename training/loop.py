@@ -66,6 +66,12 @@ def lr_at(step: int, t) -> float:
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def adamw(groups: list[dict], t) -> torch.optim.AdamW:
+    """AdamW over parameter groups (a model's param_groups(weight_decay): which weights decay) with the train
+    section's lr and betas."""
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, copy_prefixes: tuple[str, ...] = ()) -> None:
     """ema <- decay * ema + (1 - decay) * model for every parameter; parameters whose name starts with one of

@@ -18,7 +18,6 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,86 +25,20 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from datagen.config import UserError, load_config, to_dict
+from datagen.config import UserError, to_dict
 from datagen.dataset import load_dataset_json
 from datagen.pack import load_packed
 from training import checkpoint as ckpt
 from training import loop
 from training.baselines import tokenizer_baselines
+from training.configs import TokenizerRunConfig, load_tokenizer_config
 from training.data import PackedViewClips, infinite_loader, random_crop, to_model_range, to_uint8
-from training.discriminator import LeCAM, PatchDiscriminator3D, generator_loss, hinge_d_loss
+from training.discriminator import LeCAM, PatchDiscriminator3D, hinge_d_loss
 from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
 from training.metrics import motion_ratio, psnr_per_clip, ssim_per_clip
 from training.tokenizer import TokenizerConfig, VideoTokenizer, code_space_health
 
-
-@dataclass
-class TrainSection:
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 4e-4
-    min_lr_ratio: float = 0.1         # cosine decays to lr * min_lr_ratio at the last step
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0            # max gradient norm; 0 = off
-    ema_decay: float = 0.99           # 0 = no EMA (validation and checkpoints then use the raw weights)
-    recon_loss: str = "l1"            # l1 | l2
-    perceptual_weight: float = 0.0    # LPIPS loss weight; used when AlexNet's weights are found or downloaded
-    lpips_weights: str = ""           # torchvision alexnet-owt-7be5be79.pth; "" = look in the torch hub cache
-    disc_weight: float = 0.0          # adversarial loss weight; 0 = no discriminator
-    disc_start: int = 1000            # step at which the discriminator starts (reconstruction first)
-    disc_lr: float = 1e-4
-    disc_channels: int = 32
-    lecam_weight: float = 0.001
-    val_every: int = 200
-    val_clips: int = 16               # view-clips reconstructed per validation
-    ckpt_every: int = 200
-    log_every: int = 10
-    seed: int = 0
-    workers: int = 1                  # DataLoader worker processes
-    crop_size: int = 0                # train on random crop_size x crop_size windows (0 = whole frames): the model is
-    crop_frames: int = 0              # convolutional, and on a CPU smaller windows buy more, more varied steps
-    compile: bool = False             # torch.compile the model (CUDA recommended)
-    baselines: bool = True            # fit the same-budget baselines (k-means, block and clip means) once per run
-
-
-@dataclass
-class TokenizerRunConfig:
-    model: TokenizerConfig = field(default_factory=TokenizerConfig)
-    train: TrainSection = field(default_factory=TrainSection)
-
-    def validate(self) -> None:
-        t = self.train
-        try:
-            self.model.validate()
-        except ValueError as e:
-            raise UserError(f"model: {e}") from None
-        if t.recon_loss not in ("l1", "l2"):
-            raise UserError(f"train.recon_loss = {t.recon_loss!r}; allowed: l1, l2")
-        for name in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "val_clips"):
-            if getattr(t, name) < 1:
-                raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
-        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.workers < 0:
-            raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and workers >= 0")
-        if t.disc_weight < 0 or t.disc_start < 0 or t.disc_lr <= 0 or t.disc_channels < 1 or t.lecam_weight < 0:
-            raise UserError("train.disc_weight, disc_start and lecam_weight must be >= 0, disc_lr > 0, disc_channels >= 1")
-        if t.perceptual_weight < 0:
-            raise UserError(f"train.perceptual_weight = {t.perceptual_weight}: must be >= 0")
-        sf, tf = self.model.spatial_factor, self.model.temporal_factor
-        if t.crop_size < 0 or t.crop_size % sf:
-            raise UserError(f"train.crop_size = {t.crop_size}: must be 0 (whole frames) or a multiple of the spatial "
-                            f"downsampling factor {sf}")
-        if t.crop_frames < 0 or t.crop_frames % tf:
-            raise UserError(f"train.crop_frames = {t.crop_frames}: must be 0 (whole clips) or a multiple of the "
-                            f"temporal downsampling factor {tf}")
-        if not 0 <= t.ema_decay < 1:
-            raise UserError(f"train.ema_decay = {t.ema_decay}: must be in [0, 1)")
-
-
-def load_run_config(source, overrides=None) -> TokenizerRunConfig:
-    return load_config(TokenizerRunConfig, "tokenizer", source, overrides)
+load_run_config = load_tokenizer_config   # (the name every training loop module uses)
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -194,7 +127,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     W, H = info["image_size"]
     try:
         cfg.model.validate((H, W), info["frames"])
-    except ValueError as e:
+    except UserError as e:
         raise UserError(f"dataset {data} ({W}x{H}, {info['frames']} frames) does not fit the tokenizer: {e}") from None
     train_set = PackedViewClips(data, "train")
     val_split = "val" if info["counts"].get("val") else "train"
@@ -220,11 +153,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = VideoTokenizer(cfg.model).to(dev)
     ema = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=t.lr, betas=(t.beta1, t.beta2))
+    opt = loop.adamw(model.param_groups(t.weight_decay), t)
     adversary, opt_d = None, None
     if t.disc_weight > 0:
         adversary = torch.nn.ModuleDict({"disc": PatchDiscriminator3D(t.disc_channels), "lecam": LeCAM()}).to(dev)
@@ -300,19 +229,11 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             x = to_model_range(x.to(dev, non_blocking=True))
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, t)
+            adversarial = adversary is not None and step >= t.disc_start
             with autocast:
                 x_hat, _, aux = train_model(x)
-                diff = x_hat.float() - x
-                recon = diff.abs().mean() if t.recon_loss == "l1" else diff.pow(2).mean()
-                loss = recon + aux["loss"]
-                if perceptual is not None:  # LPIPS per frame: fold time into the batch
-                    frames = lambda v: v.float().transpose(1, 2).flatten(0, 1)  # noqa: E731
-                    lpips_loss = perceptual(frames(x_hat), frames(x)).mean()
-                    loss = loss + t.perceptual_weight * lpips_loss
-                adversarial = adversary is not None and step >= t.disc_start
-                if adversarial:
-                    g_adv = generator_loss(disc(x_hat))
-                    loss = loss + t.disc_weight * g_adv
+                loss, parts = model.loss(x, x_hat, aux, t.recon_loss, perceptual, t.perceptual_weight,
+                                         disc if adversarial else None, t.disc_weight)
             opt.zero_grad(set_to_none=True)
             loop.backward_checked(loss, model.parameters(), t.grad_clip, step, out)  # stops on nan/inf
             opt.step()
@@ -332,9 +253,10 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
             if not main:
                 continue
             if step % t.log_every == 0 or step == stop_at:
-                row = {"step": step, **{f"quant_{k}" if k == "loss" else k: float(v.detach()) for k, v in aux.items()},
-                       "loss": loss.item(), "recon": recon.item(), "lr": lr_at(step - 1, t),
-                       **({"g_adv": g_adv.item(), "d_loss": d_loss.item()} if adversarial else {}),
+                terms = {k: float(v.detach()) for k, v in parts.items()}
+                recon, g_adv = terms.pop("recon"), terms.pop("g_adv", None)
+                row = {"step": step, **terms, "loss": loss.item(), "recon": recon, "lr": lr_at(step - 1, t),
+                       **({"g_adv": g_adv, "d_loss": d_loss.item()} if adversarial else {}),
                        "seconds": round(time.perf_counter() - t0, 3)}
                 log_metrics(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", usage=f"{row.get('usage', 0):.2f}")

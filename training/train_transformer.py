@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,80 +27,17 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from datagen.config import UserError, load_config, to_dict
+from datagen.config import UserError, to_dict
 from training import checkpoint as ckpt
 from training import loop
+from training.configs import TransformerRunConfig, load_transformer_config
 from training.data import infinite_loader
 from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
 from training.sampling import TASK_ID, condition
 from training.token_cache import TokenCache, load_token_cache
-from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout, TransformerConfig
+from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout
 
-
-@dataclass
-class TaskSection:
-    """Task mix (relative weights, normalised) and the predict task's conditioning length."""
-    predict: float = 0.4
-    generate: float = 0.2
-    complete_view: float = 0.2
-    unconditional: float = 0.2
-    predict_frames: int = 4           # frames given in "predict": a multiple of the tokenizer's temporal factor
-
-    def weights(self) -> dict[str, float]:
-        return {"predict": self.predict, "generate": self.generate, "complete-view": self.complete_view,
-                "unconditional": self.unconditional}
-
-
-@dataclass
-class TrainSection:
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1         # cosine decays to lr * min_lr_ratio at the last step
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0            # max gradient norm; 0 = off
-    ema_decay: float = 0.999          # 0 = no EMA (validation and checkpoints then use the raw weights)
-    label_smoothing: float = 0.0
-    val_every: int = 200
-    val_clips: int = 32               # clips of the val split scored per validation (per task)
-    ckpt_every: int = 200
-    log_every: int = 10
-    seed: int = 0
-    workers: int = 0                  # DataLoader worker processes (the cache is in memory: 0 is usually best)
-    compile: bool = False             # torch.compile the model (CUDA recommended)
-
-
-@dataclass
-class TransformerRunConfig:
-    model: TransformerConfig = field(default_factory=TransformerConfig)
-    tasks: TaskSection = field(default_factory=TaskSection)
-    train: TrainSection = field(default_factory=TrainSection)
-
-    def validate(self) -> None:
-        t, w = self.train, self.tasks.weights()
-        try:
-            self.model.validate()
-        except ValueError as e:
-            raise UserError(f"model: {e}") from None
-        if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
-            raise UserError(f"task weights {w} must be >= 0 with a positive sum")
-        if self.tasks.predict_frames < 1:
-            raise UserError(f"tasks.predict_frames = {self.tasks.predict_frames}: must be >= 1")
-        for name in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "val_clips"):
-            if getattr(t, name) < 1:
-                raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
-        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.workers < 0:
-            raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and workers >= 0")
-        if not 0 <= t.ema_decay < 1 or not 0 <= t.label_smoothing < 1:
-            raise UserError(f"train.ema_decay = {t.ema_decay} and train.label_smoothing = {t.label_smoothing} "
-                            f"must be in [0, 1)")
-
-
-def load_run_config(source, overrides=None) -> TransformerRunConfig:
-    return load_config(TransformerRunConfig, "transformer", source, overrides)
+load_run_config = load_transformer_config   # (the name every training loop module uses)
 
 
 def given_latent_frames(frames: int, cache_source: dict, what: str = "--given-frames") -> int:
@@ -250,12 +186,7 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = MaskedVideoTransformer(cfg.model, layout).to(dev)
     ema = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():  # no weight decay on embeddings, norms and biases
-        (decay if p.ndim >= 2 and isinstance(model.get_submodule(name.rsplit(".", 1)[0]), torch.nn.Linear)
-         else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=t.lr, betas=(t.beta1, t.beta2))
+    opt = loop.adamw(model.param_groups(t.weight_decay), t)
     step = 0
     if latest is not None:
         saved = ckpt.load_config_json(latest)
@@ -302,8 +233,8 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, t)
             with autocast:
-                picked = train_model(inputs, cond, scored).float()   # logits of the scored tokens only
-            loss = F.cross_entropy(picked, targets[scored], label_smoothing=t.label_smoothing)
+                picked = train_model(inputs, cond, scored)   # logits of the scored tokens only
+            loss, parts = model.loss(picked, targets[scored], t.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loop.backward_checked(loss, model.parameters(), t.grad_clip, step, out, hint="lower train.lr")
             opt.step()
@@ -314,7 +245,7 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
             if not main:
                 continue
             if step % t.log_every == 0 or step == stop_at:
-                acc = (picked.detach().argmax(-1) == targets[scored]).float().mean().item()
+                acc = parts["acc"].item()
                 row = {"step": step, "loss": loss.item(), "acc": acc, "scored_tokens": int(scored.sum()),
                        "lr": lr_at(step - 1, t), "seconds": round(time.perf_counter() - t0, 3)}
                 metrics.log(row)
