@@ -255,7 +255,7 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
 
 
 def _device(name: str):
-    from training.loop import pick_device
+    from training.device import pick_device
 
     return pick_device(name)
 

@@ -43,9 +43,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datagen.config import UserError, to_dict
+from datagen.config import UserError, from_dict, to_dict
 from evaluation.configs import (ProbeModelConfig, ProbeRunConfig, ProbeTrainSection,  # noqa: F401 - re-exported
                                 StageConfig, load_probe_config)
+from training import checkpoint as ckpt
 
 KIND = "probe"
 load_run_config = load_probe_config   # (the name every training loop module uses)
@@ -366,20 +367,7 @@ class Probe:
 
 def load_probe(run: Path, device: str | torch.device = "cpu") -> Probe:
     """The latest checkpoint of a probe run; one-line UserError when RUN is not a finished/saved probe run."""
-    from training import checkpoint as ckpt
-
-    run = Path(run)
-    if not run.is_dir():
-        raise UserError(f"probe run {run} does not exist; train one with `magvit3d train-probe`")
-    latest = ckpt.latest_checkpoint(run)
-    if latest is None:
-        raise UserError(f"{run} holds no probe checkpoint (no checkpoints/latest.json); train one with "
-                        f"`magvit3d train-probe --out {run}`")
-    config = ckpt.load_config_json(latest)
-    if config.get("kind") != KIND:
-        raise UserError(f"{run} is a {config.get('kind')!r} run, not a probe run")
-    from datagen.config import from_dict
-
+    latest, config = ckpt.load_run(run, KIND)
     model = ProbeNet(from_dict(ProbeModelConfig, config["model"], "model"))
     ckpt.load_weights(latest / "model.safetensors", model, "probe")
     return Probe(model.to(device).eval(), config, latest)
@@ -393,7 +381,6 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
     """Train (or resume) a probe run on DATASET's packed train split (validation on val); returns the summary also
     written to RUN/summary.json. max_steps_this_run stops early with a checkpoint, as an interruption would."""
     from datagen.dataset import load_dataset_json
-    from training import checkpoint as ckpt
     from training.loop import (GracefulStop, MetricsLog, adamw, backward_checked, checkpoint_on_interrupt, lr_at,
                                pick_device, write_summary)
     from training.progress import step_bar

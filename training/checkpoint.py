@@ -244,6 +244,32 @@ def load_config_json(ckpt: Path) -> dict:
     return config
 
 
+def load_run(run: Path, kind: str) -> tuple[Path, dict]:
+    """(latest checkpoint, its config) of a finished or saved run of `kind` (tokenizer, transformer, probe): what
+    every reader of a trained model starts from. A missing run, one without a checkpoint, or a run of another
+    kind (a tokenizer run passed as --transformer) is a one-line UserError saying which run to pass."""
+    run = Path(run)
+    train = f"`magvit3d train-{kind}`"
+    if not run.is_dir():
+        raise UserError(f"no {kind} checkpoint in {run}: it does not exist; train one with {train}")
+    latest = latest_checkpoint(run)
+    if latest is None:
+        raise UserError(f"no {kind} checkpoint in {run} (no checkpoints/latest.json); train one with "
+                        f"`magvit3d train-{kind} --out {run}`")
+    saved = load_config_json(latest)
+    if saved.get("kind") != kind:
+        raise UserError(f"{run} is a {saved.get('kind', 'unknown')!r} run, not a {kind} run; pass the --out of {train}")
+    return latest, saved
+
+
+def load_model_weights(latest: Path, model: torch.nn.Module, what: str = "model") -> torch.nn.Module:
+    """A checkpoint's weights into `model` for inference: the EMA weights when the run kept them, else the raw
+    ones."""
+    ema = Path(latest) / "ema.safetensors"
+    load_weights(ema if ema.exists() else Path(latest) / "model.safetensors", model, what)
+    return model
+
+
 def load_train_state(ckpt: Path) -> dict:
     path = Path(ckpt) / "train_state.pt"
     if not path.exists():

@@ -25,39 +25,22 @@ from training import checkpoint as ckpt
 from training.data import to_uint8
 from training.generated import TASKS as GENERATE_TASKS
 from training.generated import ClipRecord, write_generated
-from training.loop import autocast_for, pick_device
-from training.sampling import condition, generators, given_mask, sample
+from training.device import autocast_for, pick_device
+from training.sampling import condition, generators, given_latent_frames, given_mask, sample
 from training.token_cache import check_compatible, load_token_cache
 from training.tokenize import load_tokenizer
-from training.train_transformer import given_latent_frames
 from training.transformer import MaskedVideoTransformer, TokenLayout, TransformerConfig
 
 GAP = 2          # white pixels between panels in the PNG / GIF
 EMPTY = 48       # grey level of a panel part that was not given
 
 
-def transformer_checkpoint(run: Path) -> tuple[Path, dict]:
-    """(latest checkpoint, its config) of a transformer run; one line when RUN holds none or another kind of run
-    (a tokenizer or probe run passed as --transformer)."""
-    run = Path(run)
-    latest = ckpt.latest_checkpoint(run) if run.is_dir() else None
-    if latest is None:
-        raise UserError(f"no transformer checkpoint in {run}; train one with `magvit3d train-transformer`")
-    saved = ckpt.load_config_json(latest)
-    if saved.get("kind") != "transformer":
-        raise UserError(f"{run} is a {saved.get('kind', 'unknown')!r} run, not a transformer run; pass the --out of "
-                        f"`magvit3d train-transformer`")
-    return latest, saved
-
-
 def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, dict]:
     """The latest checkpoint of a transformer run (EMA weights when kept), in eval mode, and its config."""
-    latest, saved = transformer_checkpoint(run)
+    latest, saved = ckpt.load_run(run, "transformer")
     model = MaskedVideoTransformer(from_dict(TransformerConfig, saved["model"], where="model"),
                                    TokenLayout(**saved["layout"]))
-    weights = latest / "ema.safetensors"
-    ckpt.load_weights(weights if weights.exists() else latest / "model.safetensors", model)
-    return model.to(device).eval(), saved
+    return ckpt.load_model_weights(latest, model).to(device).eval(), saved
 
 
 def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int) -> None:
@@ -89,7 +72,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
 
     _check_args(task, steps, num, temperature, top_k)
     transformer = Path(transformer)
-    _, saved = transformer_checkpoint(transformer)
+    _, saved = ckpt.load_run(transformer, "transformer")
     recorded = saved.get("tokens", {})
     layout = TokenLayout(**saved["layout"])
     latent_frames = 0

@@ -34,7 +34,8 @@ from training.baselines import tokenizer_baselines
 from training.configs import TokenizerRunConfig, load_tokenizer_config
 from training.data import PackedViewClips, infinite_loader, random_crop, to_model_range, to_uint8
 from training.discriminator import LeCAM, PatchDiscriminator3D, hinge_d_loss
-from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
+from training.device import autocast_for, init_distributed, pick_device
+from training.loop import GracefulStop, lr_at
 from training.metrics import motion_ratio, psnr_per_clip, ssim_per_clip
 from training.tokenizer import TokenizerConfig, VideoTokenizer, code_space_health
 

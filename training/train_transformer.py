@@ -32,23 +32,13 @@ from training import checkpoint as ckpt
 from training import loop
 from training.configs import TransformerRunConfig, load_transformer_config
 from training.data import infinite_loader
-from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
-from training.sampling import TASK_ID, condition
+from training.device import autocast_for, init_distributed, pick_device
+from training.loop import GracefulStop, lr_at
+from training.sampling import TASK_ID, condition, given_latent_frames
 from training.token_cache import TokenCache, load_token_cache
 from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout
 
 load_run_config = load_transformer_config   # (the name every training loop module uses)
-
-
-def given_latent_frames(frames: int, cache_source: dict, what: str = "--given-frames") -> int:
-    """k given pixel frames -> k / f latent frames; k must be a multiple of the temporal factor f and < T."""
-    T, t = cache_source["frames"], cache_source["grid"][1]
-    f = T // t
-    if frames < 1 or frames % f or frames >= T:
-        allowed = ", ".join(str(k) for k in range(f, T, f)) or "none: the clip has a single latent frame"
-        raise UserError(f"{what} = {frames}: must be a multiple of the tokenizer's temporal factor {f} and less "
-                        f"than the clip's {T} frames (allowed: {allowed})")
-    return frames // f
 
 
 class TokenClips(Dataset):
