@@ -95,8 +95,9 @@ from training.data import PackedViewClips, infinite_loader, to_model_range, to_u
 from training.metrics import psnr_per_clip, ssim_per_clip  # noqa: E402
 from training.tokenizer import VideoTokenizer, weight_decay_groups  # noqa: E402
 from training.configs import TokenizerTrainSection as TrainSection  # noqa: E402
+from training.device import pick_device  # noqa: E402
 from training.loop import adamw  # noqa: E402
-from training.train_tokenizer import ema_update, load_run_config, pick_device  # noqa: E402
+from training.train_tokenizer import ema_update, load_run_config  # noqa: E402
 
 
 def lr_at_time(step: int, progress: float, t: TrainSection) -> float:

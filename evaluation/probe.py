@@ -34,7 +34,6 @@ recorded: using the probe on frames of another size is a one-line error.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +43,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datagen.config import UserError, from_dict, to_dict
+from datagen.dataset import load_dataset_json
 from evaluation.configs import (ProbeModelConfig, ProbeRunConfig, ProbeTrainSection,  # noqa: F401 - re-exported
                                 StageConfig, load_probe_config)
 from training import checkpoint as ckpt
+from training.loop import TrainTask, Trainer
 
 KIND = "probe"
 load_run_config = load_probe_config   # (the name every training loop module uses)
@@ -380,102 +381,81 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
                 progress: bool = True, max_steps_this_run: int | None = None, log=print) -> dict:
     """Train (or resume) a probe run on DATASET's packed train split (validation on val); returns the summary also
     written to RUN/summary.json. max_steps_this_run stops early with a checkpoint, as an interruption would."""
-    from datagen.dataset import load_dataset_json
-    from training.loop import (GracefulStop, MetricsLog, adamw, backward_checked, checkpoint_on_interrupt, lr_at,
-                               pick_device, write_summary)
-    from training.progress import step_bar
+    task = ProbeTask(cfg, Path(data))
+    return Trainer(task, cfg.train, out, task.run_config, resume=resume, device=device, progress=progress,
+                   max_steps_this_run=max_steps_this_run, log=log).fit()
 
-    data, out = Path(data), Path(out)
-    t = cfg.train
-    info = load_dataset_json(data)
-    W, H = info["image_size"]
-    try:
-        cfg.model.check_image(H, W)
-    except UserError as e:
-        raise UserError(f"dataset {data}: {e}; use fewer model.channels levels") from None
-    train_set = load_frames(data, "train")
-    if len(train_set) < t.batch_size:
-        raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_set)} training frames of {data}")
-    val_split = "val" if info["counts"].get("val") else "train"
-    val_set = train_set if val_split == "train" else load_frames(data, "val")
-    pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(t.seed + 1))[:t.val_frames]
-    val_frames, val_uv, val_vis = val_set.frames[pick], val_set.uv[pick].numpy(), val_set.visible[pick].numpy()
-    run_config = {"kind": KIND, "model": to_dict(cfg.model), "train": to_dict(cfg.train),
-                  "data": {"path": str(data), "config_hash": info["config_hash"], "image_size": [W, H],
-                           "frames": info["frames"], "views": info["views"]}}
 
-    latest = ckpt.checkpoint_to_resume(out, resume, "probe", log)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    dev = pick_device(device)
-    torch.manual_seed(t.seed)
-    model = ProbeNet(cfg.model).to(dev)
-    opt = adamw(model.param_groups(t.weight_decay), t)
-    step = 0
-    if latest is not None:
-        saved = ckpt.load_config_json(latest)
-        ckpt.require_same(saved, run_config, latest, ["model", "train", "data"])
-        ckpt.load_weights(latest / "model.safetensors", model, "probe")
-        opt.load_state_dict(ckpt.load_train_state(latest)["optimizer"])
-        step = int(saved["step"])
-        log(f"resuming {out} from step {step}")
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out, step)
-    per_epoch = len(train_set) // t.batch_size
+class ProbeTask(TrainTask):
+    """The probe's part of the loop (training.loop.Trainer does the rest): augmented frames in epoch-wise order
+    from (seed, epoch) -> ProbeNet.loss; validation = 2D error in px on a fixed set of frames."""
+    kind = label = KIND
+    same_sections, loss_name = ("model", "train", "data"), "probe loss"
+    diverged_hint, weights_name = "lower train.lr or check the dataset's 2D centres", "probe"
+    uses_ddp = False   # its loss runs the stages directly, not through forward(), which DDP needs
 
-    def batch_indices(s: int) -> torch.Tensor:
+    def __init__(self, cfg: ProbeRunConfig, data: Path):
+        self.cfg = cfg
+        t = cfg.train
+        info = load_dataset_json(data)
+        self.image_size = W, H = info["image_size"]
+        try:
+            cfg.model.check_image(H, W)
+        except UserError as e:
+            raise UserError(f"dataset {data}: {e}; use fewer model.channels levels") from None
+        self.train_set = load_frames(data, "train")
+        if len(self.train_set) < t.batch_size:
+            raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(self.train_set)} training frames of "
+                            f"{data}")
+        self.val_split = "val" if info["counts"].get("val") else "train"
+        val_set = self.train_set if self.val_split == "train" else load_frames(data, "val")
+        pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(t.seed + 1))[:t.val_frames]
+        self.val_frames, self.val_uv = val_set.frames[pick], val_set.uv[pick].numpy()
+        self.val_vis = val_set.visible[pick].numpy()
+        self.run_config = {"kind": KIND, "model": to_dict(cfg.model), "train": to_dict(t),
+                           "data": {"path": str(data), "config_hash": info["config_hash"], "image_size": [W, H],
+                                    "frames": info["frames"], "views": info["views"]}}
+
+    def build(self, tr: Trainer) -> ProbeNet:
+        if self.cfg.train.threads:
+            torch.set_num_threads(self.cfg.train.threads)
+        return ProbeNet(self.cfg.model).to(tr.device)
+
+    def batch_indices(self, step: int) -> torch.Tensor:
         """Step s's frames: epoch-wise permutations from (seed, epoch), so a resumed run sees the same batches."""
-        epoch, k = divmod(s, per_epoch)
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
+        t = self.cfg.train
+        epoch, k = divmod(step, len(self.train_set) // t.batch_size)
+        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
         return order[k * t.batch_size:(k + 1) * t.batch_size]
 
-    def validate() -> dict:
-        res = predict_frames(model, val_frames, dev)
-        stats = error_stats(res["uv"], val_uv, val_vis)
-        return {**stats, "mean_sigma_px": float(res["sigma"][val_vis].mean()) if val_vis.any() else None}
+    def loss(self, tr: Trainer, step: int) -> tuple[torch.Tensor, dict]:
+        t, frames = self.cfg.train, self.train_set
+        idx = self.batch_indices(step)
+        gen = torch.Generator().manual_seed(t.seed * 7_919 + step)        # augmentation: a function of the step
+        x = frames.frames[idx].permute(0, 3, 1, 2).float().div_(255.0)
+        x, uv = augment(x, frames.uv[idx], t, gen)
+        x, uv, vis = (x * 2 - 1).to(tr.device), uv.to(tr.device), frames.visible[idx].to(tr.device)
+        return tr.model.loss(x, uv, vis, t, gen)
 
-    def save():
-        ckpt.save_checkpoint(out, step, run_config, {"model": model.state_dict()}, {"optimizer": opt.state_dict()})
+    def validate(self, tr: Trainer, model: ProbeNet) -> dict:
+        res = predict_frames(model, self.val_frames, tr.device)
+        stats = error_stats(res["uv"], self.val_uv, self.val_vis)
+        return {**stats, "mean_sigma_px": float(res["sigma"][self.val_vis].mean()) if self.val_vis.any() else None}
 
-    start_step = step
-    stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
-    bar = step_bar(t.steps, step, "probe", progress, log)
-    t0, last_val, stop = time.perf_counter(), {}, GracefulStop()
-    model.train()
-    with checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, run=out):
-        while step < stop_at:
-            if stop.requested:
-                raise KeyboardInterrupt
-            idx = batch_indices(step)
-            gen = torch.Generator().manual_seed(t.seed * 7_919 + step)        # augmentation: a function of the step
-            x = train_set.frames[idx].permute(0, 3, 1, 2).float().div_(255.0)
-            x, uv = augment(x, train_set.uv[idx], t, gen)
-            x, uv, vis = (x * 2 - 1).to(dev), uv.to(dev), train_set.visible[idx].to(dev)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, t)
-            loss, parts = model.loss(x, uv, vis, t, gen)
-            opt.zero_grad(set_to_none=True)
-            backward_checked(loss, model.parameters(), 0, step, out, "probe loss",
-                             "lower train.lr or check the dataset's 2D centres")  # stops on nan/inf
-            opt.step()
-            step += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == stop_at:
-                metrics.log({"step": step, **parts, "lr": lr_at(step - 1, t), "seconds": round(time.perf_counter() - t0, 3)})
-                bar.set_postfix(err=f"{parts['err_px']:.2f}px")
-            if step % t.val_every == 0 or step == t.steps:
-                last_val = {"step": step, "split": val_split, **validate()}
-                metrics.log(last_val)
-                bar.write(f"step {step}: {val_split} 2D error median {last_val['median_px']:.3f} px, "
-                          f"mean {last_val['mean_px']:.3f} px, p90 {last_val['p90_px']:.3f} px")
-            if step % t.ckpt_every == 0 or step == stop_at:
-                save()
-    if not last_val:  # nothing validated in this run (e.g. --resume of a finished run): the summary still says how good
-        last_val = {"step": step, "split": val_split, **validate()}
-    seconds = time.perf_counter() - t0
-    summary = {"run": str(out), "step": step, "finished": step >= t.steps, "seconds_this_run": round(seconds, 2),
-               "frames_per_s": round((step - start_step) * t.batch_size / seconds, 1) if seconds > 0 else None,
-               "device": str(dev), "threads": torch.get_num_threads(), "parameters": model.num_parameters(),
-               "image_size": [W, H], "last_validation": last_val}
-    write_summary(out, summary)
-    return summary
+    def validation_line(self, val: dict) -> str:
+        return (f"step {val['step']}: {val['split']} 2D error median {val['median_px']:.3f} px, "
+                f"mean {val['mean_px']:.3f} px, p90 {val['p90_px']:.3f} px")
+
+    def postfix(self, row: dict) -> dict:
+        return {"err": f"{row['err_px']:.2f}px"}
+
+    def summary(self, tr: Trainer) -> dict:
+        t = self.cfg.train
+        if not tr.last_val:  # nothing validated in this run (--resume of a finished run): the summary still says how good
+            tr.last_val = tr.validate()
+        return {"run": str(tr.out), "step": tr.step, "finished": tr.step >= t.steps,
+                "seconds_this_run": round(tr.seconds, 2),
+                "frames_per_s": round((tr.step - tr.start_step) * t.batch_size / tr.seconds, 1)
+                if tr.seconds > 0 else None,
+                "device": str(tr.device), "threads": torch.get_num_threads(), "parameters": tr.model.num_parameters(),
+                "image_size": list(self.image_size), "last_validation": tr.last_val}

@@ -48,6 +48,19 @@ def _first_non_finite(weights: dict[str, dict]) -> str | None:
     return None
 
 
+class TrainingDiverged(UserError):
+    """A non-finite loss, gradient or weight: the run stops and nothing more is saved, so the run's latest
+    checkpoint is the last good one. (A UserError: the CLI prints it as one line and exits non-zero.)"""
+
+
+def last_checkpoint_note(run: Path) -> str:
+    """'last good checkpoint: step N in RUN/checkpoints/step_...' (or that there is none yet), for error messages."""
+    found = latest_step(run)
+    if found is None:
+        return f"no checkpoint was saved in {Path(run) / 'checkpoints'} before it"
+    return f"last good checkpoint: step {found[0]} in {found[1]}"
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, file too large, permission denied). An OSError, so the CLI
     prints it as one line naming the file, with exit status 1 (the machine failed, not the input)."""
@@ -108,10 +121,8 @@ def save_checkpoint(run: Path, step: int, config: dict, weights: dict[str, dict]
     Everything is written into RUN/checkpoints/.tmp-step_NNNNNN-PID, fsynced, and only then renamed to
     step_NNNNNN and recorded in latest.json (atomically replaced): a run killed at any moment leaves either the
     new checkpoint complete or the previous one as latest, never a half-written one that --resume would pick up.
-    Weights holding nan/inf are never saved (loop.TrainingDiverged). A failed write (disk full, file too large)
+    Weights holding nan/inf are never saved (TrainingDiverged). A failed write (disk full, file too large)
     removes the partial directory and raises CheckpointWriteError naming the file; the previous checkpoint stays."""
-    from training.loop import TrainingDiverged, last_checkpoint_note
-
     root = checkpoint_root(run)
     bad = _first_non_finite(weights)
     if bad is not None:
