@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from datagen.config import UserError, from_dict, to_dict
 from datagen.dataset import load_dataset_json
+from datagen.pack import load_packed
 from evaluation.configs import (ProbeModelConfig, ProbeRunConfig, ProbeTrainSection,  # noqa: F401 - re-exported
                                 StageConfig, load_probe_config)
 from training import checkpoint as ckpt
@@ -226,8 +227,6 @@ class ProbeFrames:
 
 def load_frames(root: Path, split: str) -> ProbeFrames:
     """Fold (N, V, T) of a packed split into one frame axis (read into memory: a 64x64 demo split is ~120 MB)."""
-    from datagen.pack import load_packed
-
     p = load_packed(root, split)
     N, V, T, H, W, _ = p.rgb.shape
     frames = torch.from_numpy(np.array(p.rgb).reshape(N * V * T, H, W, 3))

@@ -1,4 +1,4 @@
-"""Train the video tokenizer on a packed dataset: the whole loop, top to bottom.
+"""Train the video tokenizer on a packed dataset: what is specific to it (training.loop.Trainer runs the loop).
 
     magvit3d train-tokenizer --data DATASET --out RUN [--config tiny|demo|full|FILE] [--set KEY=VALUE] [--resume]
 

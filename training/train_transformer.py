@@ -1,4 +1,4 @@
-"""Train the video transformer on a token cache: the whole loop, top to bottom.
+"""Train the video transformer on a token cache: what is specific to it (training.loop.Trainer runs the loop).
 
     magvit3d train-transformer --tokens RUN_OR_CACHE --out RUN [--config tiny|demo|full|FILE] [--set KEY=VALUE] [--resume]
 
