@@ -165,6 +165,11 @@ class ProbeNet(nn.Module):
             uv, sigma = (uv + uv_m) / 2, (sigma + sigma_m) / 2
         return uv, sigma
 
+    def forward(self, x: torch.Tensor, uv: torch.Tensor, visible: torch.Tensor, t: ProbeTrainSection,
+                gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Training: the loss (see loss()), as forward() so that DDP can wrap the probe. Inference is locate()."""
+        return self.loss(x, uv, visible, t, gen)
+
     def loss(self, x: torch.Tensor, uv: torch.Tensor, visible: torch.Tensor, t: ProbeTrainSection,
              gen: torch.Generator) -> tuple[torch.Tensor, dict]:
         """The coarse stage on the frames + the refine stage on windows around the true centre shifted by up to
@@ -391,7 +396,6 @@ class ProbeTask(TrainTask):
     kind = label = KIND
     same_sections, loss_name = ("model", "train", "data"), "probe loss"
     diverged_hint, weights_name = "lower train.lr or check the dataset's 2D centres", "probe"
-    uses_ddp = False   # its loss runs the stages directly, not through forward(), which DDP needs
 
     def __init__(self, cfg: ProbeRunConfig, data: Path):
         self.cfg = cfg
@@ -403,7 +407,7 @@ class ProbeTask(TrainTask):
         except UserError as e:
             raise UserError(f"dataset {data}: {e}; use fewer model.channels levels") from None
         self.train_set = load_frames(data, "train")
-        if len(self.train_set) < t.batch_size:
+        if len(self.train_set) < t.batch_size:   # (under torchrun: per rank)
             raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(self.train_set)} training frames of "
                             f"{data}")
         self.val_split = "val" if info["counts"].get("val") else "train"
@@ -420,12 +424,20 @@ class ProbeTask(TrainTask):
             torch.set_num_threads(self.cfg.train.threads)
         return ProbeNet(self.cfg.model).to(tr.device)
 
+    def start(self, tr: Trainer) -> None:
+        self.rank, self.world = tr.rank, tr.world
+        if len(self.train_set) < self.cfg.train.batch_size * tr.world:
+            raise UserError(f"train.batch_size = {self.cfg.train.batch_size} on {tr.world} ranks exceeds the "
+                            f"{len(self.train_set)} training frames")
+
     def batch_indices(self, step: int) -> torch.Tensor:
-        """Step s's frames: epoch-wise permutations from (seed, epoch), so a resumed run sees the same batches."""
+        """Step s's frames: epoch-wise permutations from (seed, epoch), so a resumed run sees the same batches;
+        under DDP each rank takes its own slice of the global batch."""
         t = self.cfg.train
-        epoch, k = divmod(step, len(self.train_set) // t.batch_size)
+        epoch, k = divmod(step, len(self.train_set) // (t.batch_size * self.world))
         order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-        return order[k * t.batch_size:(k + 1) * t.batch_size]
+        first = (k * self.world + self.rank) * t.batch_size
+        return order[first:first + t.batch_size]
 
     def loss(self, tr: Trainer, step: int) -> tuple[torch.Tensor, dict]:
         t, frames = self.cfg.train, self.train_set
@@ -434,7 +446,7 @@ class ProbeTask(TrainTask):
         x = frames.frames[idx].permute(0, 3, 1, 2).float().div_(255.0)
         x, uv = augment(x, frames.uv[idx], t, gen)
         x, uv, vis = (x * 2 - 1).to(tr.device), uv.to(tr.device), frames.visible[idx].to(tr.device)
-        return tr.model.loss(x, uv, vis, t, gen)
+        return tr.train_model(x, uv, vis, t, gen)
 
     def validate(self, tr: Trainer, model: ProbeNet) -> dict:
         res = predict_frames(model, self.val_frames, tr.device)

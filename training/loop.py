@@ -231,7 +231,6 @@ class TrainTask:
     loss_name = "loss"                         # named when the loss diverges
     diverged_hint = "lower train.lr or check the data"
     ema_copy_prefixes: tuple[str, ...] = ()    # parameters the EMA copies instead of averaging
-    uses_ddp = True                            # wrap the model in DistributedDataParallel under torchrun
     weights_name = "model"                     # named when the checkpoint's weights don't fit the model
     val_split = "val"                          # the split validation reads ("train" when the data has no val split)
 
@@ -288,7 +287,7 @@ class Trainer:
                  device: str = "auto", progress: bool = True, max_steps_this_run: int | None = None, log=print):
         self.task, self.t, self.out, self.run_config, self.log = task, t, Path(out), run_config, log
         latest = ckpt.checkpoint_to_resume(self.out, resume, task.kind, log)
-        self.rank, self.world, ddp_device = init_distributed(device) if task.uses_ddp else (0, 1, None)
+        self.rank, self.world, ddp_device = init_distributed(device)
         self.main = self.rank == 0
         self.progress = progress and (self.main or self.world == 1)
         torch.manual_seed(t.seed)  # the same initial weights on every rank
