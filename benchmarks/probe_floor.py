@@ -10,13 +10,13 @@ at 64x64 and a 3D floor <= 1% of the scene extent.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluation.evaluate import References, open_dataset, probe_reference  # noqa: E402
 from evaluation.probe import load_probe  # noqa: E402
@@ -38,10 +38,7 @@ def main() -> int:
            "ade_pct": ref["ade_pct"], "reprojection_px": ref["reprojection_px"],
            "by_shape": {k: {"median_px": v["median_px"], "ade_pct": v["ade_pct"]}
                         for k, v in ref["2d_error_by_shape"].items()}}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_json(out, args.json)
     return 0
 
 

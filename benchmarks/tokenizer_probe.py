@@ -9,7 +9,6 @@ reconstructions' PSNR and motion ratio (mean |frame-to-frame change| of the reco
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,7 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import print_json  # noqa: E402
 from datagen.pack import load_packed  # noqa: E402
 from evaluation.probe import error_stats, load_probe  # noqa: E402
 from training.metrics import motion_ratio, psnr_per_clip  # noqa: E402
@@ -51,10 +52,7 @@ def main() -> int:
            "motion_ratio": float(np.mean([r for r in ratios if r is not None]))}
     for name, uvs in found.items():
         out[f"probe_2d_on_{name}"] = error_stats(np.stack(uvs), uv, visible)
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_json(out, args.json)
     return 0
 
 

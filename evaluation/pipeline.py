@@ -183,7 +183,7 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
         if not r["ok"]:
             bad = sorted({e["sample_id"] for e in r["errors"] if e["sample_id"] is not None})
             raise UserError(f"verify found {len(r['errors'])} problem(s) in {plan.dataset}; failing samples {bad}; "
-                            f"run `magvit3d verify {plan.dataset}` for details")
+                            f"run `magvit3d verify --data {plan.dataset}` for details")
         return {"samples_checked": r["samples_checked"]}
 
     def pack():
