@@ -35,12 +35,12 @@ from common import BENCHMARKS_MD, machine, today, write_section  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
 from training.generate import generate, load_transformer  # noqa: E402
 from training.generated import load_generated  # noqa: E402
-from training.loop import autocast_for  # noqa: E402
+from training.device import autocast_for  # noqa: E402
 from training.metrics import psnr_per_clip  # noqa: E402
-from training.sampling import condition, generators, given_mask, sample  # noqa: E402
+from training.sampling import condition, generators, given_latent_frames, given_mask, sample  # noqa: E402
 from training.token_cache import load_token_cache  # noqa: E402
 from training.tokenize import load_tokenizer  # noqa: E402
-from training.train_transformer import given_latent_frames, load_run_config, train_transformer  # noqa: E402
+from training.train_transformer import load_run_config, train_transformer  # noqa: E402
 
 
 def train_pair(tokens: Path, workdir: Path, config: str, overrides: list[str], device: str,

@@ -93,8 +93,11 @@ from datagen.pack import load_packed  # noqa: E402
 from training.baselines import tokenizer_baselines  # noqa: E402
 from training.data import PackedViewClips, infinite_loader, to_model_range, to_uint8  # noqa: E402
 from training.metrics import psnr_per_clip, ssim_per_clip  # noqa: E402
-from training.tokenizer import VideoTokenizer  # noqa: E402
-from training.train_tokenizer import TrainSection, ema_update, load_run_config, pick_device  # noqa: E402
+from training.tokenizer import VideoTokenizer, weight_decay_groups  # noqa: E402
+from training.configs import TokenizerTrainSection as TrainSection  # noqa: E402
+from training.device import pick_device  # noqa: E402
+from training.loop import adamw  # noqa: E402
+from training.train_tokenizer import ema_update, load_run_config  # noqa: E402
 
 
 def lr_at_time(step: int, progress: float, t: TrainSection) -> float:
@@ -103,15 +106,6 @@ def lr_at_time(step: int, progress: float, t: TrainSection) -> float:
         return t.lr * (step + 1) / t.warmup_steps
     progress = min(1.0, max(0.0, progress))
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def make_optimizer(named_params, t: TrainSection) -> torch.optim.AdamW:
-    """train_tokenizer's AdamW: weight decay on >= 2-D weights except a codebook."""
-    decay, no_decay = [], []
-    for name, p in named_params:
-        (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=(t.beta1, t.beta2))
 
 
 def sync(dev: torch.device) -> None:
@@ -255,14 +249,12 @@ class Ours(Contender):
         self.cfg = cfg
         model = VideoTokenizer(cfg.model).to(dev)
         ema = copy.deepcopy(model).eval() if cfg.train.ema_decay > 0 else None
-        super().__init__(model, ema, make_optimizer(model.named_parameters(), cfg.train), cfg.train, dev, batches,
-                         budget_s)
+        super().__init__(model, ema, adamw(model.param_groups(cfg.train.weight_decay), cfg.train), cfg.train, dev,
+                         batches, budget_s)
 
     def loss(self, x):   # train_tokenizer's step without the (off by default) LPIPS and GAN terms
         x_hat, _, aux = self.model(x)
-        diff = x_hat.float() - x
-        recon = diff.abs().mean() if self.t.recon_loss == "l1" else diff.pow(2).mean()
-        return recon + aux["loss"]
+        return self.model.loss(x, x_hat, aux, self.t.recon_loss)[0]
 
     def trainable(self):
         return self.model.parameters()
@@ -282,8 +274,8 @@ class Peer(Contender):
     def __init__(self, PeerTokenizer, kwargs, t, dev, batches, budget_s):
         model = build_peer(PeerTokenizer, kwargs).to(dev)
         ema = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
-        named = list(torch.nn.Module.named_parameters(model))
-        super().__init__(model, ema, make_optimizer(named, t), t, dev, batches, budget_s)
+        groups = weight_decay_groups(torch.nn.Module.named_parameters(model), t.weight_decay)   # ours' rule
+        super().__init__(model, ema, adamw(groups, t), t, dev, batches, budget_s)
 
     def loss(self, x):
         loss, _ = self.model(x, return_loss=True, video_contains_first_frame=False)

@@ -38,7 +38,7 @@ def train_probe_cmd(data, out, config, overrides, resume, device, no_progress):
     check_output_dir(out)
     summary = train_probe(cfg, data, out, resume=resume, device=device, progress=not no_progress,
                           log=lambda m: click.echo(m, err=True))
-    val = summary["last_validation"]
+    val = summary.get("last_validation")  # None on DDP ranks other than 0
     if val:
         click.echo(f"step {summary['step']}: {val['split']} 2D error median {val['median_px']:.3f} px, mean "
                    f"{val['mean_px']:.3f} px ({summary['seconds_this_run']:.0f} s, {summary['frames_per_s']} frames/s)"

@@ -26,12 +26,14 @@ import numpy as np
 
 from datagen.config import UserError
 from datagen.dataset import load_dataset_json
+from datagen.pack import load_packed
 from evaluation import report as rp
 from evaluation.metrics import (Region, clip_metrics, full_region, lpips_size_note, lpips_status, mean_of,
                                 open_lpips, task_region)
 from evaluation.probe import Probe, error_stats, load_probe
 from evaluation.trajectory import (as_percent, constant_velocity, copy_last, displacement_errors, fit_families,
                                    mean_reprojection_error, scene_extent, track_from_detections)
+from training.generated import is_generated_dir, load_generated
 
 SCHEMA = "magvit3d-evaluation"
 SCHEMA_VERSION = 1
@@ -95,8 +97,6 @@ class Dataset:
 
 def open_dataset(root: Path) -> Dataset:
     """Every split of dataset.json, packed (one-line UserError when a split is not packed)."""
-    from datagen.pack import load_packed
-
     root = Path(root)
     info = load_dataset_json(root)
     splits, where = {}, {}
@@ -326,8 +326,6 @@ def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, l
     returns the metrics dict (also REPORT/metrics.json)."""
     from tqdm import tqdm
 
-    from training.generated import load_generated
-
     if not generated:
         raise UserError("no --generated directory given")
     rp.check_out_dir(out, [data, *generated, probe_run, lpips_weights])
@@ -544,9 +542,6 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
 
 def _clip_source(path: Path, split: str) -> tuple[str, dict, tuple]:
     """A generated dir or a dataset -> (kind, {sample id: clip (V, T, H, W, 3)}, (V, T, H, W))."""
-    from datagen.pack import load_packed
-    from training.generated import is_generated_dir, load_generated
-
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} does not exist (expected a generated-clips directory or a dataset)")

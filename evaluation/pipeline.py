@@ -27,6 +27,9 @@ import click
 from datagen.cli import DIR, Command, DeviceChoice, example, option
 from datagen.config import Interrupted, UserError, check_output_dir, load_config, to_dict, to_toml
 from datagen.dataset import read_json, write_json_atomic
+from datagen.spec import DatasetConfig
+from evaluation.configs import load_probe_config
+from training.configs import load_tokenizer_config, load_transformer_config
 
 PRESETS = ("tiny", "demo", "full")
 STAGE_KINDS = ("dataset", "tokenizer", "transformer", "probe")   # the config kinds `--set KIND.KEY=VALUE` addresses
@@ -136,11 +139,6 @@ class StageRunner:
 def load_stage_config(kind: str, source, overrides=()):
     """The config of one kind (dataset, tokenizer, transformer, probe) from a preset name or a TOML file plus
     KEY=VALUE overrides: what `render`, `train-*`, `demo` and `config show` load."""
-    from datagen.spec import DatasetConfig
-    from evaluation.probe import load_run_config as load_probe_config
-    from training.train_tokenizer import load_run_config as load_tokenizer_config
-    from training.train_transformer import load_run_config as load_transformer_config
-
     loaders = {"dataset": lambda src, ov: load_config(DatasetConfig, "dataset", src, ov),
                "tokenizer": load_tokenizer_config, "transformer": load_transformer_config, "probe": load_probe_config}
     if kind not in loaders:
@@ -256,7 +254,7 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
 
 
 def _device(name: str):
-    from training.loop import pick_device
+    from training.device import pick_device
 
     return pick_device(name)
 

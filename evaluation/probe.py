@@ -34,8 +34,7 @@ recorded: using the probe on frames of another size is a one-line error.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,117 +42,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datagen.config import UserError, load_config, to_dict
+from datagen.config import UserError, from_dict, to_dict
+from datagen.dataset import load_dataset_json
+from datagen.pack import load_packed
+from evaluation.configs import (ProbeModelConfig, ProbeRunConfig, ProbeTrainSection,  # noqa: F401 - re-exported
+                                StageConfig, load_probe_config)
+from training import checkpoint as ckpt
+from training.loop import TrainTask, Trainer
 
 KIND = "probe"
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# config
-
-@dataclass
-class StageConfig:
-    channels: tuple[int, ...] = (16, 24, 32, 48)   # widths at strides 2, 4, 8, 16 (one entry per level)
-    blocks: tuple[int, ...] = (0, 1, 1, 1)         # extra 3x3 convs per level after its strided one
-    decoder_channels: int = 16                      # width of the top-down path
-    heatmap_stride: int = 4                         # heatmap = input / s; a power of 2 from 2 to 2 ** levels
-
-    def validate(self, name: str) -> None:
-        if not self.channels or any(c < 1 for c in self.channels):
-            raise ValueError(f"{name}.channels = {list(self.channels)}: need one or more widths >= 1")
-        if len(self.blocks) != len(self.channels) or any(b < 0 for b in self.blocks):
-            raise ValueError(f"{name}.blocks = {list(self.blocks)}: need one count >= 0 per level "
-                             f"({len(self.channels)})")
-        if self.decoder_channels < 1:
-            raise ValueError(f"{name}.decoder_channels must be >= 1")
-        allowed = [2 ** k for k in range(1, len(self.channels) + 1)]
-        if self.heatmap_stride not in allowed:
-            raise ValueError(f"{name}.heatmap_stride = {self.heatmap_stride}; allowed with {len(self.channels)} "
-                             f"levels: {', '.join(map(str, allowed))}")
-
-    @property
-    def multiple(self) -> int:
-        return 2 ** len(self.channels)
-
-
-@dataclass
-class ProbeModelConfig:
-    coarse: StageConfig = field(default_factory=StageConfig)
-    refine: StageConfig = field(default_factory=lambda: StageConfig((16, 32, 48), (1, 1, 1), 24, 2))
-    coarse_input_stride: int = 1       # the coarse stage sees the frame average-pooled by this (1, 2 or 4)
-    crop: int = 0                      # refine window (px, full resolution, e.g. 32); 0 = no refine stage
-    refine_iters: int = 2              # refine passes at inference, each re-centred on the last estimate
-    flip_test: bool = True             # inference also on the mirrored frame; the two estimates are averaged
-    sigma_floor: float = 0.02          # px; sigma = floor + softplus(head)
-
-    def validate(self) -> None:
-        self.coarse.validate("coarse")
-        if self.crop:
-            self.refine.validate("refine")
-            if self.crop % self.refine.multiple:
-                raise ValueError(f"crop = {self.crop} must be a multiple of {self.refine.multiple} "
-                                 f"(2 ** refine levels)")
-        if self.crop < 0 or self.refine_iters < 1 or self.sigma_floor <= 0:
-            raise ValueError("crop must be >= 0, refine_iters >= 1 and sigma_floor > 0")
-        if self.coarse_input_stride not in (1, 2, 4):
-            raise ValueError(f"coarse_input_stride = {self.coarse_input_stride}; allowed: 1, 2, 4")
-
-    def check_image(self, height: int, width: int) -> None:
-        f = self.coarse.multiple * self.coarse_input_stride
-        if height % f or width % f:
-            raise ValueError(f"{width}x{height} frames are not a multiple of {f} (coarse_input_stride x "
-                             f"2 ** coarse levels)")
-        if self.crop > min(height, width):
-            raise ValueError(f"crop = {self.crop} exceeds the {width}x{height} frames")
-
-
-@dataclass
-class ProbeTrainSection:
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.02
-    warmup_steps: int = 50
-    weight_decay: float = 1e-4
-    heatmap_weight: float = 1.0      # weight of the cross-entropy of the heatmaps vs their bilinear targets
-    sigma_weight: float = 0.1        # weight of the sigma (error-prediction) term
-    crop_jitter: float = 4.0         # px: refine windows are centred on the true centre + U(-j, j) per axis
-    flip: bool = True                # random horizontal flips
-    rot90: bool = False              # random quarter turns (square frames only; on the demo data: no better)
-    jitter: float = 0.15             # brightness/contrast/colour jitter amplitude (0 = off)
-    blur_prob: float = 0.25          # probability of a light blur per frame (a 30..100% blend with a 3x3 box blur)
-    noise: float = 0.02              # max std of additive Gaussian noise on [0, 1] (0 = off)
-    val_every: int = 250
-    val_frames: int = 2048           # validation frames (from the val split, else train) evaluated each time
-    ckpt_every: int = 500
-    log_every: int = 25
-    seed: int = 0
-    threads: int = 0                 # torch CPU threads; 0 = torch's default
-
-
-@dataclass
-class ProbeRunConfig:
-    model: ProbeModelConfig = field(default_factory=ProbeModelConfig)
-    train: ProbeTrainSection = field(default_factory=ProbeTrainSection)
-
-    def validate(self) -> None:
-        try:
-            self.model.validate()
-        except ValueError as e:
-            raise UserError(f"model: {e}") from None
-        t = self.train
-        for name in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "val_frames"):
-            if getattr(t, name) < 1:
-                raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
-        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.threads < 0:
-            raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and threads >= 0")
-        if min(t.sigma_weight, t.heatmap_weight, t.jitter, t.noise, t.crop_jitter) < 0 or not 0 <= t.blur_prob <= 1:
-            raise UserError("train.sigma_weight, heatmap_weight, crop_jitter, jitter and noise must be >= 0, "
-                            "blur_prob in [0, 1]")
-
-
-def load_run_config(source, overrides=None) -> ProbeRunConfig:
-    return load_config(ProbeRunConfig, KIND, source, overrides)
+load_run_config = load_probe_config   # (the name every training loop module uses)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -267,6 +165,39 @@ class ProbeNet(nn.Module):
             uv, sigma = (uv + uv_m) / 2, (sigma + sigma_m) / 2
         return uv, sigma
 
+    def forward(self, x: torch.Tensor, uv: torch.Tensor, visible: torch.Tensor, t: ProbeTrainSection,
+                gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Training: the loss (see loss()), as forward() so that DDP can wrap the probe. Inference is locate()."""
+        return self.loss(x, uv, visible, t, gen)
+
+    def loss(self, x: torch.Tensor, uv: torch.Tensor, visible: torch.Tensor, t: ProbeTrainSection,
+             gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """The coarse stage on the frames + the refine stage on windows around the true centre shifted by up to
+        t.crop_jitter px (`gen` draws the shifts); both stages' terms summed (see _stage_terms).
+        -> (loss, breakdown of floats: loss, per-stage L1, heatmap cross-entropy, sigma NLL and error in px)."""
+        cfg = self.cfg
+        H, W = x.shape[-2:]
+        logits, offsets, raw, pred = self._coarse(x)
+        loss, parts = _stage_terms(logits, offsets, raw, pred, uv, visible, cfg.coarse.heatmap_stride *
+                                   cfg.coarse_input_stride, cfg.sigma_floor, max(H, W), t)
+        parts = {f"coarse_{k}": v for k, v in parts.items()}
+        if self.refine is not None:
+            shift = (2 * torch.rand(len(x), 2, generator=gen) - 1).to(x.device) * t.crop_jitter
+            centre = torch.where(visible[:, None], uv + shift, torch.tensor([W / 2, H / 2], device=x.device))
+            logits, offsets, raw, local, origin = self._refine(x, centre)
+            l2, p2 = _stage_terms(logits, offsets, raw, local, uv - origin, visible, cfg.refine.heatmap_stride,
+                                  cfg.sigma_floor, max(H, W), t)
+            loss = loss + l2
+            parts.update(p2)
+        else:
+            parts.update({k[len("coarse_"):]: v for k, v in parts.items()})
+        return loss, {"loss": loss.item(), **parts}
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: weight decay on the conv and linear weights; none on biases and BatchNorm."""
+        return [{"params": [p for p in self.parameters() if p.ndim >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in self.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -301,8 +232,6 @@ class ProbeFrames:
 
 def load_frames(root: Path, split: str) -> ProbeFrames:
     """Fold (N, V, T) of a packed split into one frame axis (read into memory: a 64x64 demo split is ~120 MB)."""
-    from datagen.pack import load_packed
-
     p = load_packed(root, split)
     N, V, T, H, W, _ = p.rgb.shape
     frames = torch.from_numpy(np.array(p.rgb).reshape(N * V * T, H, W, 3))
@@ -384,29 +313,6 @@ def _stage_terms(logits, offsets, raw, pred, uv, visible, stride, floor, image_s
                   "err_px": ((err * vis).sum() / n_vis).item()}
 
 
-def probe_loss(model: ProbeNet, x: torch.Tensor, uv: torch.Tensor, visible: torch.Tensor, t: ProbeTrainSection,
-               gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """The coarse stage on the frames + the refine stage on windows around the true centre shifted by up to
-    t.crop_jitter px (`gen` draws the shifts); both stages' terms summed (see _stage_terms)."""
-    cfg = model.cfg
-    H, W = x.shape[-2:]
-    logits, offsets, raw, pred = model._coarse(x)
-    loss, parts = _stage_terms(logits, offsets, raw, pred, uv, visible, cfg.coarse.heatmap_stride *
-                               cfg.coarse_input_stride, cfg.sigma_floor, max(H, W), t)
-    parts = {f"coarse_{k}": v for k, v in parts.items()}
-    if model.refine is not None:
-        shift = (2 * torch.rand(len(x), 2, generator=gen) - 1).to(x.device) * t.crop_jitter
-        centre = torch.where(visible[:, None], uv + shift, torch.tensor([W / 2, H / 2], device=x.device))
-        logits, offsets, raw, local, origin = model._refine(x, centre)
-        l2, p2 = _stage_terms(logits, offsets, raw, local, uv - origin, visible, cfg.refine.heatmap_stride,
-                              cfg.sigma_floor, max(H, W), t)
-        loss = loss + l2
-        parts.update(p2)
-    else:
-        parts.update({k[len("coarse_"):]: v for k, v in parts.items()})
-    return loss, {"loss": loss.item(), **parts}
-
-
 @torch.no_grad()
 def predict_frames(model: ProbeNet, frames, device=None, batch_size: int = 256) -> dict[str, np.ndarray]:
     """uint8 frames (..., H, W, 3) (numpy or torch) -> {"uv": (..., 2), "sigma": (...), "confidence": (...)}."""
@@ -466,20 +372,7 @@ class Probe:
 
 def load_probe(run: Path, device: str | torch.device = "cpu") -> Probe:
     """The latest checkpoint of a probe run; one-line UserError when RUN is not a finished/saved probe run."""
-    from training import checkpoint as ckpt
-
-    run = Path(run)
-    if not run.is_dir():
-        raise UserError(f"probe run {run} does not exist; train one with `magvit3d train-probe`")
-    latest = ckpt.latest_checkpoint(run)
-    if latest is None:
-        raise UserError(f"{run} holds no probe checkpoint (no checkpoints/latest.json); train one with "
-                        f"`magvit3d train-probe --out {run}`")
-    config = ckpt.load_config_json(latest)
-    if config.get("kind") != KIND:
-        raise UserError(f"{run} is a {config.get('kind')!r} run, not a probe run")
-    from datagen.config import from_dict
-
+    latest, config = ckpt.load_run(run, KIND)
     model = ProbeNet(from_dict(ProbeModelConfig, config["model"], "model"))
     ckpt.load_weights(latest / "model.safetensors", model, "probe")
     return Probe(model.to(device).eval(), config, latest)
@@ -492,106 +385,88 @@ def train_probe(cfg: ProbeRunConfig, data: Path, out: Path, *, resume: bool = Fa
                 progress: bool = True, max_steps_this_run: int | None = None, log=print) -> dict:
     """Train (or resume) a probe run on DATASET's packed train split (validation on val); returns the summary also
     written to RUN/summary.json. max_steps_this_run stops early with a checkpoint, as an interruption would."""
-    from datagen.dataset import load_dataset_json
-    from training import checkpoint as ckpt
-    from training.loop import (GracefulStop, MetricsLog, backward_checked, checkpoint_on_interrupt, lr_at,
-                               pick_device, write_summary)
-    from training.progress import step_bar
+    task = ProbeTask(cfg, Path(data))
+    return Trainer(task, cfg.train, out, task.run_config, resume=resume, device=device, progress=progress,
+                   max_steps_this_run=max_steps_this_run, log=log).fit()
 
-    data, out = Path(data), Path(out)
-    t = cfg.train
-    info = load_dataset_json(data)
-    W, H = info["image_size"]
-    try:
-        cfg.model.check_image(H, W)
-    except ValueError as e:
-        raise UserError(f"dataset {data}: {e}; use fewer model.channels levels") from None
-    train_set = load_frames(data, "train")
-    if len(train_set) < t.batch_size:
-        raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_set)} training frames of {data}")
-    val_split = "val" if info["counts"].get("val") else "train"
-    val_set = train_set if val_split == "train" else load_frames(data, "val")
-    pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(t.seed + 1))[:t.val_frames]
-    val_frames, val_uv, val_vis = val_set.frames[pick], val_set.uv[pick].numpy(), val_set.visible[pick].numpy()
-    run_config = {"kind": KIND, "model": to_dict(cfg.model), "train": to_dict(cfg.train),
-                  "data": {"path": str(data), "config_hash": info["config_hash"], "image_size": [W, H],
-                           "frames": info["frames"], "views": info["views"]}}
 
-    latest = ckpt.checkpoint_to_resume(out, resume, "probe", log)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    dev = pick_device(device)
-    torch.manual_seed(t.seed)
-    model = ProbeNet(cfg.model).to(dev)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=t.lr)
-    step = 0
-    if latest is not None:
-        saved = ckpt.load_config_json(latest)
-        ckpt.require_same(saved, run_config, latest, ["model", "train", "data"])
-        ckpt.load_weights(latest / "model.safetensors", model, "probe")
-        opt.load_state_dict(ckpt.load_train_state(latest)["optimizer"])
-        step = int(saved["step"])
-        log(f"resuming {out} from step {step}")
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out, step)
-    per_epoch = len(train_set) // t.batch_size
+class ProbeTask(TrainTask):
+    """The probe's part of the loop (training.loop.Trainer does the rest): augmented frames in epoch-wise order
+    from (seed, epoch) -> ProbeNet.loss; validation = 2D error in px on a fixed set of frames."""
+    kind = label = KIND
+    same_sections, loss_name = ("model", "train", "data"), "probe loss"
+    diverged_hint, weights_name = "lower train.lr or check the dataset's 2D centres", "probe"
 
-    def batch_indices(s: int) -> torch.Tensor:
-        """Step s's frames: epoch-wise permutations from (seed, epoch), so a resumed run sees the same batches."""
-        epoch, k = divmod(s, per_epoch)
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-        return order[k * t.batch_size:(k + 1) * t.batch_size]
+    def __init__(self, cfg: ProbeRunConfig, data: Path):
+        self.cfg = cfg
+        t = cfg.train
+        info = load_dataset_json(data)
+        self.image_size = W, H = info["image_size"]
+        try:
+            cfg.model.check_image(H, W)
+        except UserError as e:
+            raise UserError(f"dataset {data}: {e}; use fewer model.channels levels") from None
+        self.train_set = load_frames(data, "train")
+        if len(self.train_set) < t.batch_size:   # (under torchrun: per rank)
+            raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(self.train_set)} training frames of "
+                            f"{data}")
+        self.val_split = "val" if info["counts"].get("val") else "train"
+        val_set = self.train_set if self.val_split == "train" else load_frames(data, "val")
+        pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(t.seed + 1))[:t.val_frames]
+        self.val_frames, self.val_uv = val_set.frames[pick], val_set.uv[pick].numpy()
+        self.val_vis = val_set.visible[pick].numpy()
+        self.run_config = {"kind": KIND, "model": to_dict(cfg.model), "train": to_dict(t),
+                           "data": {"path": str(data), "config_hash": info["config_hash"], "image_size": [W, H],
+                                    "frames": info["frames"], "views": info["views"]}}
 
-    def validate() -> dict:
-        res = predict_frames(model, val_frames, dev)
-        stats = error_stats(res["uv"], val_uv, val_vis)
-        return {**stats, "mean_sigma_px": float(res["sigma"][val_vis].mean()) if val_vis.any() else None}
+    def build(self, tr: Trainer) -> ProbeNet:
+        if self.cfg.train.threads:
+            torch.set_num_threads(self.cfg.train.threads)
+        return ProbeNet(self.cfg.model).to(tr.device)
 
-    def save():
-        ckpt.save_checkpoint(out, step, run_config, {"model": model.state_dict()}, {"optimizer": opt.state_dict()})
+    def start(self, tr: Trainer) -> None:
+        self.rank, self.world = tr.rank, tr.world
+        if len(self.train_set) < self.cfg.train.batch_size * tr.world:
+            raise UserError(f"train.batch_size = {self.cfg.train.batch_size} on {tr.world} ranks exceeds the "
+                            f"{len(self.train_set)} training frames")
 
-    start_step = step
-    stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
-    bar = step_bar(t.steps, step, "probe", progress, log)
-    t0, last_val, stop = time.perf_counter(), {}, GracefulStop()
-    model.train()
-    with checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, run=out):
-        while step < stop_at:
-            if stop.requested:
-                raise KeyboardInterrupt
-            idx = batch_indices(step)
-            gen = torch.Generator().manual_seed(t.seed * 7_919 + step)        # augmentation: a function of the step
-            x = train_set.frames[idx].permute(0, 3, 1, 2).float().div_(255.0)
-            x, uv = augment(x, train_set.uv[idx], t, gen)
-            x, uv, vis = (x * 2 - 1).to(dev), uv.to(dev), train_set.visible[idx].to(dev)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, t)
-            loss, parts = probe_loss(model, x, uv, vis, t, gen)
-            opt.zero_grad(set_to_none=True)
-            backward_checked(loss, model.parameters(), 0, step, out, "probe loss",
-                             "lower train.lr or check the dataset's 2D centres")  # stops on nan/inf
-            opt.step()
-            step += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == stop_at:
-                metrics.log({"step": step, **parts, "lr": lr_at(step - 1, t), "seconds": round(time.perf_counter() - t0, 3)})
-                bar.set_postfix(err=f"{parts['err_px']:.2f}px")
-            if step % t.val_every == 0 or step == t.steps:
-                last_val = {"step": step, "split": val_split, **validate()}
-                metrics.log(last_val)
-                bar.write(f"step {step}: {val_split} 2D error median {last_val['median_px']:.3f} px, "
-                          f"mean {last_val['mean_px']:.3f} px, p90 {last_val['p90_px']:.3f} px")
-            if step % t.ckpt_every == 0 or step == stop_at:
-                save()
-    if not last_val:  # nothing validated in this run (e.g. --resume of a finished run): the summary still says how good
-        last_val = {"step": step, "split": val_split, **validate()}
-    seconds = time.perf_counter() - t0
-    summary = {"run": str(out), "step": step, "finished": step >= t.steps, "seconds_this_run": round(seconds, 2),
-               "frames_per_s": round((step - start_step) * t.batch_size / seconds, 1) if seconds > 0 else None,
-               "device": str(dev), "threads": torch.get_num_threads(), "parameters": model.num_parameters(),
-               "image_size": [W, H], "last_validation": last_val}
-    write_summary(out, summary)
-    return summary
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """Step s's frames: epoch-wise permutations from (seed, epoch), so a resumed run sees the same batches;
+        under DDP each rank takes its own slice of the global batch."""
+        t = self.cfg.train
+        epoch, k = divmod(step, len(self.train_set) // (t.batch_size * self.world))
+        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
+        first = (k * self.world + self.rank) * t.batch_size
+        return order[first:first + t.batch_size]
+
+    def loss(self, tr: Trainer, step: int) -> tuple[torch.Tensor, dict]:
+        t, frames = self.cfg.train, self.train_set
+        idx = self.batch_indices(step)
+        gen = torch.Generator().manual_seed(t.seed * 7_919 + step)        # augmentation: a function of the step
+        x = frames.frames[idx].permute(0, 3, 1, 2).float().div_(255.0)
+        x, uv = augment(x, frames.uv[idx], t, gen)
+        x, uv, vis = (x * 2 - 1).to(tr.device), uv.to(tr.device), frames.visible[idx].to(tr.device)
+        return tr.train_model(x, uv, vis, t, gen)
+
+    def validate(self, tr: Trainer, model: ProbeNet) -> dict:
+        res = predict_frames(model, self.val_frames, tr.device)
+        stats = error_stats(res["uv"], self.val_uv, self.val_vis)
+        return {**stats, "mean_sigma_px": float(res["sigma"][self.val_vis].mean()) if self.val_vis.any() else None}
+
+    def validation_line(self, val: dict) -> str:
+        return (f"step {val['step']}: {val['split']} 2D error median {val['median_px']:.3f} px, "
+                f"mean {val['mean_px']:.3f} px, p90 {val['p90_px']:.3f} px")
+
+    def postfix(self, row: dict) -> dict:
+        return {"err": f"{row['err_px']:.2f}px"}
+
+    def summary(self, tr: Trainer) -> dict:
+        t = self.cfg.train
+        if not tr.last_val:  # nothing validated in this run (--resume of a finished run): the summary still says how good
+            tr.last_val = tr.validate()
+        return {"run": str(tr.out), "step": tr.step, "finished": tr.step >= t.steps,
+                "seconds_this_run": round(tr.seconds, 2),
+                "frames_per_s": round((tr.step - tr.start_step) * t.batch_size / tr.seconds, 1)
+                if tr.seconds > 0 else None,
+                "device": str(tr.device), "threads": torch.get_num_threads(), "parameters": tr.model.num_parameters(),
+                "image_size": list(self.image_size), "last_validation": tr.last_val}

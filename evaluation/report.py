@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datagen.config import UserError, check_output_dir
+
 GAP = 2                     # px between tiles
 GAP_COLOUR = (255, 255, 255)
 DIFF_GAIN = 3               # the difference panel shows |a - b| * DIFF_GAIN (clipped)
@@ -45,8 +47,6 @@ def check_out_dir(out: Path, inputs=()) -> None:
     """Refuse (one-line UserError, before any work) a report directory whose replacement would destroy something
     that is not an earlier report: an input of the command or a folder holding one, the working directory or one
     above it, or a non-empty directory without a report's metrics.json (e.g. a dataset or $HOME)."""
-    from datagen.config import UserError, check_output_dir
-
     out = Path(out)
     check_output_dir(out)
     real = out.resolve()

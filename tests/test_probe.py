@@ -129,3 +129,25 @@ def test_train_probe_bad_config_is_one_line(dataset, tmp_path, capsys):
             main(["train-probe", "--data", str(dataset), "--out", str(tmp_path / "r"), "--config", "tiny", *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and text in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_probe_ddp_under_torchrun_on_cpu(dataset, tmp_path):
+    """train-probe under torchrun: 2 gloo ranks, each its own slice of the batch; rank 0 writes the run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "datagen.cli", "train-probe", "--data", str(dataset), "--out", str(run), "-c", "tiny",
+           "--no-progress", "--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "train.val_every=4",
+           "--set", "train.ckpt_every=2", "--set", "train.log_every=1", "--set", "train.val_frames=16"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 4 and summary["finished"] and summary["last_validation"]["n"] > 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "split" not in r] == [1, 2, 3, 4]   # logged once, by rank 0
+    assert load_probe(run).config["step"] == 4

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datagen.config import UserError
 from training.tokenizer import (FiniteScalarQuantizer, LookupFreeQuantizer, TokenizerConfig, VectorQuantizer,
                                 VideoTokenizer, build_quantizer, codebook_stats)
 
@@ -170,7 +171,7 @@ def test_temporal_kernel_one_codes_each_latent_frame_alone():
 
 
 def test_temporal_kernel_must_be_positive():
-    with pytest.raises(ValueError, match="temporal_kernel 0 must be >= 1"):
+    with pytest.raises(UserError, match="temporal_kernel 0 must be >= 1"):
         dataclasses.replace(FLAT, temporal_kernel=0).validate()
 
 
@@ -338,7 +339,7 @@ def _fsq_preimage(q: FiniteScalarQuantizer, codes: torch.Tensor) -> torch.Tensor
 def test_unknown_quantizer_is_a_one_line_error():
     cfg = cfg_for("xyz")
     for make in (build_quantizer, VideoTokenizer, lambda c: c.validate(64, 16)):
-        with pytest.raises(ValueError) as e:
+        with pytest.raises(UserError) as e:
             make(cfg)
         msg = str(e.value)
         assert "\n" not in msg and "'xyz'" in msg and "vq, lfq, fsq" in msg
@@ -355,7 +356,7 @@ def test_unknown_quantizer_is_a_one_line_error():
 ])
 def test_validate_rejects_bad_sizes_with_one_line(kwargs, args, words):
     cfg = dataclasses.replace(TokenizerConfig(), **kwargs)
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(UserError) as e:
         cfg.validate(*args)
     msg = str(e.value)
     assert "\n" not in msg
@@ -365,9 +366,9 @@ def test_validate_rejects_bad_sizes_with_one_line(kwargs, args, words):
 
 def test_encode_rejects_indivisible_clip():
     model = VideoTokenizer(cfg_for("vq"))
-    with pytest.raises(ValueError, match="frames 7"):
+    with pytest.raises(UserError, match="frames 7"):
         model.encode(clip(t=7))
-    with pytest.raises(ValueError, match="resolution 15"):
+    with pytest.raises(UserError, match="resolution 15"):
         model.encode(clip(h=15))
 
 

@@ -48,6 +48,19 @@ def _first_non_finite(weights: dict[str, dict]) -> str | None:
     return None
 
 
+class TrainingDiverged(UserError):
+    """A non-finite loss, gradient or weight: the run stops and nothing more is saved, so the run's latest
+    checkpoint is the last good one. (A UserError: the CLI prints it as one line and exits non-zero.)"""
+
+
+def last_checkpoint_note(run: Path) -> str:
+    """'last good checkpoint: step N in RUN/checkpoints/step_...' (or that there is none yet), for error messages."""
+    found = latest_step(run)
+    if found is None:
+        return f"no checkpoint was saved in {Path(run) / 'checkpoints'} before it"
+    return f"last good checkpoint: step {found[0]} in {found[1]}"
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, file too large, permission denied). An OSError, so the CLI
     prints it as one line naming the file, with exit status 1 (the machine failed, not the input)."""
@@ -108,10 +121,8 @@ def save_checkpoint(run: Path, step: int, config: dict, weights: dict[str, dict]
     Everything is written into RUN/checkpoints/.tmp-step_NNNNNN-PID, fsynced, and only then renamed to
     step_NNNNNN and recorded in latest.json (atomically replaced): a run killed at any moment leaves either the
     new checkpoint complete or the previous one as latest, never a half-written one that --resume would pick up.
-    Weights holding nan/inf are never saved (loop.TrainingDiverged). A failed write (disk full, file too large)
+    Weights holding nan/inf are never saved (TrainingDiverged). A failed write (disk full, file too large)
     removes the partial directory and raises CheckpointWriteError naming the file; the previous checkpoint stays."""
-    from training.loop import TrainingDiverged, last_checkpoint_note
-
     root = checkpoint_root(run)
     bad = _first_non_finite(weights)
     if bad is not None:
@@ -242,6 +253,32 @@ def load_config_json(ckpt: Path) -> dict:
     if missing:
         raise UserError(f"checkpoint config {path} is malformed: section {missing[0]!r} is missing or not an object")
     return config
+
+
+def load_run(run: Path, kind: str) -> tuple[Path, dict]:
+    """(latest checkpoint, its config) of a finished or saved run of `kind` (tokenizer, transformer, probe): what
+    every reader of a trained model starts from. A missing run, one without a checkpoint, or a run of another
+    kind (a tokenizer run passed as --transformer) is a one-line UserError saying which run to pass."""
+    run = Path(run)
+    train = f"`magvit3d train-{kind}`"
+    if not run.is_dir():
+        raise UserError(f"no {kind} checkpoint in {run}: it does not exist; train one with {train}")
+    latest = latest_checkpoint(run)
+    if latest is None:
+        raise UserError(f"no {kind} checkpoint in {run} (no checkpoints/latest.json); train one with "
+                        f"`magvit3d train-{kind} --out {run}`")
+    saved = load_config_json(latest)
+    if saved.get("kind") != kind:
+        raise UserError(f"{run} is a {saved.get('kind', 'unknown')!r} run, not a {kind} run; pass the --out of {train}")
+    return latest, saved
+
+
+def load_model_weights(latest: Path, model: torch.nn.Module, what: str = "model") -> torch.nn.Module:
+    """A checkpoint's weights into `model` for inference: the EMA weights when the run kept them, else the raw
+    ones."""
+    ema = Path(latest) / "ema.safetensors"
+    load_weights(ema if ema.exists() else Path(latest) / "model.safetensors", model, what)
+    return model
 
 
 def load_train_state(ckpt: Path) -> dict:

@@ -58,7 +58,7 @@ def tokenize_cmd(run, data, device, batch_size, no_progress):
     """Encode every split of a packed dataset into the token cache RUN/tokens/<split>_tokens.npy
     (int16, N x V x t x h x w) with the run's latest (EMA) tokenizer."""
     from training.tokenize import tokenize_dataset
-    from training.loop import pick_device
+    from training.device import pick_device
 
     summary = tokenize_dataset(run, data, device=pick_device(device), batch_size=batch_size, progress=not no_progress)
     for split, info in summary.items():
@@ -79,7 +79,7 @@ def reconstruct_cmd(run, data, out, samples, split, device):
     """Write originals next to reconstructions (PNG grid: per view, original over reconstruction; and a GIF)."""
     from datagen.pack import load_packed
     from training.tokenize import reconstruct_samples
-    from training.loop import pick_device
+    from training.device import pick_device
 
     check_output_dir(out)
     ids = list(samples) or load_packed(data, split).sample_ids[:4]   # (an empty split: reconstruct_samples says so)

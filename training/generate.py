@@ -25,39 +25,22 @@ from training import checkpoint as ckpt
 from training.data import to_uint8
 from training.generated import TASKS as GENERATE_TASKS
 from training.generated import ClipRecord, write_generated
-from training.loop import autocast_for, pick_device
-from training.sampling import condition, generators, given_mask, sample
+from training.device import autocast_for, pick_device
+from training.sampling import condition, generators, given_latent_frames, given_mask, sample
 from training.token_cache import check_compatible, load_token_cache
 from training.tokenize import load_tokenizer
-from training.train_transformer import given_latent_frames
 from training.transformer import MaskedVideoTransformer, TokenLayout, TransformerConfig
 
 GAP = 2          # white pixels between panels in the PNG / GIF
 EMPTY = 48       # grey level of a panel part that was not given
 
 
-def transformer_checkpoint(run: Path) -> tuple[Path, dict]:
-    """(latest checkpoint, its config) of a transformer run; one line when RUN holds none or another kind of run
-    (a tokenizer or probe run passed as --transformer)."""
-    run = Path(run)
-    latest = ckpt.latest_checkpoint(run) if run.is_dir() else None
-    if latest is None:
-        raise UserError(f"no transformer checkpoint in {run}; train one with `magvit3d train-transformer`")
-    saved = ckpt.load_config_json(latest)
-    if saved.get("kind") != "transformer":
-        raise UserError(f"{run} is a {saved.get('kind', 'unknown')!r} run, not a transformer run; pass the --out of "
-                        f"`magvit3d train-transformer`")
-    return latest, saved
-
-
 def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, dict]:
     """The latest checkpoint of a transformer run (EMA weights when kept), in eval mode, and its config."""
-    latest, saved = transformer_checkpoint(run)
+    latest, saved = ckpt.load_run(run, "transformer")
     model = MaskedVideoTransformer(from_dict(TransformerConfig, saved["model"], where="model"),
                                    TokenLayout(**saved["layout"]))
-    weights = latest / "ema.safetensors"
-    ckpt.load_weights(weights if weights.exists() else latest / "model.safetensors", model)
-    return model.to(device).eval(), saved
+    return ckpt.load_model_weights(latest, model).to(device).eval(), saved
 
 
 def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int) -> None:
@@ -78,6 +61,45 @@ def _pick(names: list[str] | tuple[str, ...], allowed: list[str], what: str) -> 
     return [allowed.index(n) for n in names] if names else list(range(len(allowed)))
 
 
+def _class_conditional(layout: TokenLayout, classes: dict, shapes, families, num: int | None, seed: int):
+    """`generate`: --num clips of every requested shape x family, nothing given -> (seqs, given, cond, records,
+    no target)."""
+    combos = list(itertools.product(_pick(shapes, classes["shape"], "shape"),
+                                    _pick(families, classes["family"], "family")))
+    combos = [c for c in combos for _ in range(num or 1)]
+    n = len(combos)
+    seqs = torch.zeros(n, layout.num_tokens, dtype=torch.long)
+    given = given_mask(layout, "generate", n)
+    cond = condition(layout, "generate", torch.tensor([s for s, _ in combos]), torch.tensor([f for _, f in combos]))
+    records = [ClipRecord(None, "generate", classes["shape"][s], classes["family"][f], seed + i)
+               for i, (s, f) in enumerate(combos)]
+    return seqs, given, cond, records, None
+
+
+def _from_cache(cache, layout: TokenLayout, classes: dict, task: str, split: str, num: int | None,
+                view: int | None, latent_frames: int, seed: int, log):
+    """`predict` / `complete-view`: the first --num clips of the cache's split, part of each given -> (seqs, given,
+    cond, records, the rendered clips to compare with)."""
+    if len(cache) == 0:
+        raise UserError(f"the {split} split of the token cache {cache.source['tokens']} is empty, so there are no "
+                        f"clips to {task}; pass --split with a split that has clips, or render more clips")
+    n = len(cache) if num is None else min(num, len(cache))
+    if num is not None and num > len(cache):
+        log(f"notice: --num {num} exceeds the {len(cache)} clips of the {split} split; generating {n}")
+    seqs = layout.to_sequence(torch.from_numpy(cache.tokens[:n].astype(np.int64)))
+    views = torch.tensor([view if view is not None else i % layout.views for i in range(n)])
+    given = given_mask(layout, task, n, latent_frames=latent_frames, generated_view=views)
+    cond = condition(layout, task, batch=n)
+    f = cache.temporal_factor
+    records = [ClipRecord(int(cache.sample_ids[i]), task, classes["shape"][cache.shape_ids[i]],
+                          classes["family"][cache.family_ids[i]], seed + i,
+                          given_frames=latent_frames * f if task == "predict" else 0,
+                          given_views=[v for v in range(layout.views) if v != int(views[i])]
+                          if task == "complete-view" else [])
+               for i in range(n)]
+    return seqs, given, cond, records, np.array(load_packed(cache.dataset, split).rgb[:n])
+
+
 @torch.no_grad()
 def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: int | None = None,
              temperature: float = 1.0, choice_temperature: float = 4.5, top_k: int = 0, seed: int = 0,
@@ -89,7 +111,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
 
     _check_args(task, steps, num, temperature, top_k)
     transformer = Path(transformer)
-    _, saved = transformer_checkpoint(transformer)
+    _, saved = ckpt.load_run(transformer, "transformer")
     recorded = saved.get("tokens", {})
     layout = TokenLayout(**saved["layout"])
     latent_frames = 0
@@ -117,35 +139,11 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
 
     # what to generate: conditioning tokens, given masks, labels, per-clip records
     if task == "generate":
-        combos = list(itertools.product(_pick(shapes, classes["shape"], "shape"),
-                                        _pick(families, classes["family"], "family")))
-        combos = [c for c in combos for _ in range(num or 1)]
-        n = len(combos)
-        seqs = torch.zeros(n, layout.num_tokens, dtype=torch.long)
-        given = given_mask(layout, "generate", n)
-        cond = condition(layout, "generate", torch.tensor([s for s, _ in combos]), torch.tensor([f for _, f in combos]))
-        records = [ClipRecord(None, "generate", classes["shape"][s], classes["family"][f], seed + i)
-                   for i, (s, f) in enumerate(combos)]
-        target = None
+        seqs, given, cond, records, target = _class_conditional(layout, classes, shapes, families, num, seed)
     else:
-        if len(cache) == 0:
-            raise UserError(f"the {split} split of the token cache {cache.source['tokens']} is empty, so there are no "
-                            f"clips to {task}; pass --split with a split that has clips, or render more clips")
-        n = len(cache) if num is None else min(num, len(cache))
-        if num is not None and num > len(cache):
-            log(f"notice: --num {num} exceeds the {len(cache)} clips of the {split} split; generating {n}")
-        seqs = layout.to_sequence(torch.from_numpy(cache.tokens[:n].astype(np.int64)))
-        views = torch.tensor([view if view is not None else i % layout.views for i in range(n)])
-        given = given_mask(layout, task, n, latent_frames=latent_frames, generated_view=views)
-        cond = condition(layout, task, batch=n)
-        f = cache.temporal_factor
-        records = [ClipRecord(int(cache.sample_ids[i]), task, classes["shape"][cache.shape_ids[i]],
-                              classes["family"][cache.family_ids[i]], seed + i,
-                              given_frames=latent_frames * f if task == "predict" else 0,
-                              given_views=[v for v in range(layout.views) if v != int(views[i])]
-                              if task == "complete-view" else [])
-                   for i in range(n)]
-        target = np.array(load_packed(cache.dataset, split).rgb[:n])
+        seqs, given, cond, records, target = _from_cache(cache, layout, classes, task, split, num, view,
+                                                         latent_frames, seed, log)
+    n = len(records)
 
     rgb = np.zeros((n, layout.views, source["frames"], source["image_size"][1], source["image_size"][0], 3), np.uint8)
     sampling_seconds = 0.0

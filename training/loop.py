@@ -1,61 +1,34 @@
-"""What every training loop here shares: device choice, torchrun DDP set-up, the learning-rate schedule, the EMA
-update, graceful stopping on SIGINT/SIGTERM, the check that stops a diverged run (a non-finite loss or gradient)
-before it can be applied or saved, RNG state for bit-exact resume, and the metrics log (RUN/metrics.jsonl +
-TensorBoard events in RUN/tensorboard).
+"""The training skeleton every run shares: `Trainer` owns device and DDP, the optimizer (AdamW over the model's own
+parameter groups), the EMA, resume (checking the checkpoint's kind and config), the step / log / validate /
+checkpoint cadence, graceful stopping on SIGINT/SIGTERM, the check that stops a diverged run (a non-finite loss or
+gradient) before it can be applied or saved, RNG state for bit-exact resume, the metrics log (RUN/metrics.jsonl +
+TensorBoard events in RUN/tensorboard) and RUN/summary.json. A `TrainTask` supplies the rest: how to build its
+model, one step's loss, validation and its own state.
 
 Used by training/train_tokenizer.py, training/train_transformer.py and evaluation/probe.py.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from datagen.config import Interrupted, UserError
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available; use --device auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise UserError("--device mps: no Apple MPS device is available; use --device auto or cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown device {name!r}; allowed: auto, cpu, cuda, mps")
-    return torch.device(name)
-
-
-def init_distributed(device: str) -> tuple[int, int, torch.device | None]:
-    """(rank, world size, device) under torchrun (WORLD_SIZE > 1), else (0, 1, None). NCCL on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local)
-    return dist.get_rank(), world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; a disabled context elsewhere (CPU training stays fp32 and bit-exact)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+from datagen.dataset import naming, write_json_atomic
+from training import checkpoint as ckpt
+from training.checkpoint import CheckpointWriteError, TrainingDiverged, last_checkpoint_note  # noqa: F401 - re-exported
+from training.device import autocast_for, init_distributed, pick_device  # noqa: F401 - re-exported
+from training.progress import step_bar
 
 
 def lr_at(step: int, t) -> float:
@@ -64,6 +37,12 @@ def lr_at(step: int, t) -> float:
         return t.lr * (step + 1) / t.warmup_steps
     progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def adamw(groups: list[dict], t) -> torch.optim.AdamW:
+    """AdamW over parameter groups (a model's param_groups(weight_decay): which weights decay) with the train
+    section's lr and betas."""
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
 
 
 @torch.no_grad()
@@ -102,21 +81,6 @@ class GracefulStop:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
-
-
-class TrainingDiverged(UserError):
-    """A non-finite loss, gradient or weight: the run stops and nothing more is saved, so the run's latest
-    checkpoint is the last good one. (A UserError: the CLI prints it as one line and exits non-zero.)"""
-
-
-def last_checkpoint_note(run: Path) -> str:
-    """'last good checkpoint: step N in RUN/checkpoints/step_...' (or that there is none yet), for error messages."""
-    from training import checkpoint as ckpt
-
-    found = ckpt.latest_step(run)
-    if found is None:
-        return f"no checkpoint was saved in {Path(run) / 'checkpoints'} before it"
-    return f"last good checkpoint: step {found[0]} in {found[1]}"
 
 
 def _value(x: torch.Tensor) -> str:
@@ -187,8 +151,6 @@ def _write_failed(e: OSError, step: int, run: Path | None) -> OSError:
     """An OSError of the training loop (disk full while logging, ...) with the step and last checkpoint added to its
     reason; a checkpoint's own write error already says all that. The CLI prints an OSError as one line naming the
     file, exit status 1."""
-    from training.checkpoint import CheckpointWriteError
-
     if isinstance(e, CheckpointWriteError):
         return e
     note = f"; {last_checkpoint_note(run)}" if run is not None else ""
@@ -198,8 +160,6 @@ def _write_failed(e: OSError, step: int, run: Path | None) -> OSError:
 def write_summary(out: Path, summary: dict) -> None:
     """RUN/summary.json, atomically; a failed write (disk full) is an OSError naming the file (the CLI: one line,
     exit status 1; the run's checkpoints are already saved by then)."""
-    from datagen.dataset import naming, write_json_atomic
-
     path = Path(out) / "summary.json"
     with naming(path, "; the run's checkpoints are saved"):
         write_json_atomic(path, summary)
@@ -224,7 +184,7 @@ class MetricsLog:
     split == "val", "train/<key>" otherwise). start_step > 0 (a resumed run) purges TensorBoard events past it."""
 
     def __init__(self, out: Path, start_step: int = 0):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter   # (imported when a run starts: it is slow to import)
 
         self.path = Path(out) / "metrics.jsonl"
         self._drop_rows_after(start_step)
@@ -250,8 +210,6 @@ class MetricsLog:
             os.replace(tmp, self.path)
 
     def log(self, row: dict) -> None:
-        from datagen.dataset import naming
-
         with naming(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         prefix = "val" if row.get("split") == "val" else "train"
@@ -261,3 +219,180 @@ class MetricsLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class TrainTask:
+    """What one kind of training run supplies to the Trainer: how to build its model, one step's loss, validation
+    and its own state. The Trainer does the rest (device and DDP, optimizer, EMA, resume, the step / log /
+    validate / checkpoint cadence, interrupts, divergence checks and the summary)."""
+    kind = ""                                  # "tokenizer" | "transformer" | "probe": recorded in every checkpoint
+    label = ""                                 # the progress bar's name
+    same_sections: tuple[str, ...] = ()        # config sections a resumed run must match
+    loss_name = "loss"                         # named when the loss diverges
+    diverged_hint = "lower train.lr or check the data"
+    ema_copy_prefixes: tuple[str, ...] = ()    # parameters the EMA copies instead of averaging
+    weights_name = "model"                     # named when the checkpoint's weights don't fit the model
+    val_split = "val"                          # the split validation reads ("train" when the data has no val split)
+
+    def build(self, tr: "Trainer") -> torch.nn.Module:
+        """The model on tr.device (and anything trained beside it), built after torch.manual_seed(train.seed)."""
+        raise NotImplementedError
+
+    def start(self, tr: "Trainer") -> None:
+        """After resume: data, validation inputs, anything the loop needs (tr.step is the first step to train)."""
+
+    def train_module(self, tr: "Trainer") -> torch.nn.Module:
+        """The module the forward pass runs through (compiled, say); the Trainer wraps it in DDP under torchrun."""
+        return tr.model
+
+    def loss(self, tr: "Trainer", step: int) -> tuple[torch.Tensor, dict]:
+        """One step's batch through tr.train_model -> (loss, the row logged for the step: tensors or numbers)."""
+        raise NotImplementedError
+
+    def after_step(self, tr: "Trainer", step: int, parts: dict) -> None:
+        """After the optimizer step, before the EMA update (a discriminator's own step, say)."""
+
+    def validate(self, tr: "Trainer", model: torch.nn.Module) -> dict:
+        raise NotImplementedError
+
+    def validation_line(self, val: dict) -> str:
+        raise NotImplementedError
+
+    def postfix(self, row: dict) -> dict:
+        """What the progress bar shows after a logged step."""
+        return {"loss": f"{row['loss']:.4f}"}
+
+    def weights(self) -> dict:
+        """Weights saved beside the model and its EMA: {name: state_dict}."""
+        return {}
+
+    def train_state(self) -> dict:
+        """Optimizer state saved beside the model's optimizer and the RNG state."""
+        return {}
+
+    def load_state(self, latest: Path, state: dict) -> None:
+        """Restore what weights() and train_state() saved, from checkpoint `latest` (train_state.pt = state)."""
+
+    def summary(self, tr: "Trainer") -> dict:
+        """RUN/summary.json (and the return value of the train_* function)."""
+        raise NotImplementedError
+
+
+class Trainer:
+    """The training skeleton every run shares. Under torchrun (WORLD_SIZE > 1) it runs DDP; only rank 0 logs,
+    validates and saves. --resume continues bit for bit on the CPU: model, EMA, optimizer, RNG state and the
+    task's own state come back from the latest checkpoint, and the data order is a function of the step."""
+
+    def __init__(self, task: TrainTask, t, out: Path, run_config: dict, *, resume: bool = False,
+                 device: str = "auto", progress: bool = True, max_steps_this_run: int | None = None, log=print):
+        self.task, self.t, self.out, self.run_config, self.log = task, t, Path(out), run_config, log
+        latest = ckpt.checkpoint_to_resume(self.out, resume, task.kind, log)
+        self.rank, self.world, ddp_device = init_distributed(device)
+        self.main = self.rank == 0
+        self.progress = progress and (self.main or self.world == 1)
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
+        self.device = ddp_device or pick_device(device)
+        self.model = task.build(self)
+        self.ema = copy.deepcopy(self.model).eval() if t.ema_decay > 0 else None
+        self.opt = adamw(self.model.param_groups(t.weight_decay), t)
+        self.step = self._resume(latest) if latest is not None else 0
+        self.start_step = self.step
+        self.stop_at = t.steps if max_steps_this_run is None else min(t.steps, self.step + max_steps_this_run)
+        self.last_val: dict = {}
+        self.t0 = self.seconds = 0.0
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        task.start(self)
+        self.train_model = self.ddp(task.train_module(self))
+
+    def ddp(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` wrapped in DistributedDataParallel under torchrun, else itself."""
+        if self.world <= 1:
+            return module
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _resume(self, latest: Path) -> int:
+        saved = ckpt.load_config_json(latest)
+        if saved.get("kind") != self.task.kind:
+            raise UserError(f"{latest} is a {saved.get('kind', 'unknown')!r} checkpoint, not a {self.task.kind}")
+        ckpt.require_same(saved, self.run_config, latest, list(self.task.same_sections))
+        ckpt.load_weights(latest / "model.safetensors", self.model, self.task.weights_name)
+        if self.ema is not None:
+            ckpt.load_weights(latest / "ema.safetensors", self.ema, "EMA model")
+        state = ckpt.load_train_state(latest)
+        self.opt.load_state_dict(state["optimizer"])
+        self.task.load_state(latest, state)
+        if "rng" in state:
+            restore_rng_state(state["rng"])
+        self.log(f"resuming {self.out} from step {saved['step']}")
+        return int(saved["step"])
+
+    def save(self) -> None:
+        weights = {"model": self.model.state_dict(), **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+                   **self.task.weights()}
+        state = {"optimizer": self.opt.state_dict(), "rng": rng_state(), **self.task.train_state()}
+        ckpt.save_checkpoint(self.out, self.step, self.run_config, weights, state)
+
+    def fit(self) -> dict:
+        """Train from self.step to stop_at; returns the summary (also RUN/summary.json, written by rank 0)."""
+        t, task = self.t, self.task
+        metrics = MetricsLog(self.out, self.step) if self.main else None
+        bar = step_bar(t.steps, self.step, task.label, self.progress, self.log)
+        self.model.train()
+        self.t0, stop = time.perf_counter(), GracefulStop()
+        with checkpoint_on_interrupt(stop, bar, metrics, self.save, lambda: self.step, self.log, self.main,
+                                     run=self.out):
+            while self.step < self.stop_at:
+                if stop.requested:  # Ctrl-C or SIGTERM (schedulers send it before killing): stop at a step boundary
+                    raise KeyboardInterrupt
+                parts = self._train_step()
+                self.step += 1
+                bar.update(1)
+                if self.main:
+                    self._after_step(parts, metrics, bar)
+        return self._finish()
+
+    def _train_step(self) -> dict:
+        t, task, step = self.t, self.task, self.step
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step, t)
+        loss, parts = task.loss(self, step)
+        self.opt.zero_grad(set_to_none=True)
+        backward_checked(loss, self.model.parameters(), t.grad_clip, step, self.out, task.loss_name,
+                         task.diverged_hint)  # stops on nan/inf before the optimizer applies it
+        self.opt.step()
+        task.after_step(self, step, parts)
+        if self.ema is not None:
+            ema_update(self.ema, self.model, t.ema_decay, task.ema_copy_prefixes)
+        return parts
+
+    def _after_step(self, parts: dict, metrics: "MetricsLog", bar) -> None:
+        """Rank 0, after step self.step: log, validate and save on their cadence."""
+        t, step = self.t, self.step
+        if step % t.log_every == 0 or step == self.stop_at:
+            row = {"step": step, **{k: v.item() if torch.is_tensor(v) else v for k, v in parts.items()},
+                   "lr": lr_at(step - 1, t), "seconds": round(time.perf_counter() - self.t0, 3)}
+            metrics.log(row)
+            bar.set_postfix(**self.task.postfix(row))
+        if step % t.val_every == 0 or step == t.steps:
+            self.last_val = self.validate()
+            metrics.log(self.last_val)
+            bar.write(self.task.validation_line(self.last_val))
+        if step % t.ckpt_every == 0 or step == self.stop_at:
+            self.save()
+
+    def validate(self) -> dict:
+        """{"step", "split", ...the task's validation of the EMA model (the raw one without EMA)}."""
+        return {"step": self.step, "split": self.task.val_split,
+                **self.task.validate(self, self.ema if self.ema is not None else self.model)}
+
+    def _finish(self) -> dict:
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+            if not self.main:
+                return {"run": str(self.out), "step": self.step, "rank": self.rank}
+        self.seconds = time.perf_counter() - self.t0
+        summary = self.task.summary(self)
+        write_summary(self.out, summary)
+        return summary

@@ -25,9 +25,21 @@ import math
 import torch
 import torch.nn.functional as F
 
+from datagen.config import UserError
 from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout
 
 TASK_ID = {name: i for i, name in enumerate(TASKS)}
+
+
+def given_latent_frames(frames: int, cache_source: dict, what: str = "--given-frames") -> int:
+    """k given pixel frames -> k / f latent frames; k must be a multiple of the temporal factor f and < T."""
+    T, t = cache_source["frames"], cache_source["grid"][1]
+    f = T // t
+    if frames < 1 or frames % f or frames >= T:
+        allowed = ", ".join(str(k) for k in range(f, T, f)) or "none: the clip has a single latent frame"
+        raise UserError(f"{what} = {frames}: must be a multiple of the tokenizer's temporal factor {f} and less "
+                        f"than the clip's {T} frames (allowed: {allowed})")
+    return frames // f
 
 
 def given_mask(layout: TokenLayout, task: str, batch: int, *, latent_frames: int = 1,

@@ -22,19 +22,10 @@ from training.tokenizer import TokenizerConfig, VideoTokenizer
 
 
 def load_tokenizer(run: Path, device: torch.device | str = "cpu") -> tuple[VideoTokenizer, dict]:
-    """The latest checkpoint of a tokenizer run (EMA weights when the run kept them), in eval mode."""
-    run = Path(run)
-    latest = ckpt.latest_checkpoint(run) if run.is_dir() else None
-    if latest is None:
-        raise UserError(f"no tokenizer checkpoint in {run}; train one with `magvit3d train-tokenizer`")
-    saved = ckpt.load_config_json(latest)
-    if saved.get("kind") != "tokenizer":
-        raise UserError(f"{run} is a {saved.get('kind', 'unknown')!r} run, not a tokenizer run; pass the --out of "
-                        f"`magvit3d train-tokenizer`")
+    """The latest checkpoint of a tokenizer run (EMA weights when the run kept them), in eval mode, and its config."""
+    latest, saved = ckpt.load_run(run, "tokenizer")
     model = VideoTokenizer(from_dict(TokenizerConfig, saved["model"], where="model"))
-    weights = latest / "ema.safetensors"
-    ckpt.load_weights(weights if weights.exists() else latest / "model.safetensors", model)
-    return model.to(device).eval(), saved
+    return ckpt.load_model_weights(latest, model).to(device).eval(), saved
 
 
 def _check_dataset(data: Path, saved: dict) -> dict:

@@ -38,111 +38,15 @@ batch-mean assignment (want all codes used), both from a softmax over negative d
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-QUANTIZERS = ("vq", "lfq", "fsq")
-NORMS = ("group", "layer")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# config
-
-@dataclass
-class TokenizerConfig:
-    channels: int = 32                             # base width; level i has channels * channel_mult[i]
-    channel_mult: tuple[int, ...] = (1, 2, 2)      # one entry per level; every level but the last halves H and W
-    num_res_blocks: int = 1                        # residual blocks per level (encoder and decoder)
-    temporal_downsample: tuple[bool, ...] = (True, True)  # per downsampling level (len(channel_mult) - 1): also halve T?
-    norm: str = "group"                            # "group": GroupNorm per frame (MAGVIT); "layer": LayerNorm over
-                                                   # channels at each position (no statistics over H, W: what a
-                                                   # model trained on crops learns carries over to whole frames)
-    norm_groups: int = 8                           # GroupNorm groups; every level's width must be a multiple
-    temporal_kernel: int = 3                       # time taps of the 3x3 convs (causal); 1 = no mixing of latent
-                                                   # frames: with patching, a 2D net per latent frame
-    z_channels: int = 16                           # vq code dimension (lfq: log2(codebook_size), fsq: len(fsq_levels))
-    quantizer: str = "vq"                          # "vq" | "lfq" | "fsq"
-    codebook_size: int = 1024                      # vq: K; lfq: 2 ** d; fsq: must equal prod(fsq_levels)
-    commitment_weight: float = 0.25
-    codebook_weight: float = 1.0                   # vq only
-    entropy_weight: float = 0.0                    # 0 skips the entropy computation (an (N, K) softmax)
-    entropy_temperature: float = 0.01
-    dead_code_threshold: int = 100                 # vq: restart codes unused for this many training steps; 0 = never
-    fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
-    patch_size: int = 1                            # pixels folded into channels first (p x p), as in ViT patching:
-    patch_frames: int = 1                          # ...and frames (q); the convs then run at 1/p resolution, 1/q rate
-
-    @property
-    def spatial_factor(self) -> int:
-        return self.patch_size * 2 ** (len(self.channel_mult) - 1)
-
-    @property
-    def temporal_factor(self) -> int:
-        return self.patch_frames * 2 ** sum(bool(t) for t in self.temporal_downsample)
-
-    @property
-    def code_dim(self) -> int:
-        """Channels of the latent the quantizer sees."""
-        if self.quantizer == "lfq":
-            return int(math.log2(self.codebook_size))
-        if self.quantizer == "fsq":
-            return len(self.fsq_levels)
-        return self.z_channels
-
-    def validate(self, resolution: int | tuple[int, int] | None = None, frames: int | None = None) -> None:
-        """Raise ValueError (one line, naming the value and what is allowed) for a config or clip size that can't work."""
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"unknown quantizer {self.quantizer!r}; allowed: {', '.join(QUANTIZERS)}")
-        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
-            raise ValueError(f"channel_mult {tuple(self.channel_mult)} must be a non-empty tuple of integers >= 1")
-        if len(self.temporal_downsample) != len(self.channel_mult) - 1:
-            raise ValueError(f"temporal_downsample {tuple(self.temporal_downsample)} must have "
-                             f"len(channel_mult) - 1 = {len(self.channel_mult) - 1} entries (one per downsampling level)")
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; allowed: {', '.join(NORMS)}")
-        if self.norm_groups < 1:
-            raise ValueError(f"norm_groups {self.norm_groups} must be >= 1")
-        for m in self.channel_mult:
-            if self.channels < 1 or (self.norm == "group" and (self.channels * m) % self.norm_groups):
-                raise ValueError(f"width channels*mult = {self.channels}*{m} is not a multiple of "
-                                 f"norm_groups = {self.norm_groups}")
-        if self.temporal_kernel < 1:
-            raise ValueError(f"temporal_kernel {self.temporal_kernel} must be >= 1 (1: no mixing across latent frames)")
-        if self.patch_size < 1 or self.patch_frames < 1:
-            raise ValueError(f"patch_size {self.patch_size} and patch_frames {self.patch_frames} must be >= 1")
-        if self.num_res_blocks < 0:
-            raise ValueError(f"num_res_blocks {self.num_res_blocks} must be >= 0")
-        if self.quantizer == "vq" and (self.z_channels < 1 or self.codebook_size < 2):
-            raise ValueError(f"vq needs z_channels >= 1 and codebook_size >= 2; got {self.z_channels}, {self.codebook_size}")
-        if self.quantizer == "lfq" and (self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1)):
-            raise ValueError(f"lfq codebook_size {self.codebook_size} must be a power of two >= 2 (2 ** bits)")
-        if self.quantizer == "fsq":
-            if not self.fsq_levels or any(lv < 2 for lv in self.fsq_levels):
-                raise ValueError(f"fsq_levels {tuple(self.fsq_levels)} must be a non-empty tuple of integers >= 2")
-            if math.prod(self.fsq_levels) != self.codebook_size:
-                raise ValueError(f"fsq codebook_size {self.codebook_size} must equal prod(fsq_levels "
-                                 f"{tuple(self.fsq_levels)}) = {math.prod(self.fsq_levels)}")
-        if self.dead_code_threshold < 0:
-            raise ValueError(f"dead_code_threshold {self.dead_code_threshold} must be >= 0 (0 disables restarts)")
-        if resolution is not None:
-            for r in ((resolution, resolution) if isinstance(resolution, int) else resolution):
-                if r < 1 or r % self.spatial_factor:
-                    raise ValueError(f"resolution {r} is not divisible by the spatial downsampling factor "
-                                     f"{self.spatial_factor} (patch_size * 2 ** (len(channel_mult) - 1))")
-        if frames is not None and (frames < 1 or frames % self.temporal_factor):
-            raise ValueError(f"frames {frames} is not a multiple of the temporal downsampling factor "
-                             f"{self.temporal_factor}; latent frame j covers frames [j*f, (j+1)*f)")
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """(t, h, w) of the token grid for a clip of this size."""
-        self.validate((height, width), frames)
-        return frames // self.temporal_factor, height // self.spatial_factor, width // self.spatial_factor
+from datagen.config import UserError
+from training.configs import NORMS, QUANTIZERS, TokenizerConfig  # noqa: F401 - the model's config, torch-free
+from training.discriminator import generator_loss
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -448,7 +352,7 @@ class FiniteScalarQuantizer(nn.Module):
 
 def build_quantizer(cfg: TokenizerConfig) -> nn.Module:
     if cfg.quantizer not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer {cfg.quantizer!r}; allowed: {', '.join(QUANTIZERS)}")
+        raise UserError(f"unknown quantizer {cfg.quantizer!r}; allowed: {', '.join(QUANTIZERS)}")
     cfg.validate()
     return {"vq": VectorQuantizer, "lfq": LookupFreeQuantizer, "fsq": FiniteScalarQuantizer}[cfg.quantizer](cfg)
 
@@ -483,5 +387,36 @@ class VideoTokenizer(nn.Module):
         z_q, indices, aux = self.encode(x)
         return self.decode(z_q), indices, aux
 
+    def loss(self, x: torch.Tensor, x_hat: torch.Tensor, aux: dict, recon_loss: str = "l1", perceptual=None,
+             perceptual_weight: float = 0.0, disc=None, disc_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """The training loss of a forward pass (x_hat, _, aux = model(x); called on the outputs so that the forward
+        can go through a DDP wrapper): reconstruction (l1 | l2) + the quantizer's terms, + perceptual_weight * LPIPS
+        per frame when `perceptual` (an LPIPS net) is given, + disc_weight * the generator's hinge term when `disc`
+        (the discriminator) is. -> (loss, breakdown: quant_loss and the quantizer's other terms, recon[, g_adv])."""
+        diff = x_hat.float() - x
+        recon = diff.abs().mean() if recon_loss == "l1" else diff.pow(2).mean()
+        loss = recon + aux["loss"]
+        if perceptual is not None:  # LPIPS per frame: fold time into the batch
+            frames = lambda v: v.float().transpose(1, 2).flatten(0, 1)  # noqa: E731
+            loss = loss + perceptual_weight * perceptual(frames(x_hat), frames(x)).mean()
+        parts = {**{f"quant_{k}" if k == "loss" else k: v for k, v in aux.items()}, "recon": recon}
+        if disc is not None:
+            parts["g_adv"] = generator_loss(disc(x_hat))
+            loss = loss + disc_weight * parts["g_adv"]
+        return loss, parts
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: weight decay on the >= 2-D weights except the codebook (see weight_decay_groups)."""
+        return weight_decay_groups(self.named_parameters(), weight_decay)
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def weight_decay_groups(named_parameters, weight_decay: float) -> list[dict]:
+    """Decay on >= 2-D weights (convs, linears), none on biases, norms and a codebook (decaying codes would pull
+    them towards 0, away from the latents they stand for). Also used for the peer in benchmarks/tokenizer.py."""
+    decay, no_decay = [], []
+    for name, p in named_parameters:
+        (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,4 +1,4 @@
-"""Train the video tokenizer on a packed dataset: the whole loop, top to bottom.
+"""Train the video tokenizer on a packed dataset: what is specific to it (training.loop.Trainer runs the loop).
 
     magvit3d train-tokenizer --data DATASET --out RUN [--config tiny|demo|full|FILE] [--set KEY=VALUE] [--resume]
 
@@ -14,105 +14,40 @@ Under torchrun (WORLD_SIZE > 1) the same code runs DDP.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
-from datagen.config import UserError, load_config, to_dict
-from datagen.dataset import load_dataset_json
+from datagen.config import UserError, to_dict
+from datagen.dataset import load_dataset_json, write_json_atomic
 from datagen.pack import load_packed
 from training import checkpoint as ckpt
 from training import loop
 from training.baselines import tokenizer_baselines
+from training.configs import TokenizerRunConfig, load_tokenizer_config
 from training.data import PackedViewClips, infinite_loader, random_crop, to_model_range, to_uint8
-from training.discriminator import LeCAM, PatchDiscriminator3D, generator_loss, hinge_d_loss
-from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
+from training.discriminator import LeCAM, PatchDiscriminator3D, hinge_d_loss
+from training.device import autocast_for
+from training.loop import TrainTask, Trainer, lr_at  # noqa: F401 - lr_at for tests
+from training.lpips_metric import load_lpips
 from training.metrics import motion_ratio, psnr_per_clip, ssim_per_clip
 from training.tokenizer import TokenizerConfig, VideoTokenizer, code_space_health
 
-
-@dataclass
-class TrainSection:
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 4e-4
-    min_lr_ratio: float = 0.1         # cosine decays to lr * min_lr_ratio at the last step
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0            # max gradient norm; 0 = off
-    ema_decay: float = 0.99           # 0 = no EMA (validation and checkpoints then use the raw weights)
-    recon_loss: str = "l1"            # l1 | l2
-    perceptual_weight: float = 0.0    # LPIPS loss weight; used when AlexNet's weights are found or downloaded
-    lpips_weights: str = ""           # torchvision alexnet-owt-7be5be79.pth; "" = look in the torch hub cache
-    disc_weight: float = 0.0          # adversarial loss weight; 0 = no discriminator
-    disc_start: int = 1000            # step at which the discriminator starts (reconstruction first)
-    disc_lr: float = 1e-4
-    disc_channels: int = 32
-    lecam_weight: float = 0.001
-    val_every: int = 200
-    val_clips: int = 16               # view-clips reconstructed per validation
-    ckpt_every: int = 200
-    log_every: int = 10
-    seed: int = 0
-    workers: int = 1                  # DataLoader worker processes
-    crop_size: int = 0                # train on random crop_size x crop_size windows (0 = whole frames): the model is
-    crop_frames: int = 0              # convolutional, and on a CPU smaller windows buy more, more varied steps
-    compile: bool = False             # torch.compile the model (CUDA recommended)
-    baselines: bool = True            # fit the same-budget baselines (k-means, block and clip means) once per run
+load_run_config = load_tokenizer_config   # (the name every training loop module uses)
 
 
-@dataclass
-class TokenizerRunConfig:
-    model: TokenizerConfig = field(default_factory=TokenizerConfig)
-    train: TrainSection = field(default_factory=TrainSection)
-
-    def validate(self) -> None:
-        t = self.train
-        try:
-            self.model.validate()
-        except ValueError as e:
-            raise UserError(f"model: {e}") from None
-        if t.recon_loss not in ("l1", "l2"):
-            raise UserError(f"train.recon_loss = {t.recon_loss!r}; allowed: l1, l2")
-        for name in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "val_clips"):
-            if getattr(t, name) < 1:
-                raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
-        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.workers < 0:
-            raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and workers >= 0")
-        if t.disc_weight < 0 or t.disc_start < 0 or t.disc_lr <= 0 or t.disc_channels < 1 or t.lecam_weight < 0:
-            raise UserError("train.disc_weight, disc_start and lecam_weight must be >= 0, disc_lr > 0, disc_channels >= 1")
-        if t.perceptual_weight < 0:
-            raise UserError(f"train.perceptual_weight = {t.perceptual_weight}: must be >= 0")
-        sf, tf = self.model.spatial_factor, self.model.temporal_factor
-        if t.crop_size < 0 or t.crop_size % sf:
-            raise UserError(f"train.crop_size = {t.crop_size}: must be 0 (whole frames) or a multiple of the spatial "
-                            f"downsampling factor {sf}")
-        if t.crop_frames < 0 or t.crop_frames % tf:
-            raise UserError(f"train.crop_frames = {t.crop_frames}: must be 0 (whole clips) or a multiple of the "
-                            f"temporal downsampling factor {tf}")
-        if not 0 <= t.ema_decay < 1:
-            raise UserError(f"train.ema_decay = {t.ema_decay}: must be in [0, 1)")
-
-
-def load_run_config(source, overrides=None) -> TokenizerRunConfig:
-    return load_config(TokenizerRunConfig, "tokenizer", source, overrides)
+# The EMA averages the encoder/decoder weights but copies the quantizer: dead-code restarts move codebook rows in one
+# step, and an averaged row sits between its old and new place where no latent maps to it (measured on the demo
+# data: validation codebook usage 2.6% with the averaged codebook).
+EMA_COPY = ("quantizer.",)
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """EMA of the encoder/decoder weights. The quantizer is copied, not averaged: dead-code restarts move codebook
-    rows in one step, and an averaged row sits between its old and new place where no latent maps to it
-    (measured on the demo data: validation codebook usage 2.6% with the averaged codebook)."""
-    loop.ema_update(ema, model, decay, copy_prefixes=("quantizer.",))
+    """The tokenizer's EMA update (see EMA_COPY); benchmarks/tokenizer.py uses it too."""
+    loop.ema_update(ema, model, decay, copy_prefixes=EMA_COPY)
 
 
 @torch.no_grad()
@@ -160,8 +95,6 @@ def baselines_for(run: Path, data: Path, info: dict, val_clips: torch.Tensor, mo
                   val_split: str, log) -> dict:
     """The same-budget baselines (training.baselines) on the validation clips, cached in RUN/baselines.json so a
     resumed run does not refit k-means; refit when the dataset, the clips or the token grid differ."""
-    from datagen.dataset import write_json_atomic
-
     key = {"config_hash": info["config_hash"], "val_split": val_split, "val_clips": len(val_clips),
            "grid": [model_cfg.temporal_factor, model_cfg.spatial_factor], "codebook_size": model_cfg.codebook_size}
     path = Path(run) / "baselines.json"
@@ -186,176 +119,134 @@ def train_tokenizer(cfg: TokenizerRunConfig, data: Path, out: Path, *, resume: b
                     progress: bool = True, max_steps_this_run: int | None = None, log=print) -> dict:
     """Train (or resume) a tokenizer run; returns the summary also written to RUN/summary.json.
     max_steps_this_run stops early after that many steps (a checkpoint is saved), as an interruption would."""
-    from training.progress import step_bar
+    task = TokenizerTask(cfg, Path(data), Path(out), log)
+    return Trainer(task, cfg.train, out, task.run_config, resume=resume, device=device, progress=progress,
+                   max_steps_this_run=max_steps_this_run, log=log).fit()
 
-    data, out = Path(data), Path(out)
-    t = cfg.train
-    info = load_dataset_json(data)
-    W, H = info["image_size"]
-    try:
-        cfg.model.validate((H, W), info["frames"])
-    except ValueError as e:
-        raise UserError(f"dataset {data} ({W}x{H}, {info['frames']} frames) does not fit the tokenizer: {e}") from None
-    train_set = PackedViewClips(data, "train")
-    val_split = "val" if info["counts"].get("val") else "train"
-    if val_split == "train":
-        log(f"notice: {data} has no val split; validation reconstructs training clips and is logged as split 'train'")
-    val_set = train_set if val_split == "train" else PackedViewClips(data, "val")
-    if t.crop_size > min(H, W) or t.crop_frames > info["frames"]:
-        raise UserError(f"train.crop_size {t.crop_size} / crop_frames {t.crop_frames} exceed the dataset's "
-                        f"{W}x{H}x{info['frames']} clips")
-    if len(train_set) < t.batch_size:
-        raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_set)} training view-clips of {data}")
-    run_config = {"model": to_dict(cfg.model), "train": to_dict(cfg.train),
-                  "data": {"path": str(data), "config_hash": info["config_hash"], "image_size": [W, H],
-                           "frames": info["frames"]}, "kind": "tokenizer"}
 
-    latest = ckpt.checkpoint_to_resume(out, resume, "tokenizer", log)
+class TokenizerTask(TrainTask):
+    """The tokenizer's part of the loop (training.loop.Trainer does the rest): view-clips (random crops when set)
+    -> reconstruction + quantizer (+ LPIPS, + adversarial) loss; with the GAN on, a discriminator step per step."""
+    kind, label, same_sections = "tokenizer", "tokenizer", ("model", "train", "data")
+    ema_copy_prefixes = EMA_COPY
 
-    rank, world, ddp_device = init_distributed(device)
-    main = rank == 0  # only rank 0 writes metrics, validates and saves checkpoints
-    dev = ddp_device or pick_device(device)
-    if world > 1:
-        progress = progress and main
-    torch.manual_seed(t.seed)  # the same initial weights on every rank
-    model = VideoTokenizer(cfg.model).to(dev)
-    ema = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "codebook" not in name else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=t.lr, betas=(t.beta1, t.beta2))
-    adversary, opt_d = None, None
-    if t.disc_weight > 0:
-        adversary = torch.nn.ModuleDict({"disc": PatchDiscriminator3D(t.disc_channels), "lecam": LeCAM()}).to(dev)
-        opt_d = torch.optim.AdamW(adversary.parameters(), lr=t.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
-    step = 0
-    if latest is not None:
-        saved = ckpt.load_config_json(latest)
-        ckpt.require_same(saved, run_config, latest, ["model", "train", "data"])
-        ckpt.load_weights(latest / "model.safetensors", model)
-        if ema is not None:
-            ckpt.load_weights(latest / "ema.safetensors", ema, "EMA model")
-        state = ckpt.load_train_state(latest)
-        opt.load_state_dict(state["optimizer"])
-        if adversary is not None:
-            ckpt.load_weights(latest / "disc.safetensors", adversary, "discriminator")
-            opt_d.load_state_dict(state["disc_optimizer"])
-        loop.restore_rng_state(state["rng"])
-        step = int(saved["step"])
-        log(f"resuming {out} from step {step}")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    perceptual = None
-    if t.perceptual_weight > 0:
-        from training.lpips_metric import load_lpips
+    def __init__(self, cfg: TokenizerRunConfig, data: Path, out: Path, log):
+        self.cfg, self.data, self.out, self.log = cfg, data, out, log
+        t = cfg.train
+        self.info = info = load_dataset_json(data)
+        W, H = info["image_size"]
+        try:
+            cfg.model.validate((H, W), info["frames"])
+        except UserError as e:
+            raise UserError(f"dataset {data} ({W}x{H}, {info['frames']} frames) does not fit the tokenizer: {e}") from None
+        self.train_set = PackedViewClips(data, "train")
+        self.val_split = "val" if info["counts"].get("val") else "train"
+        if self.val_split == "train":
+            log(f"notice: {data} has no val split; validation reconstructs training clips and is logged as split "
+                f"'train'")
+        self.val_set = self.train_set if self.val_split == "train" else PackedViewClips(data, "val")
+        if t.crop_size > min(H, W) or t.crop_frames > info["frames"]:
+            raise UserError(f"train.crop_size {t.crop_size} / crop_frames {t.crop_frames} exceed the dataset's "
+                            f"{W}x{H}x{info['frames']} clips")
+        if len(self.train_set) < t.batch_size:
+            raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(self.train_set)} training view-clips "
+                            f"of {data}")
+        self.run_config = {"model": to_dict(cfg.model), "train": to_dict(t),
+                           "data": {"path": str(data), "config_hash": info["config_hash"], "image_size": [W, H],
+                                    "frames": info["frames"]}, "kind": "tokenizer"}
 
-        metric = load_lpips(t.lpips_weights or None, device=dev)
-        if metric.available:
-            perceptual = metric.net.eval().requires_grad_(False)
-        else:
-            log(f"notice: LPIPS unavailable ({metric.reason}); training without the perceptual loss")
-    if t.compile:
-        # The convs only: the quantizer's data-dependent dead-code restarts and usage statistics made a whole-model
-        # compile recompile until dynamo's limit (seen on an H200: 116 view-clips/s compiled vs 164 eager).
-        model.encoder.compile()
-        model.decoder.compile()
-    train_model = model
-    disc = adversary["disc"] if adversary is not None else None
-    if world > 1:
-        train_model = DistributedDataParallel(train_model, device_ids=[dev.index] if dev.type == "cuda" else None)
-        if disc is not None:
-            disc = DistributedDataParallel(disc, device_ids=[dev.index] if dev.type == "cuda" else None)
-    autocast = autocast_for(dev)
+    def build(self, tr: Trainer) -> VideoTokenizer:
+        t = self.cfg.train
+        model = VideoTokenizer(self.cfg.model).to(tr.device)
+        self.adversary, self.opt_d = None, None
+        if t.disc_weight > 0:
+            self.adversary = torch.nn.ModuleDict({"disc": PatchDiscriminator3D(t.disc_channels),
+                                                  "lecam": LeCAM()}).to(tr.device)
+            self.opt_d = torch.optim.AdamW(self.adversary.parameters(), lr=t.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
+        return model
 
-    val_clips = torch.stack([val_set[i] for i in range(min(t.val_clips, len(val_set)))])
-    baselines = baselines_for(out, data, info, val_clips, cfg.model, val_split, log) if main and t.baselines else {}
-    batches = infinite_loader(train_set, t.batch_size, t.seed, t.workers, start_step=step, rank=rank, world=world)
+    def weights(self) -> dict:
+        return {"disc": self.adversary.state_dict()} if self.adversary is not None else {}
 
-    def save():
-        weights = {"model": model.state_dict()}
-        train_state = {"optimizer": opt.state_dict(), "rng": loop.rng_state()}
-        if ema is not None:
-            weights["ema"] = ema.state_dict()
-        if adversary is not None:
-            weights["disc"] = adversary.state_dict()
-            train_state["disc_optimizer"] = opt_d.state_dict()
-        ckpt.save_checkpoint(out, step, run_config, weights, train_state)
+    def train_state(self) -> dict:
+        return {"disc_optimizer": self.opt_d.state_dict()} if self.adversary is not None else {}
 
-    metrics = loop.MetricsLog(out, step) if main else None
-    log_metrics = metrics.log if main else None
+    def load_state(self, latest: Path, state: dict) -> None:
+        if self.adversary is not None:
+            ckpt.load_weights(latest / "disc.safetensors", self.adversary, "discriminator")
+            self.opt_d.load_state_dict(state["disc_optimizer"])
 
-    start_step = step
-    stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
-    bar = step_bar(t.steps, step, "tokenizer", progress, log)
-    t0, last_val = time.perf_counter(), {}
-    stop = GracefulStop()
-    with loop.checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, main, run=out):
-        while step < stop_at:
-            if stop.requested:  # Ctrl-C or SIGTERM (schedulers send it before killing): stop at a step boundary
-                raise KeyboardInterrupt
-            x = next(batches)
-            if t.crop_size or t.crop_frames:
-                x = random_crop(x, t.crop_size, t.crop_frames, cfg.model.temporal_factor, t.seed * 1_000_003 + step)
-            x = to_model_range(x.to(dev, non_blocking=True))
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, t)
-            with autocast:
-                x_hat, _, aux = train_model(x)
-                diff = x_hat.float() - x
-                recon = diff.abs().mean() if t.recon_loss == "l1" else diff.pow(2).mean()
-                loss = recon + aux["loss"]
-                if perceptual is not None:  # LPIPS per frame: fold time into the batch
-                    frames = lambda v: v.float().transpose(1, 2).flatten(0, 1)  # noqa: E731
-                    lpips_loss = perceptual(frames(x_hat), frames(x)).mean()
-                    loss = loss + t.perceptual_weight * lpips_loss
-                adversarial = adversary is not None and step >= t.disc_start
-                if adversarial:
-                    g_adv = generator_loss(disc(x_hat))
-                    loss = loss + t.disc_weight * g_adv
-            opt.zero_grad(set_to_none=True)
-            loop.backward_checked(loss, model.parameters(), t.grad_clip, step, out)  # stops on nan/inf
-            opt.step()
-            if adversarial:  # discriminator step on the same batch: hinge + LeCAM
-                with autocast:
-                    # one forward over real and fake together (DDP wants one forward per backward)
-                    real, fake = disc(torch.cat([x, x_hat.detach()])).chunk(2)
-                    d_loss = hinge_d_loss(real.float(), fake.float())
-                    d_loss = d_loss + t.lecam_weight * adversary["lecam"](real.float(), fake.float())
-                opt_d.zero_grad(set_to_none=True)
-                loop.backward_checked(d_loss, adversary.parameters(), t.grad_clip, step, out, "discriminator loss")
-                opt_d.step()
-            if ema is not None:
-                ema_update(ema, model, t.ema_decay)
-            step += 1
-            bar.update(1)
-            if not main:
-                continue
-            if step % t.log_every == 0 or step == stop_at:
-                row = {"step": step, **{f"quant_{k}" if k == "loss" else k: float(v.detach()) for k, v in aux.items()},
-                       "loss": loss.item(), "recon": recon.item(), "lr": lr_at(step - 1, t),
-                       **({"g_adv": g_adv.item(), "d_loss": d_loss.item()} if adversarial else {}),
-                       "seconds": round(time.perf_counter() - t0, 3)}
-                log_metrics(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", usage=f"{row.get('usage', 0):.2f}")
-            if step % t.val_every == 0 or step == t.steps:
-                last_val = {"step": step, "split": val_split, **validate(ema or model, val_clips, dev, t.batch_size)}
-                if baselines:
-                    last_val["psnr_over_kmeans"] = last_val["psnr"] - baselines["kmeans"]
-                log_metrics(last_val)
-                bar.write(validation_line(last_val, baselines))
-            if step % t.ckpt_every == 0 or step == stop_at:
-                save()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-        if not main:
-            return {"run": str(out), "step": step, "rank": rank}
-    seconds = time.perf_counter() - t0
-    summary = {"run": str(out), "step": step, "finished": step >= t.steps, "seconds_this_run": round(seconds, 2),
-               "view_clips_per_s": round((step - start_step) * t.batch_size / seconds, 3) if seconds > 0 else None,
-               "device": str(dev), "parameters": model.num_parameters(), "last_validation": last_val,
-               "perceptual_loss": "lpips" if perceptual is not None else "off", "world_size": world,
-               "global_batch": t.batch_size * world, "baselines": baselines}
-    loop.write_summary(out, summary)
-    return summary
+    def start(self, tr: Trainer) -> None:
+        t = self.cfg.train
+        self.perceptual = None
+        if t.perceptual_weight > 0:
+            metric = load_lpips(t.lpips_weights or None, device=tr.device)
+            if metric.available:
+                self.perceptual = metric.net.eval().requires_grad_(False)
+            else:
+                self.log(f"notice: LPIPS unavailable ({metric.reason}); training without the perceptual loss")
+        if t.compile:
+            # The convs only: the quantizer's data-dependent dead-code restarts and usage statistics made a whole-model
+            # compile recompile until dynamo's limit (seen on an H200: 116 view-clips/s compiled vs 164 eager).
+            tr.model.encoder.compile()
+            tr.model.decoder.compile()
+        self.disc = tr.ddp(self.adversary["disc"]) if self.adversary is not None else None
+        self.autocast = autocast_for(tr.device)
+        self.val_clips = torch.stack([self.val_set[i] for i in range(min(t.val_clips, len(self.val_set)))])
+        self.baselines = (baselines_for(self.out, self.data, self.info, self.val_clips, self.cfg.model, self.val_split,
+                                        self.log) if tr.main and t.baselines else {})
+        self.batches = infinite_loader(self.train_set, t.batch_size, t.seed, t.workers, start_step=tr.step,
+                                       rank=tr.rank, world=tr.world)
+
+    def loss(self, tr: Trainer, step: int) -> tuple[torch.Tensor, dict]:
+        t = self.cfg.train
+        x = next(self.batches)
+        if t.crop_size or t.crop_frames:
+            x = random_crop(x, t.crop_size, t.crop_frames, self.cfg.model.temporal_factor, t.seed * 1_000_003 + step)
+        x = to_model_range(x.to(tr.device, non_blocking=True))
+        self.adversarial = self.adversary is not None and step >= t.disc_start
+        with self.autocast:
+            x_hat, _, aux = tr.train_model(x)
+            loss, parts = tr.model.loss(x, x_hat, aux, t.recon_loss, self.perceptual, t.perceptual_weight,
+                                        self.disc if self.adversarial else None, t.disc_weight)
+        self.x, self.x_hat = (x, x_hat) if self.adversarial else (None, None)   # for the discriminator's step
+        recon, g_adv = parts.pop("recon"), parts.pop("g_adv", None)
+        return loss, {**parts, "loss": loss.detach(), "recon": recon, **({"g_adv": g_adv} if g_adv is not None else {})}
+
+    def after_step(self, tr: Trainer, step: int, parts: dict) -> None:
+        """With the GAN on: a discriminator step on the same batch (hinge + LeCAM)."""
+        if not self.adversarial:
+            return
+        t = self.cfg.train
+        with self.autocast:
+            # one forward over real and fake together (DDP wants one forward per backward)
+            real, fake = self.disc(torch.cat([self.x, self.x_hat.detach()])).chunk(2)
+            d_loss = hinge_d_loss(real.float(), fake.float())
+            d_loss = d_loss + t.lecam_weight * self.adversary["lecam"](real.float(), fake.float())
+        self.opt_d.zero_grad(set_to_none=True)
+        loop.backward_checked(d_loss, self.adversary.parameters(), t.grad_clip, step, self.out, "discriminator loss")
+        self.opt_d.step()
+        parts["d_loss"] = d_loss.detach()
+        self.x = self.x_hat = None   # (the batch is not kept alive until the next step)
+
+    def validate(self, tr: Trainer, model: VideoTokenizer) -> dict:
+        val = validate(model, self.val_clips, tr.device, self.cfg.train.batch_size)
+        if self.baselines:
+            val["psnr_over_kmeans"] = val["psnr"] - self.baselines["kmeans"]
+        return val
+
+    def validation_line(self, val: dict) -> str:
+        return validation_line(val, self.baselines)
+
+    def postfix(self, row: dict) -> dict:
+        return {"loss": f"{row['loss']:.4f}", "usage": f"{row.get('usage', 0):.2f}"}
+
+    def summary(self, tr: Trainer) -> dict:
+        t = self.cfg.train
+        return {"run": str(tr.out), "step": tr.step, "finished": tr.step >= t.steps,
+                "seconds_this_run": round(tr.seconds, 2),
+                "view_clips_per_s": round((tr.step - tr.start_step) * t.batch_size / tr.seconds, 3)
+                if tr.seconds > 0 else None,
+                "device": str(tr.device), "parameters": tr.model.num_parameters(), "last_validation": tr.last_val,
+                "perceptual_loss": "lpips" if self.perceptual is not None else "off", "world_size": tr.world,
+                "global_batch": t.batch_size * tr.world, "baselines": self.baselines}

@@ -1,4 +1,4 @@
-"""Train the video transformer on a token cache: the whole loop, top to bottom.
+"""Train the video transformer on a token cache: what is specific to it (training.loop.Trainer runs the loop).
 
     magvit3d train-transformer --tokens RUN_OR_CACHE --out RUN [--config tiny|demo|full|FILE] [--set KEY=VALUE] [--resume]
 
@@ -16,103 +16,23 @@ continues bit for bit on the CPU. SIGINT / SIGTERM stop at a step boundary with 
 """
 from __future__ import annotations
 
-import copy
 import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from datagen.config import UserError, load_config, to_dict
-from training import checkpoint as ckpt
-from training import loop
+from datagen.config import UserError, to_dict
+from training.configs import TransformerRunConfig, load_transformer_config
 from training.data import infinite_loader
-from training.loop import GracefulStop, autocast_for, init_distributed, lr_at, pick_device
-from training.sampling import TASK_ID, condition
+from training.device import autocast_for
+from training.loop import TrainTask, Trainer
+from training.sampling import TASK_ID, condition, given_latent_frames
 from training.token_cache import TokenCache, load_token_cache
-from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout, TransformerConfig
+from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout
 
-
-@dataclass
-class TaskSection:
-    """Task mix (relative weights, normalised) and the predict task's conditioning length."""
-    predict: float = 0.4
-    generate: float = 0.2
-    complete_view: float = 0.2
-    unconditional: float = 0.2
-    predict_frames: int = 4           # frames given in "predict": a multiple of the tokenizer's temporal factor
-
-    def weights(self) -> dict[str, float]:
-        return {"predict": self.predict, "generate": self.generate, "complete-view": self.complete_view,
-                "unconditional": self.unconditional}
-
-
-@dataclass
-class TrainSection:
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1         # cosine decays to lr * min_lr_ratio at the last step
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0            # max gradient norm; 0 = off
-    ema_decay: float = 0.999          # 0 = no EMA (validation and checkpoints then use the raw weights)
-    label_smoothing: float = 0.0
-    val_every: int = 200
-    val_clips: int = 32               # clips of the val split scored per validation (per task)
-    ckpt_every: int = 200
-    log_every: int = 10
-    seed: int = 0
-    workers: int = 0                  # DataLoader worker processes (the cache is in memory: 0 is usually best)
-    compile: bool = False             # torch.compile the model (CUDA recommended)
-
-
-@dataclass
-class TransformerRunConfig:
-    model: TransformerConfig = field(default_factory=TransformerConfig)
-    tasks: TaskSection = field(default_factory=TaskSection)
-    train: TrainSection = field(default_factory=TrainSection)
-
-    def validate(self) -> None:
-        t, w = self.train, self.tasks.weights()
-        try:
-            self.model.validate()
-        except ValueError as e:
-            raise UserError(f"model: {e}") from None
-        if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
-            raise UserError(f"task weights {w} must be >= 0 with a positive sum")
-        if self.tasks.predict_frames < 1:
-            raise UserError(f"tasks.predict_frames = {self.tasks.predict_frames}: must be >= 1")
-        for name in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "val_clips"):
-            if getattr(t, name) < 1:
-                raise UserError(f"train.{name} = {getattr(t, name)}: must be >= 1")
-        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.workers < 0:
-            raise UserError("train.lr must be > 0, train.min_lr_ratio in [0, 1], warmup_steps and workers >= 0")
-        if not 0 <= t.ema_decay < 1 or not 0 <= t.label_smoothing < 1:
-            raise UserError(f"train.ema_decay = {t.ema_decay} and train.label_smoothing = {t.label_smoothing} "
-                            f"must be in [0, 1)")
-
-
-def load_run_config(source, overrides=None) -> TransformerRunConfig:
-    return load_config(TransformerRunConfig, "transformer", source, overrides)
-
-
-def given_latent_frames(frames: int, cache_source: dict, what: str = "--given-frames") -> int:
-    """k given pixel frames -> k / f latent frames; k must be a multiple of the temporal factor f and < T."""
-    T, t = cache_source["frames"], cache_source["grid"][1]
-    f = T // t
-    if frames < 1 or frames % f or frames >= T:
-        allowed = ", ".join(str(k) for k in range(f, T, f)) or "none: the clip has a single latent frame"
-        raise UserError(f"{what} = {frames}: must be a multiple of the tokenizer's temporal factor {f} and less "
-                        f"than the clip's {T} frames (allowed: {allowed})")
-    return frames // f
+load_run_config = load_transformer_config   # (the name every training loop module uses)
 
 
 class TokenClips(Dataset):
@@ -217,126 +137,79 @@ def train_transformer(cfg: TransformerRunConfig, tokens: Path, out: Path, *, res
     """Train (or resume) a transformer run on a token cache (a tokenizer run or its tokens directory); returns the
     summary also written to RUN/summary.json. max_steps_this_run stops early (with a checkpoint) as an
     interruption would."""
-    from training.progress import step_bar
+    task = TransformerTask(cfg, tokens, log)
+    return Trainer(task, cfg.train, out, task.run_config, resume=resume, device=device, progress=progress,
+                   max_steps_this_run=max_steps_this_run, log=log).fit()
 
-    out = Path(out)
-    t = cfg.train
-    cfg.validate()
-    train_cache = load_token_cache(tokens, "train")
-    has_val = (train_cache.directory / "val_tokens.npy").is_file()
-    val_cache = load_token_cache(tokens, "val") if has_val else train_cache
-    val_split = "val"
-    if len(val_cache) == 0 or val_cache is train_cache:  # no val split: validate on the first training clips, say so
-        val_cache, val_split = train_cache, "train"
-        log(f"notice: the token cache {tokens} has no val clips; validation scores training clips and is logged as "
-            f"split 'train'")
-    latent_frames = given_latent_frames(cfg.tasks.predict_frames, train_cache.source, "tasks.predict_frames")
-    layout = train_cache.layout()
-    weights = cfg.tasks.weights()
-    if layout.views < 2 and weights["complete-view"] > 0:
-        raise UserError("tasks.complete_view > 0 needs at least 2 views; the token cache has 1")
-    if len(train_cache) < t.batch_size:
-        raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_cache)} training clips of "
-                        f"{train_cache.directory}")
-    run_config = run_config_for(cfg, train_cache)
 
-    latest = ckpt.checkpoint_to_resume(out, resume, "transformer", log)
+class TransformerTask(TrainTask):
+    """The transformer's part of the loop (training.loop.Trainer does the rest): token clips, a task per clip,
+    masks from (seed, step, rank) -> cross-entropy on the scored tokens."""
+    kind, same_sections, diverged_hint = "transformer", ("tokens", "model", "tasks", "train"), "lower train.lr"
 
-    rank, world, ddp_device = init_distributed(device)
-    main = rank == 0
-    dev = ddp_device or pick_device(device)
-    if world > 1:
-        progress = progress and main
-    torch.manual_seed(t.seed)  # the same initial weights on every rank
-    model = MaskedVideoTransformer(cfg.model, layout).to(dev)
-    ema = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():  # no weight decay on embeddings, norms and biases
-        (decay if p.ndim >= 2 and isinstance(model.get_submodule(name.rsplit(".", 1)[0]), torch.nn.Linear)
-         else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=t.lr, betas=(t.beta1, t.beta2))
-    step = 0
-    if latest is not None:
-        saved = ckpt.load_config_json(latest)
-        if saved.get("kind") != "transformer":
-            raise UserError(f"{latest} is a {saved.get('kind', 'unknown')!r} checkpoint, not a transformer")
-        ckpt.require_same(saved, run_config, latest, ["tokens", "model", "tasks", "train"])
-        ckpt.load_weights(latest / "model.safetensors", model)
-        if ema is not None:
-            ckpt.load_weights(latest / "ema.safetensors", ema, "EMA model")
-        state = ckpt.load_train_state(latest)
-        opt.load_state_dict(state["optimizer"])
-        loop.restore_rng_state(state["rng"])
-        step = int(saved["step"])
-        log(f"resuming {out} from step {step}")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    train_model = torch.compile(model) if t.compile else model
-    if world > 1:
-        train_model = DistributedDataParallel(train_model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    autocast = autocast_for(dev)
+    def __init__(self, cfg: TransformerRunConfig, tokens: Path, log):
+        self.cfg = cfg
+        t = cfg.train
+        cfg.validate()
+        self.label = f"transformer ({cfg.model.arch})"
+        train_cache = load_token_cache(tokens, "train")
+        has_val = (train_cache.directory / "val_tokens.npy").is_file()
+        val_cache = load_token_cache(tokens, "val") if has_val else train_cache
+        self.val_split = "val"
+        if len(val_cache) == 0 or val_cache is train_cache:  # no val split: validate on the first training clips
+            val_cache, self.val_split = train_cache, "train"
+            log(f"notice: the token cache {tokens} has no val clips; validation scores training clips and is logged "
+                f"as split 'train'")
+        self.latent_frames = given_latent_frames(cfg.tasks.predict_frames, train_cache.source, "tasks.predict_frames")
+        self.layout = train_cache.layout()
+        self.weights_mix = cfg.tasks.weights()
+        if self.layout.views < 2 and self.weights_mix["complete-view"] > 0:
+            raise UserError("tasks.complete_view > 0 needs at least 2 views; the token cache has 1")
+        if len(train_cache) < t.batch_size:
+            raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_cache)} training clips of "
+                            f"{train_cache.directory}")
+        self.run_config = run_config_for(cfg, train_cache)
+        self.train_set, self.val_set = TokenClips(train_cache), TokenClips(val_cache, limit=t.val_clips)
 
-    train_set, val_set = TokenClips(train_cache), TokenClips(val_cache, limit=t.val_clips)
-    batches = infinite_loader(train_set, t.batch_size, t.seed, t.workers, start_step=step, rank=rank, world=world)
+    def build(self, tr: Trainer) -> MaskedVideoTransformer:
+        return MaskedVideoTransformer(self.cfg.model, self.layout).to(tr.device)
 
-    def save():
-        w = {"model": model.state_dict(), **({"ema": ema.state_dict()} if ema is not None else {})}
-        ckpt.save_checkpoint(out, step, run_config, w, {"optimizer": opt.state_dict(), "rng": loop.rng_state()})
+    def train_module(self, tr: Trainer) -> torch.nn.Module:
+        return torch.compile(tr.model) if self.cfg.train.compile else tr.model
 
-    metrics = loop.MetricsLog(out, step) if main else None
-    start_step = step
-    stop_at = t.steps if max_steps_this_run is None else min(t.steps, step + max_steps_this_run)
-    bar = step_bar(t.steps, step, f"transformer ({cfg.model.arch})", progress, log)
-    t0, last_val = time.perf_counter(), {}
-    stop = GracefulStop()
-    with loop.checkpoint_on_interrupt(stop, bar, metrics, save, lambda: step, log, main, run=out):
-        while step < stop_at:
-            if stop.requested:  # Ctrl-C or SIGTERM: stop at a step boundary
-                raise KeyboardInterrupt
-            tokens_b, shape_b, family_b = next(batches)
-            gen = step_generator(t.seed, step, rank)
-            tasks = draw_tasks(weights, len(tokens_b), gen)
-            inputs, targets, scored, cond = (x.to(dev, non_blocking=True) for x in make_batch(
-                layout, tokens_b, shape_b, family_b, tasks, latent_frames, cfg.model.arch, gen))
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, t)
-            with autocast:
-                picked = train_model(inputs, cond, scored).float()   # logits of the scored tokens only
-            loss = F.cross_entropy(picked, targets[scored], label_smoothing=t.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loop.backward_checked(loss, model.parameters(), t.grad_clip, step, out, hint="lower train.lr")
-            opt.step()
-            if ema is not None:
-                loop.ema_update(ema, model, t.ema_decay)
-            step += 1
-            bar.update(1)
-            if not main:
-                continue
-            if step % t.log_every == 0 or step == stop_at:
-                acc = (picked.detach().argmax(-1) == targets[scored]).float().mean().item()
-                row = {"step": step, "loss": loss.item(), "acc": acc, "scored_tokens": int(scored.sum()),
-                       "lr": lr_at(step - 1, t), "seconds": round(time.perf_counter() - t0, 3)}
-                metrics.log(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{acc:.2f}")
-            if step % t.val_every == 0 or step == t.steps:
-                last_val = {"step": step, "split": val_split, **validate(ema or model, val_set, weights, latent_frames, dev,
-                                                                     t.batch_size, t.seed)}
-                metrics.log(last_val)
-                bar.write(f"step {step}: {val_split} loss {last_val['loss']:.3f}, token accuracy {last_val['acc']:.1%}"
-                          + (f" (predict {last_val['acc_predict']:.1%})" if "acc_predict" in last_val else ""))
-            if step % t.ckpt_every == 0 or step == stop_at:
-                save()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-        if not main:
-            return {"run": str(out), "step": step, "rank": rank}
-    seconds = time.perf_counter() - t0
-    done = step - start_step
-    summary = {"run": str(out), "step": step, "finished": step >= t.steps, "arch": cfg.model.arch,
-               "seconds_this_run": round(seconds, 2), "s_per_step": round(seconds / done, 4) if done else None,
-               "device": str(dev), "parameters": model.num_parameters(), "tokens_per_clip": layout.num_tokens,
-               "last_validation": last_val, "world_size": world, "global_batch": t.batch_size * world}
-    loop.write_summary(out, summary)
-    return summary
+    def start(self, tr: Trainer) -> None:
+        t = self.cfg.train
+        self.autocast = autocast_for(tr.device)
+        self.batches = infinite_loader(self.train_set, t.batch_size, t.seed, t.workers, start_step=tr.step,
+                                       rank=tr.rank, world=tr.world)
+
+    def loss(self, tr: Trainer, step: int) -> tuple[torch.Tensor, dict]:
+        t = self.cfg.train
+        tokens, shape, family = next(self.batches)
+        gen = step_generator(t.seed, step, tr.rank)
+        tasks = draw_tasks(self.weights_mix, len(tokens), gen)
+        inputs, targets, scored, cond = (x.to(tr.device, non_blocking=True) for x in make_batch(
+            self.layout, tokens, shape, family, tasks, self.latent_frames, self.cfg.model.arch, gen))
+        with self.autocast:
+            picked = tr.train_model(inputs, cond, scored)   # logits of the scored tokens only
+        loss, parts = tr.model.loss(picked, targets[scored], t.label_smoothing)
+        return loss, {"loss": loss.detach(), "acc": parts["acc"], "scored_tokens": scored.sum()}
+
+    def validate(self, tr: Trainer, model: MaskedVideoTransformer) -> dict:
+        t = self.cfg.train
+        return validate(model, self.val_set, self.weights_mix, self.latent_frames, tr.device, t.batch_size, t.seed)
+
+    def validation_line(self, val: dict) -> str:
+        return (f"step {val['step']}: {val['split']} loss {val['loss']:.3f}, token accuracy {val['acc']:.1%}"
+                + (f" (predict {val['acc_predict']:.1%})" if "acc_predict" in val else ""))
+
+    def postfix(self, row: dict) -> dict:
+        return {"loss": f"{row['loss']:.3f}", "acc": f"{row['acc']:.2f}"}
+
+    def summary(self, tr: Trainer) -> dict:
+        t, done = self.cfg.train, tr.step - tr.start_step
+        return {"run": str(tr.out), "step": tr.step, "finished": tr.step >= t.steps, "arch": self.cfg.model.arch,
+                "seconds_this_run": round(tr.seconds, 2), "s_per_step": round(tr.seconds / done, 4) if done else None,
+                "device": str(tr.device), "parameters": tr.model.num_parameters(),
+                "tokens_per_clip": self.layout.num_tokens, "last_validation": tr.last_val, "world_size": tr.world,
+                "global_batch": t.batch_size * tr.world}

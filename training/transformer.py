@@ -28,28 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from training.configs import ARCHS, TransformerConfig  # noqa: F401 - the model's config, torch-free
+
 TASKS = ("predict", "generate", "complete-view", "unconditional")
 NUM_COND = 3  # task, shape, family
-ARCHS = ("masked", "ar")
-
-
-@dataclass
-class TransformerConfig:
-    """The architecture, as a user sets it (datagen/presets/transformer/*.toml, section [model])."""
-    arch: str = "masked"      # masked (bidirectional, parallel decoding) | ar (causal, raster order, KV cache)
-    width: int = 256
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-
-    def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; allowed: {', '.join(ARCHS)}")
-        if self.width < 1 or self.depth < 1 or self.heads < 1 or self.width % self.heads:
-            raise ValueError(f"width {self.width} must be a positive multiple of heads {self.heads}, depth >= 1")
-        if self.mlp_ratio <= 0 or not 0 <= self.dropout < 1:
-            raise ValueError("mlp_ratio must be > 0 and dropout in [0, 1)")
 
 
 @dataclass
@@ -214,6 +196,22 @@ class MaskedVideoTransformer(nn.Module):
             x = block(x, self.causal)
         x = x[:, NUM_COND - 1 if self.causal else NUM_COND:]
         return self.head(self.ln_f(x if select is None else x[select]))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+             ) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy of the scored tokens' logits (M, codebook_size) (forward with `select`) against their
+        targets (M,) -> (loss, {"acc": the fraction predicted right})."""
+        logits = logits.float()
+        loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        return loss, {"acc": (logits.detach().argmax(-1) == targets).float().mean()}
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: weight decay on the Linear layers' weights; none on embeddings, norms and biases."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            (decay if p.ndim >= 2 and isinstance(self.get_submodule(name.rsplit(".", 1)[0]), nn.Linear)
+             else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.depth, NUM_COND + self.layout.num_tokens)

@@ -1,0 +1,310 @@
+"""Every run config, torch-free: the model sections, the train section all three training loops share, and each
+run kind's config (what a preset under datagen/presets/<kind>/ and `--set KEY=VALUE` fill in). Loading or validating
+a config imports no torch, so `magvit3d config show` and the demo's up-front checks stay quick.
+
+Bad values are one-line UserErrors naming the key and what is allowed. The probe's config lives in
+evaluation/configs.py and shares TrainSection from here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from datagen.config import UserError, load_config
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# model sections
+
+QUANTIZERS = ("vq", "lfq", "fsq")
+NORMS = ("group", "layer")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# config
+
+@dataclass
+class TokenizerConfig:
+    channels: int = 32                             # base width; level i has channels * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 2, 2)      # one entry per level; every level but the last halves H and W
+    num_res_blocks: int = 1                        # residual blocks per level (encoder and decoder)
+    temporal_downsample: tuple[bool, ...] = (True, True)  # per downsampling level (len(channel_mult) - 1): also halve T?
+    norm: str = "group"                            # "group": GroupNorm per frame (MAGVIT); "layer": LayerNorm over
+                                                   # channels at each position (no statistics over H, W: what a
+                                                   # model trained on crops learns carries over to whole frames)
+    norm_groups: int = 8                           # GroupNorm groups; every level's width must be a multiple
+    temporal_kernel: int = 3                       # time taps of the 3x3 convs (causal); 1 = no mixing of latent
+                                                   # frames: with patching, a 2D net per latent frame
+    z_channels: int = 16                           # vq code dimension (lfq: log2(codebook_size), fsq: len(fsq_levels))
+    quantizer: str = "vq"                          # "vq" | "lfq" | "fsq"
+    codebook_size: int = 1024                      # vq: K; lfq: 2 ** d; fsq: must equal prod(fsq_levels)
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0                   # vq only
+    entropy_weight: float = 0.0                    # 0 skips the entropy computation (an (N, K) softmax)
+    entropy_temperature: float = 0.01
+    dead_code_threshold: int = 100                 # vq: restart codes unused for this many training steps; 0 = never
+    fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
+    patch_size: int = 1                            # pixels folded into channels first (p x p), as in ViT patching:
+    patch_frames: int = 1                          # ...and frames (q); the convs then run at 1/p resolution, 1/q rate
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.patch_size * 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.patch_frames * 2 ** sum(bool(t) for t in self.temporal_downsample)
+
+    @property
+    def code_dim(self) -> int:
+        """Channels of the latent the quantizer sees."""
+        if self.quantizer == "lfq":
+            return int(math.log2(self.codebook_size))
+        if self.quantizer == "fsq":
+            return len(self.fsq_levels)
+        return self.z_channels
+
+    def validate(self, resolution: int | tuple[int, int] | None = None, frames: int | None = None) -> None:
+        """Raise UserError (one line, naming the value and what is allowed) for a config or clip size that can't work."""
+        if self.quantizer not in QUANTIZERS:
+            raise UserError(f"unknown quantizer {self.quantizer!r}; allowed: {', '.join(QUANTIZERS)}")
+        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
+            raise UserError(f"channel_mult {tuple(self.channel_mult)} must be a non-empty tuple of integers >= 1")
+        if len(self.temporal_downsample) != len(self.channel_mult) - 1:
+            raise UserError(f"temporal_downsample {tuple(self.temporal_downsample)} must have "
+                             f"len(channel_mult) - 1 = {len(self.channel_mult) - 1} entries (one per downsampling level)")
+        if self.norm not in NORMS:
+            raise UserError(f"unknown norm {self.norm!r}; allowed: {', '.join(NORMS)}")
+        if self.norm_groups < 1:
+            raise UserError(f"norm_groups {self.norm_groups} must be >= 1")
+        for m in self.channel_mult:
+            if self.channels < 1 or (self.norm == "group" and (self.channels * m) % self.norm_groups):
+                raise UserError(f"width channels*mult = {self.channels}*{m} is not a multiple of "
+                                 f"norm_groups = {self.norm_groups}")
+        if self.temporal_kernel < 1:
+            raise UserError(f"temporal_kernel {self.temporal_kernel} must be >= 1 (1: no mixing across latent frames)")
+        if self.patch_size < 1 or self.patch_frames < 1:
+            raise UserError(f"patch_size {self.patch_size} and patch_frames {self.patch_frames} must be >= 1")
+        if self.num_res_blocks < 0:
+            raise UserError(f"num_res_blocks {self.num_res_blocks} must be >= 0")
+        if self.quantizer == "vq" and (self.z_channels < 1 or self.codebook_size < 2):
+            raise UserError(f"vq needs z_channels >= 1 and codebook_size >= 2; got {self.z_channels}, {self.codebook_size}")
+        if self.quantizer == "lfq" and (self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1)):
+            raise UserError(f"lfq codebook_size {self.codebook_size} must be a power of two >= 2 (2 ** bits)")
+        if self.quantizer == "fsq":
+            if not self.fsq_levels or any(lv < 2 for lv in self.fsq_levels):
+                raise UserError(f"fsq_levels {tuple(self.fsq_levels)} must be a non-empty tuple of integers >= 2")
+            if math.prod(self.fsq_levels) != self.codebook_size:
+                raise UserError(f"fsq codebook_size {self.codebook_size} must equal prod(fsq_levels "
+                                 f"{tuple(self.fsq_levels)}) = {math.prod(self.fsq_levels)}")
+        if self.dead_code_threshold < 0:
+            raise UserError(f"dead_code_threshold {self.dead_code_threshold} must be >= 0 (0 disables restarts)")
+        if resolution is not None:
+            for r in ((resolution, resolution) if isinstance(resolution, int) else resolution):
+                if r < 1 or r % self.spatial_factor:
+                    raise UserError(f"resolution {r} is not divisible by the spatial downsampling factor "
+                                     f"{self.spatial_factor} (patch_size * 2 ** (len(channel_mult) - 1))")
+        if frames is not None and (frames < 1 or frames % self.temporal_factor):
+            raise UserError(f"frames {frames} is not a multiple of the temporal downsampling factor "
+                             f"{self.temporal_factor}; latent frame j covers frames [j*f, (j+1)*f)")
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) of the token grid for a clip of this size."""
+        self.validate((height, width), frames)
+        return frames // self.temporal_factor, height // self.spatial_factor, width // self.spatial_factor
+
+
+ARCHS = ("masked", "ar")
+
+
+@dataclass
+class TransformerConfig:
+    """The architecture, as a user sets it (datagen/presets/transformer/*.toml, section [model])."""
+    arch: str = "masked"      # masked (bidirectional, parallel decoding) | ar (causal, raster order, KV cache)
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise UserError(f"unknown arch {self.arch!r}; allowed: {', '.join(ARCHS)}")
+        if self.width < 1 or self.depth < 1 or self.heads < 1 or self.width % self.heads:
+            raise UserError(f"width {self.width} must be a positive multiple of heads {self.heads}, depth >= 1")
+        if self.mlp_ratio <= 0 or not 0 <= self.dropout < 1:
+            raise UserError("mlp_ratio must be > 0 and dropout in [0, 1)")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the train section every run shares: optimizer, schedule, cadence
+
+@dataclass
+class TrainSection:
+    """AdamW with linear warm-up and cosine decay, gradient clipping, an EMA of the weights, and the cadence of
+    logging, validation and checkpoints. Each run kind subclasses it with its own defaults and extra keys."""
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1         # cosine decays to lr * min_lr_ratio at the last step
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0            # max gradient norm; 0 = off
+    ema_decay: float = 0.99           # 0 = no EMA (validation and checkpoints then use the raw weights)
+    val_every: int = 200
+    ckpt_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+
+    # integer keys that must be >= 1 (subclasses add theirs)
+    POSITIVE = ("steps", "batch_size", "val_every", "ckpt_every", "log_every")
+
+    def validate(self) -> None:
+        for name in self.POSITIVE:
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} = {getattr(self, name)}: must be >= 1")
+        if self.lr <= 0:
+            raise UserError(f"train.lr = {self.lr}: must be > 0")
+        for name, low, high in (("min_lr_ratio", 0, 1), ("beta1", 0, 1), ("beta2", 0, 1)):
+            if not low <= getattr(self, name) <= high:
+                raise UserError(f"train.{name} = {getattr(self, name)}: must be in [{low}, {high}]")
+        for name in ("warmup_steps", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise UserError(f"train.{name} = {getattr(self, name)}: must be >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"train.ema_decay = {self.ema_decay}: must be in [0, 1)")
+
+
+def _model_error(e: UserError) -> UserError:
+    return UserError(f"model: {e}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# tokenizer runs (magvit3d train-tokenizer)
+
+@dataclass
+class TokenizerTrainSection(TrainSection):
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    beta2: float = 0.99
+    ema_decay: float = 0.99
+    recon_loss: str = "l1"            # l1 | l2
+    perceptual_weight: float = 0.0    # LPIPS loss weight; used when AlexNet's weights are found or downloaded
+    lpips_weights: str = ""           # torchvision alexnet-owt-7be5be79.pth; "" = look in the torch hub cache
+    disc_weight: float = 0.0          # adversarial loss weight; 0 = no discriminator
+    disc_start: int = 1000            # step at which the discriminator starts (reconstruction first)
+    disc_lr: float = 1e-4
+    disc_channels: int = 32
+    lecam_weight: float = 0.001
+    val_clips: int = 16               # view-clips reconstructed per validation
+    workers: int = 1                  # DataLoader worker processes
+    crop_size: int = 0                # train on random crop_size x crop_size windows (0 = whole frames): the model is
+    crop_frames: int = 0              # convolutional, and on a CPU smaller windows buy more, more varied steps
+    compile: bool = False             # torch.compile the model (CUDA recommended)
+    baselines: bool = True            # fit the same-budget baselines (k-means, block and clip means) once per run
+
+    POSITIVE = TrainSection.POSITIVE + ("val_clips",)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.recon_loss not in ("l1", "l2"):
+            raise UserError(f"train.recon_loss = {self.recon_loss!r}; allowed: l1, l2")
+        if self.workers < 0:
+            raise UserError(f"train.workers = {self.workers}: must be >= 0")
+        if (self.disc_weight < 0 or self.disc_start < 0 or self.disc_lr <= 0 or self.disc_channels < 1
+                or self.lecam_weight < 0):
+            raise UserError("train.disc_weight, disc_start and lecam_weight must be >= 0, disc_lr > 0, disc_channels >= 1")
+        if self.perceptual_weight < 0:
+            raise UserError(f"train.perceptual_weight = {self.perceptual_weight}: must be >= 0")
+
+
+@dataclass
+class TokenizerRunConfig:
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TokenizerTrainSection = field(default_factory=TokenizerTrainSection)
+
+    def validate(self) -> None:
+        t = self.train
+        try:
+            self.model.validate()
+        except UserError as e:
+            raise _model_error(e) from None
+        t.validate()
+        sf, tf = self.model.spatial_factor, self.model.temporal_factor
+        if t.crop_size < 0 or t.crop_size % sf:
+            raise UserError(f"train.crop_size = {t.crop_size}: must be 0 (whole frames) or a multiple of the spatial "
+                            f"downsampling factor {sf}")
+        if t.crop_frames < 0 or t.crop_frames % tf:
+            raise UserError(f"train.crop_frames = {t.crop_frames}: must be 0 (whole clips) or a multiple of the "
+                            f"temporal downsampling factor {tf}")
+
+
+def load_tokenizer_config(source, overrides=None) -> TokenizerRunConfig:
+    return load_config(TokenizerRunConfig, "tokenizer", source, overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# transformer runs (magvit3d train-transformer)
+
+@dataclass
+class TaskSection:
+    """Task mix (relative weights, normalised) and the predict task's conditioning length."""
+    predict: float = 0.4
+    generate: float = 0.2
+    complete_view: float = 0.2
+    unconditional: float = 0.2
+    predict_frames: int = 4           # frames given in "predict": a multiple of the tokenizer's temporal factor
+
+    def weights(self) -> dict[str, float]:
+        return {"predict": self.predict, "generate": self.generate, "complete-view": self.complete_view,
+                "unconditional": self.unconditional}
+
+
+@dataclass
+class TransformerTrainSection(TrainSection):
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    beta2: float = 0.95
+    ema_decay: float = 0.999
+    label_smoothing: float = 0.0
+    val_clips: int = 32               # clips of the val split scored per validation (per task)
+    workers: int = 0                  # DataLoader worker processes (the cache is in memory: 0 is usually best)
+    compile: bool = False             # torch.compile the model (CUDA recommended)
+
+    POSITIVE = TrainSection.POSITIVE + ("val_clips",)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.workers < 0:
+            raise UserError(f"train.workers = {self.workers}: must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"train.label_smoothing = {self.label_smoothing}: must be in [0, 1)")
+
+
+@dataclass
+class TransformerRunConfig:
+    model: TransformerConfig = field(default_factory=TransformerConfig)
+    tasks: TaskSection = field(default_factory=TaskSection)
+    train: TransformerTrainSection = field(default_factory=TransformerTrainSection)
+
+    def validate(self) -> None:
+        w = self.tasks.weights()
+        try:
+            self.model.validate()
+        except UserError as e:
+            raise _model_error(e) from None
+        if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
+            raise UserError(f"task weights {w} must be >= 0 with a positive sum")
+        if self.tasks.predict_frames < 1:
+            raise UserError(f"tasks.predict_frames = {self.tasks.predict_frames}: must be >= 1")
+        self.train.validate()
+
+
+def load_transformer_config(source, overrides=None) -> TransformerRunConfig:
+    return load_config(TransformerRunConfig, "transformer", source, overrides)
