@@ -71,11 +71,11 @@ def validate(model: VideoTokenizer, clips: torch.Tensor, device: torch.device, b
     counts = torch.bincount(idx, minlength=model.cfg.codebook_size).double()
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
-    af, bf = a.astype(np.float32), b.astype(np.float32)
+    clip_colour = lambda v: v.mean(axis=(1, 2, 3), dtype=np.float64)   # noqa: E731 - (N, 3) mean colour per clip
     return {"psnr": float(psnr_per_clip(a, b).mean()), "ssim": float(ssim_per_clip(a, b).mean()),
             "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(entropy)),
             **code_space_health(torch.cat(latents), idx),
-            "mean_colour_error": float(np.abs(af.mean(axis=(1, 2, 3)) - bf.mean(axis=(1, 2, 3))).mean()),
+            "mean_colour_error": float(np.abs(clip_colour(a) - clip_colour(b)).mean()),
             "motion_ratio": motion_ratio(a, b)}
 
 
@@ -210,8 +210,7 @@ class TokenizerTask(TrainTask):
             loss, parts = tr.model.loss(x, x_hat, aux, t.recon_loss, self.perceptual, t.perceptual_weight,
                                         self.disc if self.adversarial else None, t.disc_weight)
         self.x, self.x_hat = (x, x_hat) if self.adversarial else (None, None)   # for the discriminator's step
-        recon, g_adv = parts.pop("recon"), parts.pop("g_adv", None)
-        return loss, {**parts, "loss": loss.detach(), "recon": recon, **({"g_adv": g_adv} if g_adv is not None else {})}
+        return loss, {**parts, "loss": loss.detach()}
 
     def after_step(self, tr: Trainer, step: int, parts: dict) -> None:
         """With the GAN on: a discriminator step on the same batch (hinge + LeCAM)."""
