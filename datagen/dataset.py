@@ -256,6 +256,16 @@ def mask_stats(sample_root: Path, views: list[str], frames: int) -> dict:
     return {"visibility": vis, "mask_area": area, "mask_bbox": box}
 
 
+def read_mask(sample_root: Path, view: str, frame: int) -> np.ndarray:
+    """The object mask of one frame of one view as bool (H, W): the pixels > 127 of view/mask/FFFF.png (as
+    mask_stats counts them). Masks are not packed: they live only beside the rendered PNGs, so this raises
+    FileNotFoundError when the samples/ folder is gone."""
+    from PIL import Image
+
+    with Image.open(frame_path(sample_root, view, "mask", frame)) as im:
+        return np.asarray(im) > 127
+
+
 def mask_box(mask: np.ndarray) -> list[int] | None:
     """[x0, y0, x1, y1] of a 0/255 mask (pixels > 127) in pixel-edge coordinates; None when empty."""
     m = mask > 127

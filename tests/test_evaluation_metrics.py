@@ -177,6 +177,48 @@ def test_ssim_matches_skimage():
     np.testing.assert_allclose(ssim_per_clip(a, a), 1.0)
 
 
+def test_dilation_is_a_disk_and_object_psnr_looks_inside_it():
+    from evaluation.metrics import Region, dilate_masks, object_psnr
+
+    dot = np.zeros((9, 9), bool)
+    dot[4, 4] = True
+    assert dilate_masks(dot, 0).sum() == 1
+    assert dilate_masks(dot, 1).sum() == 5                  # the 4-neighbours, not the 3x3 square
+    assert dilate_masks(dot, 2).sum() == 13
+    assert dilate_masks(dot[None, None], 2)[0, 0].sum() == 13   # (V, T, H, W) stacks: each frame on its own
+    a = np.full((1, 3, 9, 9, 3), 100, np.uint8)
+    b = a.copy()
+    b[..., 0, :, :] = 0                                       # far from the object: row 0 of every frame
+    b[0, 1, 4, 4] = 110                                       # inside the object in frame 1: error 10 on 1 pixel
+    masks = np.zeros((1, 3, 9, 9), bool)
+    masks[0, 1:, 4, 4] = True                                 # frame 0: empty mask, left out
+    r = Region([0], [0, 1, 2])
+    want = np.mean([20 * np.log10(255 / 10), 100.0])          # frame 1: 10 grey levels off; frame 2: identical
+    assert object_psnr(a, b, r, masks) == pytest.approx(want)
+    assert psnr_per_clip(r.take(a), r.take(b))[0] < 20         # the whole frame is dominated by row 0
+    assert object_psnr(a, b, Region([0], [0]), masks) is None
+
+
+def test_paired_bootstrap_known_arrays():
+    from evaluation.metrics import paired_bootstrap
+
+    c = paired_bootstrap([3.0, 5.0, 7.0], [1.0, 3.0, 5.0])    # a constant difference: no spread at all
+    assert (c["mean"], c["low"], c["high"], c["n"]) == (2.0, 2.0, 2.0, 3)
+    a, b = np.array([1.0, 2.0, 3.0, 10.0]), np.zeros(4)
+    ci = paired_bootstrap(a, b, resamples=2000, seed=0)
+    idx = np.random.default_rng(0).integers(0, 4, size=(2000, 4))
+    means = a[idx].mean(1)
+    assert ci["mean"] == 4.0 and ci["n"] == 4
+    assert (ci["low"], ci["high"]) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    assert 1.0 <= ci["low"] < 4.0 < ci["high"] <= 10.0
+    assert paired_bootstrap(a, b, seed=0) == ci                # seeded
+    # pairs with a missing / non-numeric side are left out
+    assert paired_bootstrap([1.0, None, "unavailable", 4.0], [0.0, 1.0, 1.0, np.nan])["n"] == 1
+    assert paired_bootstrap([], [])["mean"] is None
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [1.0, 2.0])
+
+
 # --- triangulation ---------------------------------------------------------------------------------
 
 def random_rig(rng, views=3, size=128):
