@@ -2,12 +2,17 @@
 
     evaluate(data, [GEN, ...], probe_run, out)   generated clips vs the dataset's renders, per task:
         pixels     PSNR / SSIM / LPIPS over the generated part (predict: frames after the given ones; complete-view:
-                   the views not given), next to copy-last-frame (predict)
+                   the views not given), PSNR inside the dilated ground-truth object mask (object_psnr), next to
+                   copy-last-frame (predict)
         3D         the probe localizes the object in every frame of every view, confidence-weighted DLT with the
                    dataset's per-frame P gives a track; ADE / FDE (world units and % of the scene extent) over the
                    generated frames, reprojection error (px; multi-view consistency), trajectory-family accuracy;
-                   next to the floor (the probe on the rendered clips) and, for predict, copy-last-frame and
-                   constant-velocity extrapolation of the triangulated conditioning frames (from the renders)
+                   next to the floor (the probe on the rendered clips) and, for predict, copy-last-frame,
+                   constant-velocity extrapolation of the triangulated conditioning frames (from the renders) and
+                   the learned extrapolation (evaluation.extrapolation: an MLP fitted on the train split's tracks);
+                   the probe's detection rate (model and floor)
+        compared   per trajectory family and overall: model - baseline per clip, mean with a 95% paired bootstrap
+                   interval (ADE %; PSNR and object PSNR against copy-last)
         generate   (class-conditional, no target): family accuracy of the requested family and reprojection error,
                    next to the same numbers for the probe on the dataset's renders
     compare(A, B, out)   any two sets of clips (generated dirs or datasets), matched by sample id: PSNR / SSIM /
@@ -25,18 +30,28 @@ from pathlib import Path
 import numpy as np
 
 from datagen.config import UserError
-from datagen.dataset import load_dataset_json
+from datagen.dataset import load_dataset_json, read_mask, sample_dir
 from datagen.pack import load_packed
 from evaluation import report as rp
-from evaluation.metrics import (Region, clip_metrics, full_region, lpips_size_note, lpips_status, mean_of,
-                                open_lpips, task_region)
-from evaluation.probe import Probe, error_stats, load_probe
+from evaluation.extrapolation import METHOD_LABEL as LEARNED_LABEL
+from evaluation.extrapolation import MIN_TRAIN_CLIPS, ExtrapolatorConfig, TrackExtrapolator, fit_extrapolator
+from evaluation.metrics import (Region, clip_metrics, dilate_masks, full_region, lpips_size_note, lpips_status,
+                                mean_of, object_psnr, open_lpips, paired_bootstrap, task_region)
+from evaluation.probe import DETECTION_MAX_SIGMA_PX, Probe, detected, error_stats, load_probe
 from evaluation.trajectory import (as_percent, constant_velocity, copy_last, displacement_errors, fit_families,
                                    mean_reprojection_error, scene_extent, track_from_detections)
 from training.generated import is_generated_dir, load_generated
 
 SCHEMA = "magvit3d-evaluation"
 SCHEMA_VERSION = 1
+OBJECT_MARGIN_PX = 4  # the ground-truth object mask is dilated by this many px for the object-region PSNR
+OBJECT_REGION_DEFINITION = ("PSNR per evaluated frame over the pixels inside the ground-truth object mask (the "
+                            "dataset's mask PNGs) dilated by margin_px (a disk), averaged over the frames whose mask "
+                            "is not empty, then over clips")
+DETECTION_DEFINITION = ("fraction of the evaluated (view, frame) pairs where the probe's expected error sigma <= "
+                        "max_sigma_px (confidence 1 / (1 + sigma^2) >= min_confidence)")
+PAIRED_DEFINITION = ("mean over clips of model - baseline (the same clips), with a 95% percentile bootstrap interval "
+                     "(clips resampled with replacement)")
 EXTENT_DEFINITION = ("diagonal of the axis-aligned box spanned by every ground-truth object position of the dataset "
                      "(all packed splits, all frames)")
 
@@ -67,6 +82,13 @@ class Dataset:
     def field(self, sid: int, key: str, dtype=np.float64) -> np.ndarray:
         p, k = self._get(sid)
         return np.asarray(p.index[key][k], dtype=dtype)
+
+    def masks(self, sid: int) -> np.ndarray:
+        """The ground-truth object masks bool (V, T, H, W) of a sample, from its mask PNGs (not packed; a missing
+        file raises FileNotFoundError)."""
+        d = sample_dir(self.root, sid)
+        return np.stack([np.stack([read_mask(d, view, f) for f in range(self.info["frames"])])
+                         for view in self.info["views"]])
 
     def P(self, sid: int) -> np.ndarray:
         p, k = self._get(sid)
@@ -135,6 +157,83 @@ class References:
 
     def __getitem__(self, sid: int) -> dict:
         self.prefetch([sid])
+        return self.cache[sid]
+
+
+def given_tracks(ds: Dataset, probe: Probe, split: str, k: int, chunk: int = 64) -> tuple[list[int], np.ndarray]:
+    """The probe on the first k rendered frames of every clip of `split`, triangulated as References does for the
+    test clips (the probe and the DLT work frame by frame, so these are the first k frames of References' tracks):
+    (sample ids, tracks (N, k, 3))."""
+    p = ds.splits[split]
+    sids = [int(s) for s in p.sample_ids]
+    P = p.projections()[:, :, :k]
+    tracks = []
+    for a in range(0, len(sids), chunk):
+        det = probe.predict(np.asarray(p.rgb[a:a + chunk, :, :k]))
+        tracks += [track_from_detections(P[a + i], {key: v[i] for key, v in det.items()})
+                   for i in range(len(det["uv"]))]
+    return sids, np.stack(tracks) if tracks else np.zeros((0, k, 3))
+
+
+class LearnedExtrapolation:
+    """The learned track-extrapolation baseline: one MLP per number of given frames k, fitted on the probe tracks of
+    the rendered `split` (train) clips' first k frames -> their ground-truth positions after them."""
+
+    def __init__(self, ds: Dataset, probe: Probe, extent: float, split: str = "train",
+                 cfg: ExtrapolatorConfig | None = None, log=print):
+        self.ds, self.probe, self.extent, self.split, self.cfg, self.log = ds, probe, extent, split, cfg, log
+        self.models: dict[int, TrackExtrapolator | str] = {}
+
+    def get(self, k: int) -> TrackExtrapolator | None:
+        """The fitted model for k given frames (fitted on first use); None when unavailable (see status)."""
+        if k not in self.models:
+            self.models[k] = self._fit(k)
+        m = self.models[k]
+        return m if isinstance(m, TrackExtrapolator) else None
+
+    def _fit(self, k: int) -> TrackExtrapolator | str:
+        T = self.ds.info["frames"]
+        if self.split not in self.ds.splits:
+            return f"the dataset has no {self.split!r} split (or it is empty) to fit it on"
+        p = self.ds.splits[self.split]
+        if not 0 < k < T:
+            return f"{k} given frames of {T}: nothing to extrapolate"
+        if len(p) < MIN_TRAIN_CLIPS:
+            return (f"the {self.split} split has {len(p)} clips; fitting the MLP needs at least {MIN_TRAIN_CLIPS}")
+        _, tracks = given_tracks(self.ds, self.probe, self.split, k)
+        future = p.array("positions")[:, k:]
+        try:
+            model = fit_extrapolator(tracks, future, self.extent, self.cfg)
+        except ValueError as e:
+            return str(e)
+        i = model.info
+        self.log(f"learned extrapolation (k={k}): fitted on {i['train_clips']} {self.split} clips in "
+                 f"{i['fit_seconds']:.1f} s; train ADE {i['train_ade']:.4f} (constant velocity "
+                 f"{i['train_ade_constant_velocity']:.4f})")
+        return model
+
+    def status(self) -> dict:
+        models = {}
+        for k, m in sorted(self.models.items()):
+            models[str(k)] = ({"available": True, **m.info} if isinstance(m, TrackExtrapolator)
+                              else {"available": False, "reason": m})
+        return {"label": LEARNED_LABEL, "split": self.split, "min_train_clips": MIN_TRAIN_CLIPS,
+                "by_given_frames": models}
+
+
+class ObjectMasks:
+    """Dilated ground-truth object masks per sample id (cached), or the reason they cannot be read."""
+
+    def __init__(self, ds: Dataset, margin_px: int):
+        self.ds, self.margin, self.cache, self.problem = ds, margin_px, {}, None
+
+    def __call__(self, sid: int) -> np.ndarray | None:
+        if sid not in self.cache:
+            try:
+                self.cache[sid] = dilate_masks(self.ds.masks(sid), self.margin)
+            except (FileNotFoundError, OSError, ValueError) as e:
+                self.cache[sid] = None
+                self.problem = self.problem or f"the object masks of sample {sid} cannot be read ({e})"
         return self.cache[sid]
 
 
@@ -236,9 +335,15 @@ def _reproj(P, track, uv, region: Region) -> float | None:
     return mean_reprojection_error(P[:, f], track[f], uv[:, f])
 
 
+def _detection_rate(sigma: np.ndarray, region: Region, max_sigma_px: float) -> float:
+    return float(detected(np.asarray(sigma)[np.ix_(region.views, region.frames)], max_sigma_px).mean())
+
+
 def evaluate_clip(i: int, rec, gen: np.ndarray, det: dict, ds: Dataset, refs: References, extent: float,
-                  lpips) -> tuple[dict, dict]:
-    """Metrics of one generated clip with a target; returns (row for metrics.json, arrays for the visuals)."""
+                  lpips, masks: ObjectMasks | None = None, learned: LearnedExtrapolation | None = None,
+                  detection_max_sigma_px: float = DETECTION_MAX_SIGMA_PX) -> tuple[dict, dict]:
+    """Metrics of one generated clip with a target; returns (row for metrics.json, arrays for the visuals).
+    masks: the dilated object masks (object-region PSNR); learned: the learned-extrapolation baseline (predict)."""
     sid = int(rec.sample_id)
     V, T = gen.shape[:2]
     region = task_region(rec.task, rec.given_frames, rec.given_views, V, T)
@@ -253,6 +358,9 @@ def evaluate_clip(i: int, rec, gen: np.ndarray, det: dict, ds: Dataset, refs: Re
            "given_frames": rec.given_frames, "given_views": list(rec.given_views),
            "eval_views": region.views, "eval_frames": region.frames,
            **clip_metrics(gen, target, region, lpips),
+           "object_psnr": None,
+           "detection_rate": _detection_rate(det["sigma"], region, detection_max_sigma_px),
+           "visible_rate": float(vis[rv, rf].mean()),
            "probe_2d_error_px": error_stats(det["uv"][rv, rf], centres[rv, rf], vis[rv, rf])["mean_px"],
            **_traj_metrics(track, gt, region.frames, extent),
            "reprojection_px": _reproj(P, track, det["uv"], region),
@@ -260,16 +368,26 @@ def evaluate_clip(i: int, rec, gen: np.ndarray, det: dict, ds: Dataset, refs: Re
     row["floor"] = {"probe_2d_error_px": error_stats(ref["det"]["uv"][rv, rf], centres[rv, rf], vis[rv, rf])["mean_px"],
                     **_traj_metrics(ref["track"], gt, region.frames, extent),
                     "reprojection_px": _reproj(P, ref["track"], ref["det"]["uv"], region),
+                    "detection_rate": _detection_rate(ref["det"]["sigma"], region, detection_max_sigma_px),
                     "fit_family": ref["fit"]["best"], "family_correct": ref["fit"]["best"] == rec.family}
+    mask = masks(sid) if masks is not None else None
+    if mask is not None:
+        row["object_psnr"] = object_psnr(gen, target, region, mask)
     arrays = {"target": target, "gt": gt, "track": track, "floor": ref["track"], "given": 0}
     g = rec.given_frames
     if rec.task == "predict" and 0 < g < T:
         held = np.repeat(target[:, g - 1:g], T, axis=1)                      # copy-last-frame in pixels
         cv = constant_velocity(ref["track"], g, ds.fps)
         row["copy_last"] = {**clip_metrics(held, target, region, lpips),
+                            "object_psnr": object_psnr(held, target, region, mask) if mask is not None else None,
                             **_traj_metrics(copy_last(ref["track"], g), gt, region.frames, extent)}
         row["constant_velocity"] = _traj_metrics(cv, gt, region.frames, extent)
         arrays.update(given=g, constant_velocity=cv)
+        model = learned.get(g) if learned is not None else None
+        if model is not None:
+            le = model.extrapolate(ref["track"])
+            row["learned_extrapolation"] = _traj_metrics(le, gt, region.frames, extent)
+            arrays["learned_extrapolation"] = le
     return row, arrays
 
 
@@ -295,35 +413,90 @@ def _camera_motion_static(ds: Dataset) -> bool:
 
 KEYS_PIX = ("psnr", "ssim", "lpips")
 KEYS_3D = ("ade", "ade_pct", "fde", "fde_pct", "reprojection_px", "probe_2d_error_px")
+KEYS_TRAJ = ("ade", "ade_pct", "fde", "fde_pct")
+BASELINES = ("copy_last", "constant_velocity", "learned_extrapolation")
+# model - baseline, per clip, with a paired bootstrap interval: these metrics of these baselines
+PAIRED = {"copy_last": ("ade_pct", "psnr", "object_psnr"), "constant_velocity": ("ade_pct",),
+          "learned_extrapolation": ("ade_pct",)}
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 0
+
+
+def paired_differences(rows: list[dict]) -> dict:
+    """{baseline: {metric: paired_bootstrap(model, baseline)}} over the clips that have that baseline."""
+    out = {}
+    for name, keys in PAIRED.items():
+        sel = [r for r in rows if name in r]
+        if sel:
+            out[name] = {k: paired_bootstrap([r.get(k) for r in sel], [r[name].get(k) for r in sel],
+                                             BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED) for k in keys}
+    return out
+
+
+def _method_means(rows: list[dict]) -> dict:
+    out = {"clips": len(rows),
+           "model": {**{k: mean_of(rows, k) for k in KEYS_PIX + ("object_psnr",) + KEYS_3D + ("detection_rate",)},
+                     "family_accuracy": float(np.mean([r["family_correct"] for r in rows]))},
+           "visible_rate": mean_of(rows, "visible_rate")}
+    floor = [r["floor"] for r in rows]
+    out["floor"] = {**{k: mean_of(floor, k) for k in KEYS_3D + ("detection_rate",)},
+                    "family_accuracy": float(np.mean([r["family_correct"] for r in floor]))}
+    for name in BASELINES:
+        sub = [r[name] for r in rows if name in r]
+        if sub:
+            keys = (KEYS_PIX + ("object_psnr",) if name == "copy_last" else ()) + KEYS_TRAJ
+            out[name] = {k: mean_of(sub, k) for k in keys}
+    paired = paired_differences(rows)
+    if paired:
+        out["paired"] = paired
+    return out
 
 
 def summarize(rows: list[dict], task: str) -> dict:
-    """Means over clips per method (model, floor, copy_last, constant_velocity) and family accuracies."""
+    """Means over clips per method (model, floor, copy_last, constant_velocity, learned_extrapolation), family
+    accuracies, detection rates, paired differences model - baseline with bootstrap intervals (`paired`), and all of
+    it again per trajectory family (`by_family`)."""
     if task == "generate":
         return {"clips": len(rows),
                 "model": {"family_accuracy": float(np.mean([r["family_correct"] for r in rows])),
                           "reprojection_px": mean_of(rows, "reprojection_px")}}
-    out = {"clips": len(rows),
-           "model": {**{k: mean_of(rows, k) for k in KEYS_PIX + KEYS_3D},
-                     "family_accuracy": float(np.mean([r["family_correct"] for r in rows]))}}
-    floor = [r["floor"] for r in rows]
-    out["floor"] = {**{k: mean_of(floor, k) for k in KEYS_3D},
-                    "family_accuracy": float(np.mean([r["family_correct"] for r in floor]))}
-    for name in ("copy_last", "constant_velocity"):
-        sub = [r[name] for r in rows if name in r]
-        if sub:
-            keys = (KEYS_PIX if name == "copy_last" else ()) + ("ade", "ade_pct", "fde", "fde_pct")
-            out[name] = {k: mean_of(sub, k) for k in keys}
+    out = _method_means(rows)
+    out["by_family"] = {fam: _method_means([r for r in rows if r["family"] == fam])
+                        for fam in sorted({r["family"] for r in rows})}
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# runs: what made them
+
+METHOD_LABELS = {"model": "model (transformer samples)", "ceiling": "tokenizer ceiling (true tokens decoded)",
+                 "copy-latent": "copy last latent frame (its tokens repeated, decoded)"}
+GIVEN_LABELS = {"re-decoded": "given frames re-decoded from their tokens",
+                "pasted": "given frames pasted from the renders"}
+
+
+def run_label(info: dict) -> dict:
+    """What a generated set is, from the optional generated.json keys method (model | ceiling | copy-latent),
+    given_frames (re-decoded | pasted) and composite (bool); absent keys read as model, re-decoded, false."""
+    method = info.get("method") or "model"
+    given = info.get("given_frames") or "re-decoded"
+    composite = bool(info.get("composite", False))
+    title = METHOD_LABELS.get(method, str(method))
+    details = [GIVEN_LABELS.get(given, f"given frames: {given}")] + (["composite"] if composite else [])
+    return {"method": method, "given_frames": given, "composite": composite, "title": title,
+            "details": "; ".join(details)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # evaluate
 
 def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, lpips_weights=None,
-             split: str | None = None, max_visual_clips: int = 12, progress: bool = True, log=print) -> dict:
+             split: str | None = None, max_visual_clips: int = 12, progress: bool = True, log=print,
+             object_margin_px: int = OBJECT_MARGIN_PX, detection_max_sigma_px: float = DETECTION_MAX_SIGMA_PX,
+             learned_split: str = "train", learned_config: ExtrapolatorConfig | None = None) -> dict:
     """Evaluate generated clip sets against DATASET with a trained probe; writes REPORT (see module doc) and
-    returns the metrics dict (also REPORT/metrics.json)."""
+    returns the metrics dict (also REPORT/metrics.json). object_margin_px: dilation of the ground-truth object
+    masks for the object-region PSNR; detection_max_sigma_px: the probe's expected error below which a frame counts
+    as "object found"; learned_split: the split the learned extrapolation is fitted on."""
     from tqdm import tqdm
 
     if not generated:
@@ -345,6 +518,8 @@ def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, l
     lpips_note = lpips_size_note(lpips, H, W)
     refs = References(ds, probe)
     reference = probe_reference(ds, refs, ref_split, extent)
+    masks = ObjectMasks(ds, object_margin_px)
+    learned = LearnedExtrapolation(ds, probe, extent, learned_split, learned_config, log=log)
     ffmpeg = rp.ffmpeg_path()
     mp4_note = None if ffmpeg else "MP4 skipped: no ffmpeg on PATH (GIFs only)"
     if mp4_note:
@@ -357,7 +532,14 @@ def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, l
                "probe": {"run": str(probe_run), "checkpoint": str(probe.path), "image_size": list(probe.image_size),
                          "reference": reference},
                "lpips": {**lpips_status(lpips), **({"note": lpips_note} if lpips_note else {})},
-               "psnr_cap_db": 100.0, "mp4": mp4_note or "written", "runs": []}
+               "psnr_cap_db": 100.0, "mp4": mp4_note or "written",
+               "object_region": {"margin_px": object_margin_px, "definition": OBJECT_REGION_DEFINITION},
+               "detection": {"max_sigma_px": detection_max_sigma_px,
+                             "min_confidence": 1.0 / (1.0 + detection_max_sigma_px ** 2),
+                             "definition": DETECTION_DEFINITION},
+               "paired": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": 0.95,
+                          "definition": PAIRED_DEFINITION},
+               "runs": []}
     taken: set = set()
     visuals = []
     for gs in sets:
@@ -365,20 +547,27 @@ def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, l
         det_all = probe.predict(gs.rgb)
         sids = [int(r.sample_id) for r in gs.records if r.sample_id is not None]
         refs.prefetch(sids)
+        for k in sorted({r.given_frames for r in gs.records if r.task == "predict" and r.sample_id is not None}):
+            learned.get(k)                                     # fitted here, not inside the progress bar
         by_task: dict[str, list] = {}
         for i, rec in enumerate(tqdm(gs.records, desc=f"evaluate {name}", unit="clip", disable=not progress)):
             det = {k: v[i] for k, v in det_all.items()}
             if rec.sample_id is None:
                 row, arrays = evaluate_generate_clip(i, rec, det, ds)
             else:
-                row, arrays = evaluate_clip(i, rec, np.asarray(gs.rgb[i]), det, ds, refs, extent, lpips)
+                row, arrays = evaluate_clip(i, rec, np.asarray(gs.rgb[i]), det, ds, refs, extent, lpips, masks,
+                                            learned, detection_max_sigma_px)
             by_task.setdefault(rec.task, []).append(row)
             if len(by_task[rec.task]) <= max_visual_clips:
                 visuals.append((name, rec, np.asarray(gs.rgb[i]), arrays, row))
         info = {k: v for k, v in gs.info.items() if k not in ("clips",)}
-        metrics["runs"].append({"name": name, "generated": str(gs.root), "info": info,
+        metrics["runs"].append({"name": name, "generated": str(gs.root), "label": run_label(gs.info), "info": info,
                                 "tasks": {task: {"summary": summarize(rows, task), "clips": rows}
                                           for task, rows in by_task.items()}})
+    metrics["object_region"]["available"] = masks.problem is None
+    if masks.problem:
+        metrics["object_region"]["reason"] = masks.problem
+    metrics["learned_extrapolation"] = learned.status()
     if not _camera_motion_static(ds) and any(r.sample_id is None for gs in sets for r in gs.records):
         metrics["notes"] = ["class-conditional clips are triangulated with the cameras of the dataset's first sample; "
                             "the dataset's rig moves, so their reprojection errors are approximate"]
@@ -434,6 +623,8 @@ def _write_visuals(root: Path, visuals: list, fps: float, ffmpeg: str | None, me
                       "probe on generated": arrays["track"]}
             if "constant_velocity" in arrays:
                 tracks["constant velocity"] = arrays["constant_velocity"]
+            if "learned_extrapolation" in arrays:
+                tracks["learned extrapolation"] = arrays["learned_extrapolation"]
             title = f"clip {row['index']} sample {rec.sample_id}: {rec.family}"
         else:
             tracks = {f"best fit ({row['fit_family']})": arrays["fitted"], "probe on generated": arrays["track"]}
@@ -446,22 +637,70 @@ def _write_visuals(root: Path, visuals: list, fps: float, ffmpeg: str | None, me
 # --------------------------------------------------------------------------------------------------------------------
 # evaluation HTML
 
-def _method_rows(summary: dict, task: str) -> tuple[list[str], list[list]]:
+METHOD_NAMES = {"model": "model", "floor": "probe on renders (floor)", "copy_last": "copy last frame",
+                "constant_velocity": "constant velocity (3D)", "learned_extrapolation": LEARNED_LABEL}
+
+
+def _method_rows(summary: dict, task: str, model_label: str = "model") -> tuple[list[str], list[list]]:
     if task == "generate":
         m = summary["model"]
         return (["method", "family accuracy", "reprojection px"],
-                [["model", m["family_accuracy"], m["reprojection_px"]]])
-    headers = ["method", "PSNR dB", "SSIM", "LPIPS", "ADE", "ADE %", "FDE", "FDE %", "reprojection px",
-               "probe 2D error px", "family accuracy"]
-    names = {"model": "model", "floor": "probe on renders (floor)", "copy_last": "copy last frame",
-             "constant_velocity": "constant velocity (3D)"}
+                [[model_label, m["family_accuracy"], m["reprojection_px"]]])
+    keys = ("psnr", "object_psnr", "ssim", "lpips", "ade", "ade_pct", "fde", "fde_pct", "reprojection_px",
+            "probe_2d_error_px", "detection_rate", "family_accuracy")
+    headers = ["method", "PSNR dB", "object PSNR dB", "SSIM", "LPIPS", "ADE", "ADE %", "FDE", "FDE %",
+               "reprojection px", "probe 2D error px", "detection rate", "family accuracy"]
     rows = []
-    for key, label in names.items():
+    for key, label in METHOD_NAMES.items():
         m = summary.get(key)
         if m is None:
             continue
-        rows.append([label] + [m.get(k, "n/a") for k in ("psnr", "ssim", "lpips", "ade", "ade_pct", "fde", "fde_pct",
-                                                         "reprojection_px", "probe_2d_error_px", "family_accuracy")])
+        rows.append([model_label if key == "model" else label] + [m.get(k, "n/a") for k in keys])
+    return headers, rows
+
+
+def _family_rows(summary: dict) -> tuple[list[str], list[list]]:
+    """Per trajectory family: ADE % of the model and each baseline, PSNR and object PSNR of model and copy-last,
+    detection rates."""
+    headers = ["family", "clips", "ADE % model", "ADE % copy-last", "ADE % const. velocity", "ADE % learned extrap.",
+               "ADE % floor", "PSNR model", "PSNR copy-last", "object PSNR model", "object PSNR copy-last",
+               "detection model", "detection floor"]
+    rows = []
+    for fam, f in list(summary.get("by_family", {}).items()) + [("all", summary)]:
+        get = lambda method, key: (f.get(method) or {}).get(key, "n/a")  # noqa: E731
+        rows.append([fam, f["clips"], get("model", "ade_pct"), get("copy_last", "ade_pct"),
+                     get("constant_velocity", "ade_pct"), get("learned_extrapolation", "ade_pct"),
+                     get("floor", "ade_pct"), get("model", "psnr"), get("copy_last", "psnr"),
+                     get("model", "object_psnr"), get("copy_last", "object_psnr"), get("model", "detection_rate"),
+                     get("floor", "detection_rate")])
+    return headers, rows
+
+
+PAIRED_NAMES = {"copy_last": "copy-last", "constant_velocity": "constant velocity",
+                "learned_extrapolation": "learned extrapolation"}
+PAIRED_METRICS = {"ade_pct": ("ADE", " %"), "psnr": ("PSNR", " dB"), "object_psnr": ("object PSNR", " dB")}
+
+
+def format_interval(ci: dict, unit: str = "") -> str:
+    """'-1.20 % [-2.00, -0.40], n 25' (a paired_bootstrap result), or 'n/a' without pairs."""
+    if not ci or ci.get("mean") is None:
+        return "n/a"
+    return f"{ci['mean']:+.2f}{unit} [{ci['low']:+.2f}, {ci['high']:+.2f}], n {ci['n']}"
+
+
+def _paired_rows(summary: dict, model_label: str) -> tuple[list[str], list[list]] | None:
+    if "paired" not in summary:
+        return None
+    fams = list(summary.get("by_family", {}))
+    headers = ["difference", "all clips"] + fams
+    rows = []
+    for name, metrics in summary["paired"].items():
+        for key, ci in metrics.items():
+            label, unit = PAIRED_METRICS[key]
+            cells = [format_interval(ci, unit)]
+            for fam in fams:
+                cells.append(format_interval(summary["by_family"][fam].get("paired", {}).get(name, {}).get(key), unit))
+            rows.append([f"{label}: {model_label} \u2212 {PAIRED_NAMES[name]}"] + cells)
     return headers, rows
 
 
@@ -484,6 +723,21 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
         parts.append(f'<p class="note">{rp.esc(metrics["mp4"])}</p>')
     for note in metrics.get("notes", []):
         parts.append(f'<p class="note">{rp.esc(note)}</p>')
+    obj, dt = metrics["object_region"], metrics["detection"]
+    parts.append(f'<p class="muted">Object PSNR: {rp.esc(obj["definition"])} (margin {obj["margin_px"]} px). '
+                 f'Detection rate: {rp.esc(dt["definition"])} (max_sigma_px {dt["max_sigma_px"]:g}, min_confidence '
+                 f'{dt["min_confidence"]:.2f}). Differences: {rp.esc(metrics["paired"]["definition"])}, '
+                 f'{metrics["paired"]["resamples"]} resamples.</p>')
+    if not obj.get("available", True):
+        parts.append(f'<p class="note">Object-region PSNR unavailable: {rp.esc(obj["reason"])}</p>')
+    for k, st in metrics.get("learned_extrapolation", {}).get("by_given_frames", {}).items():
+        if st["available"]:
+            parts.append(f'<p class="muted">{rp.esc(LEARNED_LABEL)}, {k} given frames: fitted on {st["train_clips"]} '
+                         f'clips in {st["fit_seconds"]:.1f} s; train ADE {st["train_ade"]:.4f} (constant velocity '
+                         f'{st["train_ade_constant_velocity"]:.4f}).</p>')
+        else:
+            parts.append(f'<p class="note">{rp.esc(LEARNED_LABEL)} unavailable ({k} given frames): '
+                         f'{rp.esc(st["reason"])}</p>')
     e2 = ref["2d_error"]
     parts.append(f"<h2>Probe on the rendered {rp.esc(ref['split'])} split (the floor)</h2>")
     parts.append(rp.table(["clips", "2D median px", "2D mean px", "2D p90 px", "ADE", "ADE %", "FDE", "FDE %",
@@ -497,14 +751,22 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
     fam = ref["family_accuracy_by_family"]
     parts.append(rp.table(["family"] + list(fam), [["family accuracy (probe on renders)"] + list(fam.values())]))
     for run in metrics["runs"]:
-        info = run["info"]
-        parts.append(f"<h2>{rp.esc(run['name'])}</h2><p class=\"muted\">{rp.esc(run['generated'])}; "
+        info, label = run["info"], run["label"]
+        parts.append(f"<h2>{rp.esc(run['name'])}: {rp.esc(label['title'])}</h2>"
+                     f"<p>{rp.esc(label['details'])}</p><p class=\"muted\">{rp.esc(run['generated'])}; "
                      + rp.esc(", ".join(f"{k}: {info[k]}" for k in ("task", "arch", "steps", "temperature", "seed")
                                         if info.get(k) is not None)) + "</p>")
         for task, block in run["tasks"].items():
             parts.append(f"<h3>task: {rp.esc(task)} ({block['summary']['clips']} clips)</h3>")
-            headers, rows = _method_rows(block["summary"], task)
+            headers, rows = _method_rows(block["summary"], task, label["method"])
             parts.append(rp.table(headers, rows, "summary"))
+            if task != "generate":
+                parts.append(rp.table(*_family_rows(block["summary"])))
+                paired = _paired_rows(block["summary"], label["method"])
+                if paired:
+                    parts.append("<p class=\"muted\">Paired differences (mean over clips, 95% bootstrap interval; "
+                                 "ADE: negative is better for the model, PSNR: positive):</p>")
+                    parts.append(rp.table(*paired))
             if task == "generate":
                 ref_row = [["probe on renders (reference)", ref["family_accuracy"], ref["reprojection_px"]]]
                 parts.append(rp.table(["reference", "family accuracy", "reprojection px"], ref_row))
@@ -512,10 +774,14 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
                 clip_rows = [[r["index"], r["shape"], r["family"], r["fit_family"], r["reprojection_px"]]
                              for r in block["clips"]]
             else:
-                clip_headers = ["clip", "sample", "shape", "family", "PSNR dB", "SSIM", "LPIPS", "ADE", "FDE",
-                                "reprojection px", "fitted family", "floor ADE"]
-                clip_rows = [[r["index"], r["sample_id"], r["shape"], r["family"], r["psnr"], r["ssim"], r["lpips"],
-                              r["ade"], r["fde"], r["reprojection_px"], r["fit_family"], r["floor"]["ade"]]
+                clip_headers = ["clip", "sample", "shape", "family", "PSNR dB", "object PSNR dB", "SSIM", "LPIPS",
+                                "ADE", "FDE", "reprojection px", "detection rate", "fitted family", "floor ADE",
+                                "copy-last object PSNR", "copy-last ADE", "const. velocity ADE", "learned extrap. ADE"]
+                clip_rows = [[r["index"], r["sample_id"], r["shape"], r["family"], r["psnr"], r["object_psnr"],
+                              r["ssim"], r["lpips"], r["ade"], r["fde"], r["reprojection_px"], r["detection_rate"],
+                              r["fit_family"], r["floor"]["ade"], r.get("copy_last", {}).get("object_psnr"),
+                              r.get("copy_last", {}).get("ade"), r.get("constant_velocity", {}).get("ade"),
+                              r.get("learned_extrapolation", {}).get("ade")]
                              for r in block["clips"]]
             parts.append("<details><summary>per clip</summary>" + rp.table(clip_headers, clip_rows) + "</details>")
             shown = [r for r in block["clips"] if (run["name"], r["index"]) in media]
@@ -523,7 +789,8 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
                 legend = ("rows: views; columns: rendered | generated | |difference| x" + str(rp.DIFF_GAIN)
                           if task != "generate" else "rows: views; the generated clip")
                 parts.append(f'<p class="muted">{rp.esc(legend)}. 3D plot: black ground truth, blue dashed the probe '
-                             f'on the renders, red the probe on the generated clip; filled markers = given frames.</p>')
+                             f'on the renders, red the probe on the generated clip, green dotted constant velocity, '
+                             f'purple dash-dot the learned extrapolation; filled markers = given frames.</p>')
             for r in shown:
                 m = media[(run["name"], r["index"])]
                 cap = (f"clip {r['index']}" + (f", sample {r['sample_id']}" if r.get("sample_id") is not None else "")

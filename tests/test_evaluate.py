@@ -94,7 +94,22 @@ def test_evaluate_identical_clips(setup, tmp_path, capsys, monkeypatch):
     assert s["model"]["lpips"] == pytest.approx(0.0, abs=1e-6)
     for k in ("ade", "fde", "ade_pct", "reprojection_px", "family_accuracy"):
         assert s["model"][k] == pytest.approx(s["floor"][k]), k
-    assert set(s) >= {"model", "floor", "copy_last", "constant_velocity"}
+    assert set(s) >= {"model", "floor", "copy_last", "constant_velocity", "by_family", "paired"}
+    # object-region PSNR, detection, paired differences, per family
+    assert s["model"]["object_psnr"] == 100.0 and s["copy_last"]["object_psnr"] < 100.0
+    assert m["object_region"] == {**m["object_region"], "margin_px": 4, "available": True}
+    assert s["model"]["detection_rate"] == s["floor"]["detection_rate"] and 0 <= s["visible_rate"] <= 1
+    ci = s["paired"]["copy_last"]["object_psnr"]
+    assert ci["n"] == len(test) and ci["low"] <= ci["mean"] <= ci["high"] and ci["mean"] > 0
+    assert s["paired"]["constant_velocity"]["ade_pct"]["n"] == len(test)
+    assert set(s["paired"]) == {"copy_last", "constant_velocity"}                   # 6 train clips: no MLP
+    fams = sorted(set(test.index["labels"]["family"]))
+    assert list(s["by_family"]) == fams and sum(f["clips"] for f in s["by_family"].values()) == len(test)
+    le = m["learned_extrapolation"]["by_given_frames"]["2"]
+    assert not le["available"] and "at least 8" in le["reason"] and "learned_extrapolation" not in s
+    assert m["runs"][0]["label"] == {"method": "model", "given_frames": "re-decoded", "composite": False,
+                                     "title": "model (transformer samples)",
+                                     "details": "given frames re-decoded from their tokens"}
     clip = block["clips"][0]
     assert clip["eval_frames"] == list(range(2, FRAMES)) and clip["eval_views"] == [0, 1, 2]
     target = np.array(test.rgb[0])
@@ -109,7 +124,10 @@ def test_evaluate_identical_clips(setup, tmp_path, capsys, monkeypatch):
     for link in links:
         assert not link.startswith(("/", "http")) and ".." not in link
         assert (report / link).is_file(), link
-    assert "metrics.json" in links and "PSNR" in (report / "index.html").read_text()
+    text = (report / "index.html").read_text()
+    assert "metrics.json" in links and "PSNR" in text and "object PSNR" in text and "detection rate" in text
+    assert "gen: model (transformer samples)" in text and "model \u2212 copy-last" in text
+    assert "learned track extrapolation (MLP, train split) unavailable" in text
     assert "probe floor" in out and "report:" in out
     assert not list(tmp_path.glob(".tmp-*"))                                     # the temp dir was renamed
 
@@ -208,3 +226,50 @@ def test_region_and_metric_helpers():
     assert ev_metrics.task_region("generate", 0, [], 3, 8).frames == list(range(8))
     assert ev_metrics.mean_of([{"a": 1.0}, {"a": None}, {"a": 3.0}], "a") == 2.0
     assert ev_metrics.mean_of([{"a": 1.0}, {"a": "unavailable"}], "a") == "unavailable"
+
+
+def test_evaluate_learned_extrapolation_labels_and_missing_masks(setup, tmp_path, monkeypatch):
+    """With the minimum lowered to the fake dataset's 6 train clips the MLP baseline is fitted (on tracks that are
+    the first k frames of the References tracks) and reported beside constant velocity; a run's method labels
+    reach its heading; a dataset without its mask PNGs reports object-region PSNR unavailable."""
+    from evaluation import evaluate as ev
+    from evaluation.extrapolation import ExtrapolatorConfig
+    from evaluation.probe import load_probe
+
+    root, ds = setup
+    test = load_packed(ds, "test")
+    monkeypatch.setattr(ev, "MIN_TRAIN_CLIPS", 2)
+    monkeypatch.setattr("evaluation.extrapolation.MIN_TRAIN_CLIPS", 2)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    d = ev.open_dataset(ds)
+    probe = load_probe(root / "probe")
+    sids, given = ev.given_tracks(d, probe, "train", 3, chunk=4)
+    refs = ev.References(d, probe)
+    np.testing.assert_allclose(given, np.stack([refs[s]["track"][:3] for s in sids]), atol=1e-5)
+
+    gen = write_gen(tmp_path / "gen", test, np.array(test.rgb), given_frames=3)
+    info = json.loads((gen / "generated.json").read_text())
+    info.update(method="ceiling", given_frames="pasted", composite=True)
+    (gen / "generated.json").write_text(json.dumps(info))
+    m = ev.evaluate(ds, [gen], root / "probe", tmp_path / "report", progress=False, log=lambda *_: None,
+                    learned_config=ExtrapolatorConfig(steps=20))
+    s = m["runs"][0]["tasks"]["predict"]["summary"]
+    st = m["learned_extrapolation"]["by_given_frames"]["3"]
+    assert st["available"] and st["train_clips"] == len(load_packed(ds, "train")) and st["given_frames"] == 3
+    assert set(s["learned_extrapolation"]) == {"ade", "ade_pct", "fde", "fde_pct"}
+    assert s["paired"]["learned_extrapolation"]["ade_pct"]["n"] == len(test)
+    assert all("learned_extrapolation" in f for f in s["by_family"].values())
+    label = m["runs"][0]["label"]
+    assert (label["method"], label["given_frames"], label["composite"]) == ("ceiling", "pasted", True)
+    text = (tmp_path / "report" / "index.html").read_text()
+    assert "tokenizer ceiling (true tokens decoded)" in text and "given frames pasted from the renders" in text
+    assert "learned extrapolation" in text and "ceiling \u2212 learned extrapolation" in text
+
+    bare = tmp_path / "bare"                                  # packed arrays without the rendered PNGs
+    shutil.copytree(ds, bare, ignore=shutil.ignore_patterns("samples"))
+    m = ev.evaluate(bare, [gen], root / "probe", tmp_path / "report2", progress=False, log=lambda *_: None,
+                    learned_config=ExtrapolatorConfig(steps=5))
+    assert not m["object_region"]["available"] and "cannot be read" in m["object_region"]["reason"]
+    s = m["runs"][0]["tasks"]["predict"]["summary"]
+    assert s["model"]["object_psnr"] is None and s["paired"]["copy_last"]["object_psnr"]["n"] == 0
+    assert "Object-region PSNR unavailable" in (tmp_path / "report2" / "index.html").read_text()
