@@ -95,8 +95,49 @@ def test_ar_step_logits_match_the_full_forward():
         first = model.step(cache, cond=cond, tokens=seq[:, :5])
         full = model(seq, cond)
         assert torch.allclose(first, full[:, 5], atol=1e-5)
-        for i in range(5, 9):
-            assert torch.allclose(model.step(cache, tokens=seq[:, i:i + 1]), full[:, i + 1], atol=1e-5)
+        frame = LAYOUT.views * LAYOUT.h * LAYOUT.w
+        for i in range(5, LAYOUT.num_tokens - 1):  # past the first latent frame the caller adds the copy bonus
+            logits = model.step(cache, tokens=seq[:, i:i + 1])
+            if i + 1 >= frame:
+                logits = model.add_copy_logit(logits, seq[:, i + 1 - frame])
+            assert torch.allclose(logits, full[:, i + 1], atol=1e-5)
+
+
+def test_code_digits_give_a_normalised_distribution_over_ids():
+    """With FSQ levels (4, 4) an id is d0 + 4 * d1; with the plain head zeroed the logits are the log-probabilities
+    of the id's two digits, which sum to one over all 16 ids."""
+    layout = TokenLayout(codebook_size=16, views=1, t=2, h=1, w=2, num_shapes=1, num_families=1, code_levels=(4, 4))
+    assert layout.code_digits()[7].tolist() == [3, 4 + 1]                     # 7 = 3 + 4 * 1, second table at 4
+    model = MaskedVideoTransformer(TransformerConfig(width=16, depth=1, heads=1, copy_logit=False), layout).eval()
+    torch.nn.init.zeros_(model.head.weight)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 2, 16, 16]]), condition(layout, "predict", batch=1))
+    assert torch.allclose(logits.logsumexp(-1), torch.zeros(1, 4), atol=1e-5)
+    with pytest.raises(ValueError, match="do not multiply to codebook_size"):
+        TokenLayout(codebook_size=15, views=1, t=2, h=1, w=2, num_shapes=1, num_families=1, code_levels=(4, 4))
+
+
+def test_reference_tokens_are_the_latest_visible_earlier_latent_frame():
+    layout = TokenLayout(codebook_size=16, views=1, t=3, h=1, w=2, num_shapes=1, num_families=1)
+    model = MaskedVideoTransformer(TransformerConfig(width=8, depth=1, heads=1), layout)
+    M = layout.mask_id
+    seq = torch.tensor([[1, 2, M, 4, M, M]])     # t=0: (1, 2); t=1: (MASK, 4); t=2: (MASK, MASK)
+    assert model.reference_tokens(seq).tolist() == [[M, M, 1, 2, 1, 4]]
+    assert model.reference_tokens(seq[:, :4]).tolist() == [[M, M, 1, 2]]   # any prefix
+
+
+def test_the_copy_logit_makes_an_untrained_model_copy_the_last_given_frame():
+    model = tiny_model("masked")
+    seq = random_clips(2)
+    given = given_mask(LAYOUT, "predict", 2, latent_frames=1)
+    out = maskgit_sample(model, seq, given, condition(LAYOUT, "predict", batch=2), generators([0, 1]), steps=2,
+                         temperature=0)
+    grid = LAYOUT.to_grid(out)
+    assert torch.equal(grid[:, :, 1], LAYOUT.to_grid(seq)[:, :, 0])      # every future token is the copy
+    plain = MaskedVideoTransformer(TransformerConfig(width=32, depth=2, heads=2, copy_logit=False), LAYOUT).eval()
+    out = maskgit_sample(plain, seq, given, condition(LAYOUT, "predict", batch=2), generators([0, 1]), steps=2,
+                         temperature=0)
+    assert not torch.equal(LAYOUT.to_grid(out)[:, :, 1], LAYOUT.to_grid(seq)[:, :, 0])
 
 
 # --- training batches and overfitting -------------------------------------------------------------------------
@@ -147,6 +188,56 @@ def test_a_tiny_model_overfits_and_regenerates_the_continuation_exactly(arch, st
     out = sample(model, seq, given, condition(LAYOUT, "predict", batch=4), generators(range(4)), steps=6,
                  temperature=0)
     assert torch.equal(out, seq)
+
+
+def moving_token_clips(n: int, layout: TokenLayout, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n token clips of one object token (id 1) on a background (id 0) moving along a row at a per-clip velocity
+    of -2, -1, +1 or +2 cells per latent frame -> (grids (n, 1, t, 1, w), its cell per latent frame (n, t))."""
+    g = torch.Generator().manual_seed(seed)
+    velocity = torch.tensor([-2, -1, 1, 2])[torch.randint(0, 4, (n,), generator=g)]
+    span = (layout.t - 1) * velocity.abs()
+    start = (torch.rand(n, generator=g) * (layout.w - span)).long()
+    start = torch.where(velocity < 0, start + span, start)
+    cell = start[:, None] + velocity[:, None] * torch.arange(layout.t)[None]
+    grids = torch.zeros(n, 1, layout.t, 1, layout.w, dtype=torch.long)
+    grids[torch.arange(n)[:, None], 0, torch.arange(layout.t)[None], 0, cell] = 1
+    return grids, cell
+
+
+@pytest.mark.parametrize("levels", [(), (2, 2)])
+def test_the_model_uses_the_given_frames_to_extrapolate_motion(levels):
+    """Two given latent frames show where the object is and how fast it moves; after training, greedy prediction
+    puts it where its own motion leads, and given another clip's frames it follows that clip instead. A model
+    that ignored the condition could not tell the velocity and would be right about 1 time in 4 at best."""
+    layout = TokenLayout(codebook_size=4, views=1, t=4, h=1, w=8, num_shapes=1, num_families=1, code_levels=levels)
+    torch.manual_seed(0)
+    model = MaskedVideoTransformer(TransformerConfig(width=48, depth=2, heads=2), layout).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    labels = torch.zeros(64, dtype=torch.long)
+    for step in range(600):   # without rotary positions this reaches 8% (measured): relative offsets matter
+        clips, _ = moving_token_clips(64, layout, seed=step)
+        gen = torch.Generator().manual_seed(step)
+        inputs, targets, scored, cond = make_batch(layout, clips, labels, labels, labels, 2, "masked", gen)
+        loss, _ = model.loss(model(inputs, cond, scored), targets[scored])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    clips, cell = moving_token_clips(200, layout, seed=10_000)
+    given = given_mask(layout, "predict", 200, latent_frames=2)
+    cond = condition(layout, "predict", batch=200)
+
+    def predicted_cells(seq: torch.Tensor) -> torch.Tensor:
+        out = layout.to_grid(sample(model, seq, given, cond, generators(range(200)), steps=4, temperature=0))
+        return out[:, 0, 2:, 0].argmax(-1)                                 # (n, 2): where the object token is
+
+    own = (predicted_cells(layout.to_sequence(clips)) == cell[:, 2:]).all(1).float().mean()
+    shuffled_clips = clips[torch.roll(torch.arange(200), 1)]
+    shuffled = (predicted_cells(layout.to_sequence(shuffled_clips)) == cell[:, 2:]).all(1).float().mean()
+    followed = (predicted_cells(layout.to_sequence(shuffled_clips)) == cell[torch.roll(torch.arange(200), 1), 2:]
+                ).all(1).float().mean()
+    assert own >= 0.8 and followed >= 0.8, (own, followed)
+    assert shuffled <= 0.3, shuffled
 
 
 # --- the loop, generate and the CLI on a real (untrained) tokenizer's token cache -------------------------------
@@ -211,7 +302,7 @@ def test_training_logs_validation_and_records_the_token_cache(cache, tmp_path):
     assert tokens["codebook_size"] == 64 and tokens["grid"] == [3, 2, 4, 4] and tokens["frames"] == 4
     assert tokens["tokenizer_config_hash"] and tokens["classes"]["shape"] == ["cube", "cylinder", "cone"]
     assert saved["layout"] == {"codebook_size": 64, "views": 3, "t": 2, "h": 4, "w": 4, "num_shapes": 3,
-                               "num_families": 4}
+                               "num_families": 4, "code_levels": []}  # a VQ tokenizer: plain ids
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +325,9 @@ def test_generate_predict_and_complete_view_keep_the_given_parts(cache, trained,
     tokens = np.load(cache / "tokens" / "test_tokens.npy").astype(np.int64)
     test = load_packed(json.loads((cache / "tokens" / "test_index.json").read_text())["dataset"], "test")
 
-    generate(trained[arch], "predict", tmp_path / "p", steps=3, seed=7, **QUIET)
+    generate(trained[arch], "predict", tmp_path / "p", steps=3, seed=7, paste=False, **QUIET)
     out = load_generated(tmp_path / "p")
+    assert out.info["given_frames"] == "re-decoded" and out.info["method"] == "model"
     assert out.rgb.shape == (2, 3, 4, 16, 16, 3) and np.array_equal(out.target, test.rgb)
     assert [r.sample_id for r in out.records] == test.sample_ids and [r.seed for r in out.records] == [7, 8]
     assert all(r.given_frames == 2 and r.shape in ("cube", "cylinder", "cone") for r in out.records)
@@ -247,10 +339,61 @@ def test_generate_predict_and_complete_view_keep_the_given_parts(cache, trained,
     assert sorted(p.name for p in (tmp_path / "p" / "clips").iterdir())[:2] == [
         f"0000_sample{test.sample_ids[0]:06d}.gif", f"0000_sample{test.sample_ids[0]:06d}.png"]
 
-    generate(trained[arch], "complete-view", tmp_path / "c", steps=3, view=1, **QUIET)
+    generate(trained[arch], "complete-view", tmp_path / "c", steps=3, view=1, paste=False, **QUIET)
     out = load_generated(tmp_path / "c")
     assert all(r.given_views == [0, 2] for r in out.records)
     assert np.array_equal(out.rgb[0, [0, 2]], truth[[0, 2]])  # views decode independently
+
+    # by default the given part is the renders themselves, and the output says so
+    generate(trained[arch], "predict", tmp_path / "p2", steps=3, seed=7, **QUIET)
+    out = load_generated(tmp_path / "p2")
+    assert np.array_equal(out.rgb[:, :, :2], test.rgb[:, :, :2]) and out.info["given_frames"] == "pasted"
+    generate(trained[arch], "complete-view", tmp_path / "c2", steps=3, view=1, **QUIET)
+    assert np.array_equal(load_generated(tmp_path / "c2").rgb[:, [0, 2]], test.rgb[:, [0, 2]])
+
+
+def test_generate_ceiling_and_copy_latent(cache, trained, tmp_path):
+    """ceiling = the true tokens decoded; copy-latent composited over the last given frame = copy-last-frame."""
+    from datagen.pack import load_packed
+    from training.generate import generate
+    from training.generated import load_generated
+    from training.tokenize import load_tokenizer
+
+    tokenizer, _ = load_tokenizer(cache)
+    tokens = np.load(cache / "tokens" / "test_tokens.npy").astype(np.int64)
+    test = load_packed(json.loads((cache / "tokens" / "test_index.json").read_text())["dataset"], "test")
+    generate(trained["masked"], "predict", tmp_path / "ceil", method="ceiling", paste=False, **QUIET)
+    out = load_generated(tmp_path / "ceil")
+    with torch.no_grad():
+        truth = tokenizer.decode_indices(torch.from_numpy(tokens[1])).add(1).mul(127.5).round().clamp(0, 255)
+    assert np.array_equal(out.rgb[1], truth.to(torch.uint8).permute(0, 2, 3, 4, 1).numpy())
+    assert out.info["method"] == "ceiling" and out.info["method_title"].startswith("tokenizer ceiling")
+
+    generate(trained["masked"], "predict", tmp_path / "copy", method="copy-latent", composite=True, **QUIET)
+    out = load_generated(tmp_path / "copy")
+    assert np.array_equal(out.rgb[:, :, :2], test.rgb[:, :, :2])
+    assert np.array_equal(out.rgb[:, :, 2:], np.repeat(test.rgb[:, :, 1:2], 2, axis=2))
+    assert out.info["composite"] is True
+    with pytest.raises(UserError, match="--composite applies to --task predict"):
+        generate(trained["masked"], "complete-view", tmp_path / "x", composite=True, **QUIET)
+    with pytest.raises(UserError, match="--method ceiling needs the true tokens"):
+        generate(trained["masked"], "generate", tmp_path / "x", method="ceiling", **QUIET)
+
+
+def test_composite_keeps_the_last_frame_where_the_prediction_matches_the_copy():
+    from training.generate import composite_over_last
+
+    target = np.zeros((1, 4, 8, 8, 3), np.uint8)
+    target[:, 1] = 50                                          # the last given frame (2 given)
+    copy = np.full((1, 4, 8, 8, 3), 100, np.uint8)
+    pred = copy.copy()
+    pred[0, 3, 4, 4] = 200                                     # one pixel changed in the last frame
+    out = composite_over_last(pred, copy, target, 2)
+    assert np.array_equal(out[:, :2], pred[:, :2])              # the given frames are not touched here
+    assert (out[0, 2] == 50).all()                             # nothing changed: the last given frame
+    assert out[0, 3, 4, 4].tolist() == [200] * 3                # the changed pixel: the prediction,
+    assert (out[0, 3, 3:6, 3] == 100).all()                     # and so is its 1-px rim,
+    assert (out[0, 3, :2] == 50).all() and (out[0, 3, 7] == 50).all()   # the rest: the last given frame
 
 
 def test_generate_class_conditional_makes_each_requested_class(trained, tmp_path):

@@ -126,6 +126,15 @@ class TransformerConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    # a learned bonus on the logit of the token at the same view/row/col one latent frame earlier (the "copy"
+    # guess): most tokens do not change from latent to latent, so the model starts from copying and learns what moves
+    copy_logit: bool = True
+    # FSQ token caches: embed and predict each token also through its per-channel levels ("digits"), so nearby codes
+    # share what is learned and a nearly right guess is rewarded (a 1000-way softmax alone gives no partial credit)
+    code_digits: bool = True
+    # rotary position embedding over (t, row, col) in every attention layer: attention sees relative offsets such as
+    # "one latent frame earlier, one column left" directly, which is what extrapolating motion needs
+    rope: bool = True
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
@@ -273,6 +282,9 @@ class TransformerTrainSection(TrainSection):
     beta2: float = 0.95
     ema_decay: float = 0.999
     label_smoothing: float = 0.0
+    # loss weight of scored tokens equal to their copy guess (the token one latent frame earlier); 1 = plain mean.
+    # Below 1 the loss concentrates on the tokens that change, where the motion is.
+    unchanged_weight: float = 1.0
     val_clips: int = 32               # clips of the val split scored per validation (per task)
     workers: int = 0                  # DataLoader worker processes (the cache is in memory: 0 is usually best)
     compile: bool = False             # torch.compile the model (CUDA recommended)
@@ -285,6 +297,8 @@ class TransformerTrainSection(TrainSection):
             raise UserError(f"train.workers = {self.workers}: must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"train.label_smoothing = {self.label_smoothing}: must be in [0, 1)")
+        if not 0 < self.unchanged_weight <= 1:
+            raise UserError(f"train.unchanged_weight = {self.unchanged_weight}: must be in (0, 1]")
 
 
 @dataclass

@@ -140,9 +140,12 @@ def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Ten
     cache = model.new_cache() if use_cache else None
     if use_cache:
         logits = model.step(cache, cond=cond, tokens=x[:, :prefix])
+    frame = model.layout.views * model.layout.h * model.layout.w
     for i in range(prefix, N):
         if not use_cache:
             logits = model(x[:, :i + 1], cond)[:, -1]                 # position i sees cond and x[:, :i] only
+        elif i >= frame:                                              # the copy bonus forward() adds itself
+            logits = model.add_copy_logit(logits, x[:, i - frame])
         drawn = _draw(logits, temperature, None if noise is None else noise[:, i], top_k)
         x[:, i] = torch.where(given[:, i], seq[:, i], drawn)
         if use_cache and i < N - 1:

@@ -2,7 +2,7 @@
 
     TOKENS/<split>_tokens.npy     int16 (N, V, t, h, w), in the pack order of the dataset's split
     TOKENS/<split>_index.json     split, sample_ids, dataset, dataset_config_hash, tokenizer_step, codebook_size,
-                                  shape, views
+                                  shape, views, code_levels (FSQ digits; absent in caches written before them)
 
 TOKENS is RUN/tokens of a tokenizer run; either that run or the tokens directory itself may be passed. The class
 labels come from the dataset's packed index. `source` describes where a cache came from (the tokenizer run, its
@@ -85,7 +85,8 @@ class TokenCache:
     def layout(self) -> TokenLayout:
         V, t, h, w = self.source["grid"]
         return TokenLayout(codebook_size=self.source["codebook_size"], views=V, t=t, h=h, w=w,
-                           num_shapes=len(self.classes["shape"]), num_families=len(self.classes["family"]))
+                           num_shapes=len(self.classes["shape"]), num_families=len(self.classes["family"]),
+                           code_levels=tuple(self.source.get("code_levels", ())))
 
 
 def load_token_cache(path: Path, split: str) -> TokenCache:
@@ -120,7 +121,8 @@ def load_token_cache(path: Path, split: str) -> TokenCache:
         raise UserError(f"{tpath}: {tokens.shape[2]} latent frames do not divide the dataset's {T} frames")
     source = {"tokens": str(directory.resolve()), "tokenizer_run": str(run) if run else None,
               "tokenizer_step": int(index["tokenizer_step"]), "tokenizer_config_hash": tok_hash,
-              "codebook_size": int(K), "grid": list(tokens.shape[1:]), "frames": T,
+              "codebook_size": int(K), "code_levels": list(index.get("code_levels", [])),
+              "grid": list(tokens.shape[1:]), "frames": T,
               "image_size": list(info["image_size"]), "dataset": str(dataset.resolve()),
               "dataset_config_hash": info["config_hash"], "views": info["views"],
               "classes": {"shape": list(packed.index["classes"]["shape"]),

@@ -2,7 +2,8 @@
 reconstructions next to the originals for a visual check.
 
     RUN/tokens/<split>_tokens.npy     int16 (N, V, t, h, w), in the pack order of the dataset's split
-    RUN/tokens/<split>_index.json     sample ids, the dataset's config hash, the tokenizer step, the grid shape
+    RUN/tokens/<split>_index.json     sample ids, the dataset's config hash, the tokenizer step, the grid shape,
+                                      code_levels (FSQ: id = sum_i digit_i * prod(levels[:i]); [] otherwise)
 """
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8
         write_json_atomic(out_dir / f"{split}_index.json", {
             "split": split, "sample_ids": packed.sample_ids, "dataset": str(data),
             "dataset_config_hash": info["config_hash"], "tokenizer_step": saved["step"],
-            "codebook_size": K, "shape": list(tokens.shape), "views": info["views"]})
+            "codebook_size": K, "shape": list(tokens.shape), "views": info["views"],
+            # FSQ: a token id is the mixed-radix number of its per-channel levels (the transformer uses the digits)
+            "code_levels": list(model.cfg.fsq_levels) if model.cfg.quantizer == "fsq" else []})
         summary[split] = {"tokens": str(final), "shape": list(tokens.shape)}
     return summary
 

@@ -6,7 +6,8 @@ Per step: a batch of token clips (N, V, t, h, w) from the cache's train split; e
 mix in [tasks] (COMMIT-style: predict, generate, complete-view, unconditional), which decides the given tokens
 and the condition (training/sampling.py). The masked model then masks a cosine-scheduled fraction of the tokens
 that are not given and is trained with cross-entropy on the masked ones; the autoregressive baseline (arch "ar")
-sees the clip teacher-forced and is trained on every token that is not given. AdamW with linear warm-up and cosine
+sees the clip teacher-forced and is trained on every token that is not given. With train.unchanged_weight < 1 the
+tokens equal to their copy guess (the model's reference token, one latent frame earlier) weigh less. AdamW with linear warm-up and cosine
 decay, gradient clipping, an EMA of the weights, bf16 autocast on CUDA, DDP under torchrun.
 
 Every `val_every` steps the EMA model is scored on the cache's val split per task (fixed masks): masked-token (or
@@ -101,7 +102,7 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
         if weights.get(name, 0) <= 0:
             continue
         gen = torch.Generator().manual_seed(seed)
-        loss_sum, correct, count = 0.0, 0, 0
+        loss_sum, correct, count, changed, changed_correct = 0.0, 0, 0, 0, 0
         for i in range(0, len(data), batch_size):
             rows = slice(i, i + batch_size)
             tokens, shape, family = data.tokens[rows], data.shape[rows], data.family[rows]
@@ -112,11 +113,17 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
             with autocast_for(device):
                 picked = model(inputs.to(device), cond.to(device), scored).float()
             wanted = targets.to(device)[scored]
+            hit = picked.argmax(-1) == wanted
+            moved = model.reference_tokens(inputs.to(device))[scored] != wanted
             loss_sum += F.cross_entropy(picked, wanted, reduction="sum").item()
-            correct += (picked.argmax(-1) == wanted).sum().item()
+            correct += hit.sum().item()
             count += len(wanted)
+            changed += moved.sum().item()
+            changed_correct += (hit & moved).sum().item()
         key = name.replace("-", "_")
         out[f"loss_{key}"], out[f"acc_{key}"] = loss_sum / max(count, 1), correct / max(count, 1)
+        # accuracy on the tokens that differ from their copy guess: copying scores 0 here
+        out[f"acc_changed_{key}"] = changed_correct / changed if changed else None
     model.train()
     names = [k[len("loss_"):] for k in out if k.startswith("loss_")]
     out["loss"] = sum(out[f"loss_{n}"] for n in names) / len(names)
@@ -192,7 +199,11 @@ class TransformerTask(TrainTask):
             self.layout, tokens, shape, family, tasks, self.latent_frames, self.cfg.model.arch, gen))
         with self.autocast:
             picked = tr.train_model(inputs, cond, scored)   # logits of the scored tokens only
-        loss, parts = tr.model.loss(picked, targets[scored], t.label_smoothing)
+        wanted, weights = targets[scored], None
+        if t.unchanged_weight < 1:   # tokens equal to their copy guess count less: the loss goes where things move
+            unchanged = tr.model.reference_tokens(inputs)[scored] == wanted
+            weights = torch.where(unchanged, t.unchanged_weight, 1.0)
+        loss, parts = tr.model.loss(picked, wanted, t.label_smoothing, weights)
         return loss, {"loss": loss.detach(), "acc": parts["acc"], "scored_tokens": scored.sum()}
 
     def validate(self, tr: Trainer, model: MaskedVideoTransformer) -> dict:
@@ -201,7 +212,8 @@ class TransformerTask(TrainTask):
 
     def validation_line(self, val: dict) -> str:
         return (f"step {val['step']}: {val['split']} loss {val['loss']:.3f}, token accuracy {val['acc']:.1%}"
-                + (f" (predict {val['acc_predict']:.1%})" if "acc_predict" in val else ""))
+                + (f" (predict {val['acc_predict']:.1%}, on changed tokens {val['acc_changed_predict']:.1%})"
+                   if val.get("acc_changed_predict") is not None else ""))
 
     def postfix(self, row: dict) -> dict:
         return {"loss": f"{row['loss']:.3f}", "acc": f"{row['acc']:.2f}"}

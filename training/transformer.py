@@ -17,6 +17,19 @@ Two architectures share every weight shape (`TransformerConfig.arch`):
             one, so the output at video position i predicts x_i from the condition and x_0 .. x_{i-1}. Sampled one
             token at a time with a KV cache (`KVCache`, `MaskedVideoTransformer.step`).
 
+Copy logit (`TransformerConfig.copy_logit`): most tokens equal the token at the same view, row and column one latent
+frame earlier (background, the parts of the object that stay). The head's logits get a learned bonus on that "copy
+guess" (`reference_tokens`: the latest earlier latent frame whose token is visible there), so the model starts
+from copying the last given frame and its capacity goes into what moves.
+
+Rotary positions (`TransformerConfig.rope`): queries and keys are turned by angles that grow with the token's latent
+frame, row and column (`rope_angles`), so attention scores depend on relative offsets ("the same place one latent
+frame earlier", "one column to the left"), the relations motion is made of.
+
+Code digits (`TransformerConfig.code_digits`, FSQ caches): an FSQ id is the mixed-radix number of per-channel levels
+(`TokenLayout.code_levels`). Each token is also embedded as the sum of its levels' embeddings, and its logit gets the
+log-probability of its levels under one softmax per channel, so codes that differ in one level share what is learned.
+
 Blocks are pre-LN with torch's scaled_dot_product_attention; weights are initialised as in GPT-2.
 """
 from __future__ import annotations
@@ -32,6 +45,9 @@ from training.configs import ARCHS, TransformerConfig  # noqa: F401 - the model'
 
 TASKS = ("predict", "generate", "complete-view", "unconditional")
 NUM_COND = 3  # task, shape, family
+# The copy bonus is COPY_SCALE * a parameter initialised to 0.5: the scale lets AdamW move it as fast as a logit
+# (a few units in a few hundred steps) and the start (+5) already makes copying the most likely guess.
+COPY_SCALE = 10.0
 
 
 @dataclass
@@ -44,6 +60,19 @@ class TokenLayout:
     w: int
     num_shapes: int
     num_families: int
+    code_levels: tuple[int, ...] = ()   # FSQ levels per channel (id = mixed-radix digits); () = plain ids
+
+    def __post_init__(self):
+        self.code_levels = tuple(self.code_levels)
+        if self.code_levels and math.prod(self.code_levels) != self.codebook_size:
+            raise ValueError(f"code_levels {self.code_levels} do not multiply to codebook_size {self.codebook_size}")
+
+    def code_digits(self) -> torch.Tensor:
+        """(K, D): every id's digit per FSQ channel, offset into one table of sum(code_levels) rows."""
+        levels = torch.tensor(self.code_levels)
+        basis = torch.cumprod(torch.tensor((1,) + self.code_levels[:-1]), 0)
+        offsets = torch.cumsum(torch.tensor((0,) + self.code_levels[:-1]), 0)
+        return (torch.arange(self.codebook_size)[:, None] // basis) % levels + offsets
 
     @property
     def num_tokens(self) -> int:
@@ -88,6 +117,31 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+def rope_angles(layout: TokenLayout, head_dim: int) -> torch.Tensor:
+    """(NUM_COND + N, head_dim // 2) rotation angles per sequence position: the head's channel pairs are split
+    between t (a quarter), row and column (the rest, halved); pair i of an axis with n cells turns by
+    (4n) ** (-i / pairs) radians per cell, from one radian per cell down to a quarter turn across the axis. The
+    condition tokens and any pairs left over do not turn."""
+    pairs = head_dim // 2
+    split = {"t": pairs // 4, "row": (pairs - pairs // 4) // 2, "col": (pairs - pairs // 4) // 2}
+    index = layout.grid_index()
+    cells = {"t": layout.t, "row": layout.h, "col": layout.w}
+    angles = torch.zeros(NUM_COND + layout.num_tokens, pairs)
+    start = 0
+    for axis, k in split.items():
+        if k:
+            freq = (4.0 * cells[axis]) ** (-torch.arange(k) / k)
+            angles[NUM_COND:, start:start + k] = index[axis][:, None].float() * freq[None]
+        start += k
+    return angles
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding: channel pairs (2i, 2i+1) of x (B, heads, L, d) turned by the angles behind cos/sin (L, d/2)."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig, layer: int):
         super().__init__()
@@ -95,9 +149,11 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.width)
 
-    def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None, rope=None) -> torch.Tensor:
         B, L, W = x.shape
         q, k, v = (z.view(B, L, self.heads, W // self.heads).transpose(1, 2) for z in self.qkv(x).split(W, dim=2))
+        if rope is not None:   # (cos, sin) of these L positions
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                dropout_p=self.dropout if self.training else 0.0)
@@ -133,8 +189,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), causal, cache))
+    def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None, rope=None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), causal, cache, rope))
         return x + self.mlp(self.ln2(x))
 
 
@@ -156,8 +212,22 @@ class MaskedVideoTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.ln_f = nn.LayerNorm(W)
         self.head = nn.Linear(W, layout.codebook_size)
+        self.digits = cfg.code_digits and bool(layout.code_levels)
+        if self.digits:
+            self.register_buffer("code_digit_index", layout.code_digits(), persistent=False)
+            one_hot = torch.zeros(sum(layout.code_levels), layout.codebook_size)   # id's digits as a matrix
+            one_hot[layout.code_digits().T, torch.arange(layout.codebook_size)] = 1.0
+            self.register_buffer("code_digit_matrix", one_hot, persistent=False)
+            self.digit_embed = nn.Embedding(sum(layout.code_levels), W)
+            self.digit_head = nn.Linear(W, sum(layout.code_levels))
+        if cfg.copy_logit:
+            self.copy_gain = nn.Parameter(torch.tensor(0.5))
         for name, index in layout.grid_index().items():
             self.register_buffer(f"{name}_index", index, persistent=False)
+        if cfg.rope:
+            angles = rope_angles(layout, W // cfg.heads)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith("proj.weight"):
@@ -181,8 +251,24 @@ class MaskedVideoTransformer(nn.Module):
     def embed_video(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """tokens (B, n) at sequence positions start..start+n-1 -> (B, n, W)."""
         pos = slice(start, start + tokens.shape[1])
-        return (self.token(tokens) + self.view(self.view_index[pos]) + self.time(self.t_index[pos])
-                + self.row(self.row_index[pos]) + self.col(self.col_index[pos]))
+        x = (self.token(tokens) + self.view(self.view_index[pos]) + self.time(self.t_index[pos])
+             + self.row(self.row_index[pos]) + self.col(self.col_index[pos]))
+        if self.digits:   # + the sum of the token's per-channel level embeddings (none for MASK)
+            known = (tokens != self.layout.mask_id)[..., None]
+            digits = self.code_digit_index[tokens.clamp_max(self.layout.codebook_size - 1)]
+            x = x + self.digit_embed(digits).sum(-2) * known
+        return x
+
+    def output_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (..., W) -> logits (..., codebook_size), before the copy bonus. With code digits:
+        the id's own logit plus the log-probability of its digits under independent per-channel softmaxes."""
+        h = self.ln_f(h)
+        logits = self.head(h)
+        if self.digits:
+            parts = self.digit_head(h).float().split(list(self.layout.code_levels), -1)
+            log_probs = torch.cat([F.log_softmax(p, -1) for p in parts], -1)           # (..., sum(levels))
+            logits = logits.float() + log_probs @ self.code_digit_matrix                # (..., K)
+        return logits
 
     def forward(self, seq: torch.Tensor, cond: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """seq (B, n <= N) video tokens in sequence order, cond (B, 3) -> logits (B, n, codebook_size), or with
@@ -192,17 +278,26 @@ class MaskedVideoTransformer(nn.Module):
         ar:     logits[:, i] predicts x_i from cond and seq[:, :i] (seq[:, -1] is not read)."""
         video = self.embed_video(seq if not self.causal else seq[:, :-1])
         x = self.drop(torch.cat([self.embed_condition(cond), video], 1))
+        rope = self.rope_for(0, x.shape[1])
         for block in self.blocks:
-            x = block(x, self.causal)
+            x = block(x, self.causal, rope=rope)
         x = x[:, NUM_COND - 1 if self.causal else NUM_COND:]
-        return self.head(self.ln_f(x if select is None else x[select]))
+        ref = self.reference_tokens(seq)
+        if select is not None:
+            x, ref = x[select], ref[select]
+        return self.add_copy_logit(self.output_logits(x), ref)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
-             ) -> tuple[torch.Tensor, dict]:
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Cross-entropy of the scored tokens' logits (M, codebook_size) (forward with `select`) against their
-        targets (M,) -> (loss, {"acc": the fraction predicted right})."""
+        targets (M,), a weighted mean with per-token `weights` (M,) when given -> (loss, {"acc": the fraction
+        predicted right})."""
         logits = logits.float()
-        loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        if weights is None:
+            loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        else:
+            per_token = F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="none")
+            loss = (per_token * weights).sum() / weights.sum()
         return loss, {"acc": (logits.detach().argmax(-1) == targets).float().mean()}
 
     def param_groups(self, weight_decay: float) -> list[dict]:
@@ -218,16 +313,49 @@ class MaskedVideoTransformer(nn.Module):
 
     def step(self, cache: KVCache, cond: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Autoregressive decoding: feed the condition (first call only) and/or the next video tokens (B, n) into
-        the KV cache; returns the logits (B, codebook_size) for the video token after the last one fed."""
+        the KV cache; returns the logits (B, codebook_size) for the video token after the last one fed, without
+        the copy bonus (the caller knows that token's reference: `add_copy_logit`)."""
         assert self.causal, "step() is for the autoregressive architecture"
         parts = [] if cond is None else [self.embed_condition(cond)]
         if tokens is not None and tokens.shape[1]:
             parts.append(self.embed_video(tokens, start=0 if cond is not None else cache.length - NUM_COND))
         x = torch.cat(parts, 1)
+        rope = self.rope_for(cache.length, x.shape[1])
         for block in self.blocks:
-            x = block(x, True, cache)
+            x = block(x, True, cache, rope)
         cache.length += x.shape[1]
-        return self.head(self.ln_f(x[:, -1]))
+        return self.output_logits(x[:, -1])
+
+    def rope_for(self, start: int, length: int):
+        """(cos, sin) of sequence positions start..start+length-1 (condition tokens first), or None without rope.
+        Cast to the activations' dtype by rotate's arithmetic under autocast."""
+        if not self.cfg.rope:
+            return None
+        return self.rope_cos[start:start + length], self.rope_sin[start:start + length]
+
+    def reference_tokens(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, n) in sequence order (MASK where unknown) -> (B, n): per position the token at the same view, row
+        and column in the latest earlier latent frame where it is not MASK; MASK where there is none. Any prefix
+        length n works (a latent frame is a contiguous block of V*h*w positions in the t-major order)."""
+        frame = self.layout.views * self.layout.h * self.layout.w
+        mask_id = self.layout.mask_id
+        ref = torch.full_like(seq, mask_id)
+        for lag in range(1, self.layout.t):
+            if lag * frame >= seq.shape[1]:
+                break
+            earlier = torch.full_like(seq, mask_id)
+            earlier[:, lag * frame:] = seq[:, :-lag * frame]
+            ref = torch.where(ref == mask_id, earlier, ref)
+        return ref
+
+    def add_copy_logit(self, logits: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """logits (..., K) + the learned copy bonus on each row's reference token (ref (...,); MASK = no bonus)."""
+        if not self.cfg.copy_logit:
+            return logits
+        valid = ref != self.layout.mask_id
+        bonus = torch.zeros_like(logits).scatter_(-1, torch.where(valid, ref, 0)[..., None],
+                                                  valid[..., None].to(logits.dtype))
+        return logits + COPY_SCALE * self.copy_gain.to(logits.dtype) * bonus
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
