@@ -39,7 +39,8 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(finished):
     work, summary = finished
     rows = stage_rows(summary)
     assert list(rows) == ["render", "verify", "pack", "train-tokenizer", "tokenize", "train-transformer",
-                          "train-probe", "generate-predict", "generate-generate", "generate-complete-view", "evaluate"]
+                          "train-probe", "generate-predict", "generate-predict-ceiling", "generate-generate",
+                          "generate-complete-view", "evaluate"]
     assert not any(r["skipped"] for r in rows.values())
     assert rows["render"]["clips"] == 6
     html = (work / "report" / "index.html").read_text()
@@ -49,6 +50,9 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(finished):
     assert gifs and all(p.relative_to(work / "report").as_posix() in html for p in gifs[:3])
     head = rows["evaluate"]["headline"]
     assert "predict.model.psnr" in head and "predict.copy_last.psnr" in head and "predict.floor.ade_pct" in head
+    assert "predict-ceiling.model.psnr" in head   # the tokenizer ceiling, a run of its own
+    ceiling = next(r for r in metrics["runs"] if r["name"] == "predict-ceiling")
+    assert ceiling["info"]["method"] == "ceiling" and ceiling["info"]["composite"] is True
     saved = json.loads((work / "demo_summary.json").read_text())
     assert saved["report"] == str(work / "report" / "index.html") and saved["peak_rss"]["self_gb"] > 0
 

@@ -151,10 +151,21 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
               help="Token cache to condition on [default: the one the transformer was trained on]; must come from "
                    "the same tokenizer.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Clips sampled at once.")
+@click.option("--method", default="model", show_default=True, type=click.Choice(["model", "ceiling", "copy-latent"]),
+              help="model: the transformer samples; ceiling: the held-out clips' true tokens decoded (the best any "
+                   "transformer can do with this tokenizer); copy-latent (predict): the last given latent frame "
+                   "repeated, decoded.")
+@click.option("--paste/--no-paste", default=True, show_default=True,
+              help="The given frames / views of the output are the renders (paste) or their tokens decoded.")
+@click.option("--composite/--no-composite", default=None,
+              help="predict: predicted frames keep the last given frame wherever the decoded prediction does not "
+                   "differ from the decoded copy-latent clip, so what does not move stays as rendered "
+                   "[default: on for predict].")
 @device_option()
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, top_k, seed, split,
-                 given_frames, view, shapes, families, tokens, batch_size, device, no_progress):
+                 given_frames, view, shapes, families, tokens, batch_size, method, paste, composite, device,
+                 no_progress):
     """Sample clips with a trained transformer and decode them with its tokenizer into OUT: generated_rgb.npy,
     target_rgb.npy (predict, complete-view), generated.json (what each clip was generated from) and a PNG + GIF
     per clip in OUT/clips (conditioning | generated | ground truth)."""
@@ -170,8 +181,9 @@ def generate_cmd(transformer, task, out, steps, num, temperature, choice_tempera
     summary = generate(transformer, task, out, steps=steps, num=num, temperature=temperature,
                        choice_temperature=choice_temperature, top_k=top_k, seed=seed, split=split,
                        given_frames=given_frames, view=view, shapes=shapes, families=families, tokens=tokens,
-                       device=device, batch_size=batch_size, progress=not no_progress,
+                       device=device, batch_size=batch_size, method=method, paste=paste,
+                       composite=task == "predict" if composite is None else composite, progress=not no_progress,
                        log=lambda m: click.echo(m, err=True))
-    click.echo(f"{summary['clips']} clip(s) ({summary['arch']}, {summary['task']}), "
+    click.echo(f"{summary['clips']} clip(s) ({summary['arch']}, {summary['task']}, {summary['method']}), "
                f"{summary['sampling_seconds_per_clip']} s/clip sampling -> {out}")
     return 0

@@ -35,17 +35,42 @@ GAP = 2          # white pixels between panels in the PNG / GIF
 EMPTY = 48       # grey level of a panel part that was not given
 
 
+def decode_rgb(tokenizer, grid: torch.Tensor) -> np.ndarray:
+    """One clip's token grid (V, t, h, w) -> uint8 (V, T, H, W, 3)."""
+    return to_uint8(tokenizer.decode_indices(grid).float()).permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
 def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, dict]:
     """The latest checkpoint of a transformer run (EMA weights when kept), in eval mode, and its config."""
     latest, saved = ckpt.load_run(run, "transformer")
-    model = MaskedVideoTransformer(from_dict(TransformerConfig, saved["model"], where="model"),
+    # runs saved before the copy logit and code digits existed were trained without them
+    model = MaskedVideoTransformer(from_dict(TransformerConfig, {"copy_logit": False, "code_digits": False, "rope": False,
+                                                                 **saved["model"]}, where="model"),
                                    TokenLayout(**saved["layout"]))
     return ckpt.load_model_weights(latest, model).to(device).eval(), saved
 
 
-def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int) -> None:
+METHODS = ("model", "ceiling", "copy-latent")
+METHOD_TITLES = {"model": "the transformer's samples", "ceiling": "tokenizer ceiling (true tokens decoded)",
+                 "copy-latent": "copy-latent (the last given latent frame's tokens repeated, decoded)"}
+# composite: a pixel counts as changed where the decoded prediction and the decoded copy-latent clip differ by more
+# than COMPOSITE_LOW (fully changed at COMPOSITE_HIGH; colour in [0, 1], largest channel), grown by one pixel
+COMPOSITE_LOW, COMPOSITE_HIGH = 0.04, 0.12
+
+
+def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int, method: str = "model",
+                composite: bool = False) -> None:
     if task not in GENERATE_TASKS:
         raise UserError(f"unknown task {task!r}; allowed: {', '.join(GENERATE_TASKS)}")
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: allowed: {', '.join(METHODS)}")
+    if method != "model" and task == "generate":
+        raise UserError(f"--method {method} needs the true tokens of held-out clips; use it with --task predict "
+                        f"or complete-view")
+    if method == "copy-latent" and task != "predict":
+        raise UserError("--method copy-latent repeats the last given latent frame; it needs --task predict")
+    if composite and task != "predict":
+        raise UserError(f"--composite applies to --task predict (over the last given frame), not {task}")
     if steps < 1:
         raise UserError(f"--steps {steps}: must be >= 1")
     if num is not None and num < 1:
@@ -105,11 +130,17 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
              temperature: float = 1.0, choice_temperature: float = 4.5, top_k: int = 0, seed: int = 0,
              split: str = "test", given_frames: int | None = None, view: int | None = None,
              shapes: tuple[str, ...] = (), families: tuple[str, ...] = (), tokens: Path | None = None,
-             device: str = "auto", batch_size: int = 8, progress: bool = True, log=print) -> dict:
-    """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing)."""
+             device: str = "auto", batch_size: int = 8, method: str = "model", paste: bool = True,
+             composite: bool = False, progress: bool = True, log=print) -> dict:
+    """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing).
+
+    method: model (sample), ceiling (the true tokens decoded) or copy-latent (predict: the last given latent frame
+    repeated). paste: the given frames / views come from the renders instead of being re-decoded. composite
+    (predict): predicted frames keep the last given frame wherever the decoded clip does not differ from the
+    decoded copy-latent clip (`composite_over_last`)."""
     from tqdm import tqdm
 
-    _check_args(task, steps, num, temperature, top_k)
+    _check_args(task, steps, num, temperature, top_k, method, composite)
     transformer = Path(transformer)
     _, saved = ckpt.load_run(transformer, "transformer")
     recorded = saved.get("tokens", {})
@@ -151,15 +182,25 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
         for i in range(0, n, batch_size):
             j = min(n, i + batch_size)
             t0 = time.perf_counter()
-            with autocast_for(dev):
-                seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
-                             generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
-                             choice_temperature=choice_temperature, top_k=top_k)
+            if method == "ceiling":
+                seq = seqs[i:j].to(dev)
+            elif method == "copy-latent":
+                seq = copy_latent(layout, seqs[i:j], latent_frames).to(dev)
+            else:
+                with autocast_for(dev):
+                    seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
+                                 generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
+                                 choice_temperature=choice_temperature, top_k=top_k)
             sampling_seconds += time.perf_counter() - t0
             grids = layout.to_grid(seq)
+            copies = layout.to_grid(copy_latent(layout, seqs[i:j], latent_frames).to(dev)) if composite else None
             for b in range(j - i):
-                video = tokenizer.decode_indices(grids[b])                  # (V, 3, T, H, W)
-                rgb[i + b] = to_uint8(video.float()).permute(0, 2, 3, 4, 1).cpu().numpy()
+                rgb[i + b] = decode_rgb(tokenizer, grids[b])
+                if composite:
+                    rgb[i + b] = composite_over_last(rgb[i + b], decode_rgb(tokenizer, copies[b]), target[i + b],
+                                                     records[i + b].given_frames)
+                if paste and target is not None:
+                    rgb[i + b] = paste_given(rgb[i + b], target[i + b], records[i + b])
             bar.update(j - i)
 
     info = {"task": task, "dataset": source["dataset"], "split": split if task != "generate" else None,
@@ -169,12 +210,45 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             "top_k": top_k if model.causal else None, "seed": seed, "arch": model.cfg.arch,
             "transformer": str(transformer.resolve()), "transformer_step": saved["step"],
             "tokenizer": source["tokenizer_run"], "tokenizer_step": source["tokenizer_step"],
-            "tokens": source["tokens"], "sampling_seconds": round(sampling_seconds, 3),
+            "tokens": source["tokens"], "method": method, "method_title": METHOD_TITLES[method],
+            "given_frames": "pasted" if paste and target is not None else "re-decoded", "composite": composite,
+            "sampling_seconds": round(sampling_seconds, 3),
             "sampling_seconds_per_clip": round(sampling_seconds / n, 4), "device": str(dev)}
     write_generated(out, rgb, records, info, target,
                     extra_files=lambda tmp: write_clip_visuals(Path(tmp) / "clips", rgb, target, records))
-    return {"out": str(out), "clips": n, "task": task, "arch": model.cfg.arch,
+    return {"out": str(out), "clips": n, "task": task, "arch": model.cfg.arch, "method": method, "composite": composite,
             "sampling_seconds": round(sampling_seconds, 3), "sampling_seconds_per_clip": round(sampling_seconds / n, 4)}
+
+
+def copy_latent(layout: TokenLayout, seq: torch.Tensor, latent_frames: int) -> torch.Tensor:
+    """(B, N) token clips -> the same with every latent frame from `latent_frames` on replaced by the last given one
+    (the token-space "nothing moves" prediction)."""
+    grid = layout.to_grid(seq).clone()
+    grid[:, :, latent_frames:] = grid[:, :, latent_frames - 1:latent_frames]
+    return layout.to_sequence(grid)
+
+
+def composite_over_last(pred: np.ndarray, copy: np.ndarray, target: np.ndarray, given_frames: int) -> np.ndarray:
+    """Predicted frames composited over the last given rendered frame: per pixel, the decoded prediction where it
+    differs from the decoded copy-latent clip (the object moved there), the last given frame where they agree (what
+    the prediction leaves unchanged stays exactly as rendered). pred, copy, target: uint8 (V, T, H, W, 3)."""
+    diff = np.abs(pred.astype(np.int16) - copy.astype(np.int16)).max(-1) / 255.0       # (V, T, H, W)
+    alpha = np.clip((diff - COMPOSITE_LOW) / (COMPOSITE_HIGH - COMPOSITE_LOW), 0.0, 1.0)
+    alpha = torch.nn.functional.max_pool2d(torch.from_numpy(alpha).float(), 3, 1, 1).numpy()[..., None]
+    last = target[:, given_frames - 1:given_frames].astype(np.float32)
+    out = pred.astype(np.float32).copy()
+    out[:, given_frames:] = alpha[:, given_frames:] * pred[:, given_frames:] + (1 - alpha[:, given_frames:]) * last
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def paste_given(clip: np.ndarray, target: np.ndarray, record: ClipRecord) -> np.ndarray:
+    """The given part of a clip (frames / views) replaced by the renders it was given from."""
+    clip = clip.copy()
+    if record.given_frames:
+        clip[:, :record.given_frames] = target[:, :record.given_frames]
+    for v in record.given_views:
+        clip[v] = target[v]
+    return clip
 
 
 def conditioning_panel(target: np.ndarray, record: ClipRecord) -> np.ndarray:
