@@ -205,11 +205,22 @@ def from_dict(cls, data: dict, where: str = ""):
     return obj
 
 
+def _at_default(f: dataclasses.Field, value) -> bool:
+    """True for a field marked metadata={"omit_at_default": True} whose value is its default."""
+    if not f.metadata.get("omit_at_default"):
+        return False
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return value == default
+
+
 def to_dict(obj) -> dict:
-    """Dataclass -> plain JSON-able dict (tuples become lists)."""
+    """Dataclass -> plain JSON-able dict (tuples become lists). A field marked omit_at_default is left out while it
+    holds its default: a key added after datasets were made keeps their dataset.json config and config hash (and the
+    demo's stage keys) unchanged when it is not used."""
     def plain(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)
+                    if not _at_default(f, getattr(v, f.name))}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):

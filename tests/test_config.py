@@ -11,7 +11,7 @@ import pytest
 
 from datagen.config import (CONFIG_ROOT, UserError, apply_overrides, from_dict, load_config, parse_override,
                             preset_path, to_dict, to_toml)
-from datagen.spec import (CameraSpec, DatasetConfig, FAMILIES, SHAPES, TEXTURES, build_spec)
+from datagen.spec import (CameraSpec, DatasetConfig, FAMILIES, GROUND_TEXTURES, SHAPES, TEXTURES, build_spec)
 
 PRESETS = ("tiny", "demo", "full")
 
@@ -106,6 +106,20 @@ def test_to_dict_round_trip():
     d = to_dict(DatasetConfig())
     assert d["objects"]["size_range"] == [0.25, 0.5]
     assert d["cameras"]["rig"][0] == {"name": "view0", "position": [2.0, 0.0, 1.0], "target": [0.0, 0.0, 0.0]}
+
+
+def test_contrast_range_is_left_out_of_to_dict_at_its_default():
+    """So dataset.json configs and config hashes of datasets rendered before the key existed still match."""
+    assert "contrast_range" not in to_dict(DatasetConfig())["ground"]
+    assert to_dict(load(None, ["ground.contrast_range=[1, 1]"])) == to_dict(DatasetConfig())
+    assert to_dict(load(None, ["ground.contrast_range=[0, 0.5]"]))["ground"]["contrast_range"] == [0.0, 0.5]
+    assert "contrast_range = [1.0, 1.0]" in to_toml(DatasetConfig())          # `config show` lists it all the same
+
+
+@pytest.mark.parametrize("value", [[0.6, 0.4], [-0.1, 0.5], [0.0, 1.5]])
+def test_contrast_range_within_0_and_1(value):
+    assert bad({"ground": {"contrast_range": value}}) == \
+        f"ground.contrast_range = {[float(v) for v in value]} must be [low, high] with 0 <= low <= high <= 1"
 
 
 # --- unknown keys --------------------------------------------------------------------------------
@@ -258,7 +272,8 @@ def bad(data: dict) -> str:
     ("objects", "shapes", ["cube", "sphere"], "shape", SHAPES),
     ("trajectories", "families", ["linear", "spiral"], "family", FAMILIES),
     ("objects", "textures", ["plaid"], "texture", TEXTURES),
-    ("ground", "textures", ["plaid"], "texture", TEXTURES),
+    ("ground", "textures", ["plaid"], "texture", GROUND_TEXTURES),
+    ("objects", "textures", ["plain"], "texture", TEXTURES),       # a flat colour is for the ground only
     ("render", "engine", "luxcore", "engine", ("cycles", "eevee")),
     ("render", "denoiser", "optix", "denoiser", ("none", "oidn")),
     ("cameras", "motion", "shake", "motion", ("static", "orbit", "jitter")),
@@ -358,6 +373,8 @@ def test_range_fields_found():
 @pytest.mark.parametrize("section,key", _range_fields())
 def test_reversed_range_rejected(section, key):
     lo, hi = getattr(getattr(DatasetConfig(), section), key)
+    if (section, key) == ("ground", "contrast_range"):   # the one default that is a point, [1, 1]
+        lo = 0.5
     assert lo < hi
     msg = bad({section: {key: [hi, lo]}})
     assert f"{section}.{key}" in msg and str([hi, lo]) in msg and "low <= high" in msg, msg
