@@ -13,7 +13,7 @@ from datagen.config import (CONFIG_ROOT, UserError, apply_overrides, from_dict, 
                             preset_path, to_dict, to_toml)
 from datagen.spec import (CameraSpec, DatasetConfig, FAMILIES, GROUND_TEXTURES, SHAPES, TEXTURES, build_spec)
 
-PRESETS = ("tiny", "demo", "full")
+PRESETS = ("tiny", "demo", "demo-textured", "full")
 
 
 def load(source=None, overrides=None) -> DatasetConfig:
@@ -48,7 +48,7 @@ def test_presets_load(name):
 
 
 def test_preset_scales():
-    tiny, demo, full = (load(n) for n in PRESETS)
+    tiny, demo, _, full = (load(n) for n in PRESETS)
     assert (tiny.dataset.num_samples, tiny.render.resolution, tiny.render.frames) == (6, 32, 4)
     assert demo.dataset.num_samples >= 256 and demo.render.resolution == 64 and demo.render.frames == 16
     assert full.dataset.num_samples >= 500 and full.render.resolution == 128 and full.render.frames == 16
@@ -80,6 +80,14 @@ def test_unknown_preset_lists_allowed():
         preset_path("dataset", "huge")
 
 
+def test_demo_textured_is_a_dataset_preset_that_the_other_kinds_answer_with_demo():
+    assert preset_path("dataset", "demo-textured") == CONFIG_ROOT / "dataset" / "demo-textured.toml"
+    for kind in ("tokenizer", "transformer", "probe"):
+        assert preset_path(kind, "demo-textured") == CONFIG_ROOT / kind / "demo.toml"
+    with pytest.raises(UserError, match=r"unknown probe preset 'huge'; allowed: demo, demo-textured, full, tiny$"):
+        preset_path("probe", "huge")
+
+
 def test_missing_toml_path(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(UserError, match="config file not found") as e:
@@ -106,6 +114,18 @@ def test_to_dict_round_trip():
     d = to_dict(DatasetConfig())
     assert d["objects"]["size_range"] == [0.25, 0.5]
     assert d["cameras"]["rig"][0] == {"name": "view0", "position": [2.0, 0.0, 1.0], "target": [0.0, 0.0, 0.0]}
+
+
+def test_demo_is_the_easy_setting_and_demo_textured_the_old_demo():
+    """demo-textured is the demo before the scene-difficulty presets (the class defaults, the same config hash);
+    demo differs from it in the ground style and the object size only."""
+    from datagen.dataset import config_hash
+
+    demo, textured = to_dict(load("demo")), to_dict(load("demo-textured"))
+    assert textured == to_dict(DatasetConfig()) and config_hash(textured) == "c65faf760173b661"
+    assert demo["ground"]["textures"] == ["plain"] and demo["objects"]["size_range"] == [0.35, 0.6]
+    demo["ground"]["textures"], demo["objects"]["size_range"] = textured["ground"]["textures"], [0.25, 0.5]
+    assert demo == textured
 
 
 def test_contrast_range_is_left_out_of_to_dict_at_its_default():
