@@ -103,11 +103,18 @@ def _texture_node(nodes, kind: str, scale: float):
 
 
 def _textured_material(name: str, mat_spec: dict, coords: str):
-    """Principled BSDF whose base colour mixes two colours by a procedural texture in `coords` space."""
+    """Principled BSDF whose base colour mixes two colours by a procedural texture in `coords` space; texture
+    "plain" is one flat colour, the mean of the two (the spec makes them equal), with no texture node at all."""
     mat = bpy.data.materials.new(name)
     mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     bsdf = nodes["Principled BSDF"]
+    bsdf.inputs["Roughness"].default_value = mat_spec["roughness"]
+    bsdf.inputs["Metallic"].default_value = mat_spec.get("metallic", 0.0)
+    if mat_spec["texture"] == "plain":
+        mean = [(a + b) / 2 for a, b in zip(mat_spec["color_a"], mat_spec["color_b"])]
+        bsdf.inputs["Base Color"].default_value = (*mean, 1.0)
+        return mat
     coord = nodes.new("ShaderNodeTexCoord")
     tex, fac = _texture_node(nodes, mat_spec["texture"], mat_spec["scale"])
     links.new(coord.outputs[coords], tex.inputs["Vector"])
@@ -135,8 +142,6 @@ def _textured_material(name: str, mat_spec: dict, coords: str):
         fade.inputs["B"].default_value = (*mean, 1.0)
         colour = fade.outputs["Result"]
     links.new(colour, bsdf.inputs["Base Color"])
-    bsdf.inputs["Roughness"].default_value = mat_spec["roughness"]
-    bsdf.inputs["Metallic"].default_value = mat_spec.get("metallic", 0.0)
     return mat
 
 
@@ -185,7 +190,7 @@ def build_scene(spec: dict, device: str = "CPU", threads: int = 0) -> dict:
     scene = bpy.context.scene
     r = spec["render"]
 
-    # ground plane with its own procedural texture (world coordinates, so it doesn't move)
+    # ground plane with its own procedural texture (world coordinates, so it doesn't move), or plain
     g = spec["ground"]
     half = g["size"] / 2
     mesh = bpy.data.meshes.new("ground")

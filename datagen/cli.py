@@ -54,7 +54,8 @@ class FiniteFloat(click.ParamType):
         return number
 
 
-CONFIG_HELP = ("Preset name (tiny, demo, full: datagen/presets/dataset/<name>.toml) or a path to a TOML file. "
+CONFIG_HELP = ("Preset name (tiny, demo, demo-textured, full: datagen/presets/dataset/<name>.toml; "
+               "docs/dataset.md#scene-difficulty) or a path to a TOML file. "
                "Flags and --set override it; `magvit3d config show dataset -c NAME` prints it.")
 SET_HELP = "Override any config key, e.g. --set render.samples=16 --set 'objects.shapes=[\"cube\"]'. Repeatable."
 DIR = click.Path(file_okay=False, path_type=Path)

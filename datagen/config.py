@@ -45,12 +45,22 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> None:
         raise UserError(f"{option} {path}: {ancestor} is not writable")
 
 
+# Presets that exist for some kinds only, and the preset the other kinds answer with: demo-textured is the demo's
+# dataset on textured ground (datagen/presets/dataset/demo-textured.toml), trained and probed with the demo's
+# settings, so `magvit3d demo -c demo-textured` and `train-tokenizer -c demo-textured` work as `-c demo` does.
+PRESET_FALLBACKS = {"demo-textured": "demo"}
+
+
 def preset_path(kind: str, name: str) -> Path:
-    """datagen/presets/<kind>/<name>.toml; raises UserError naming the available presets."""
+    """datagen/presets/<kind>/<name>.toml (or its PRESET_FALLBACKS preset's where the kind has no such file);
+    raises UserError naming the available presets."""
     folder = CONFIG_ROOT / kind
     path = folder / f"{name}.toml"
+    if not path.is_file() and name in PRESET_FALLBACKS:
+        path = folder / f"{PRESET_FALLBACKS[name]}.toml"
     if not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+        stems = {p.stem for p in folder.glob("*.toml")} if folder.is_dir() else set()
+        known = sorted(stems | {alias for alias, base in PRESET_FALLBACKS.items() if base in stems})
         raise UserError(f"unknown {kind} preset {name!r}; allowed: {', '.join(known) or '(none found in ' + str(folder) + ')'}")
     return path
 
@@ -205,11 +215,22 @@ def from_dict(cls, data: dict, where: str = ""):
     return obj
 
 
+def _at_default(f: dataclasses.Field, value) -> bool:
+    """True for a field marked metadata={"omit_at_default": True} whose value is its default."""
+    if not f.metadata.get("omit_at_default"):
+        return False
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return value == default
+
+
 def to_dict(obj) -> dict:
-    """Dataclass -> plain JSON-able dict (tuples become lists)."""
+    """Dataclass -> plain JSON-able dict (tuples become lists). A field marked omit_at_default is left out while it
+    holds its default: a key added after datasets were made keeps their dataset.json config and config hash (and the
+    demo's stage keys) unchanged when it is not used."""
     def plain(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)
+                    if not _at_default(f, getattr(v, f.name))}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):

@@ -17,6 +17,8 @@ from datagen.trajectories import FAMILIES, draw_params, positions
 
 SHAPES = ("cube", "cylinder", "cone")
 TEXTURES = ("checker", "noise", "bricks", "wave", "voronoi", "magic")
+# The ground also takes "plain": one flat colour (the mean of its colour pair), no pattern: a CLEVR-like floor.
+GROUND_TEXTURES = ("plain", *TEXTURES)
 ENGINES = ("cycles", "eevee")
 DENOISERS = ("none", "oidn")
 CAMERA_MOTIONS = ("static", "orbit", "jitter")
@@ -66,6 +68,10 @@ class GroundSection:
     texture_scale_range: Range = (0.6, 1.5)  # pattern frequency per world unit
     size: float = 20.0
     fade_radius: Range = (2.0, 4.0)   # the pattern fades to its mean colour between these distances from the origin
+    # Per sample a factor c drawn from this range scales the difference of the two ground colours about their mean:
+    # 0 = one flat colour, 1 = the drawn pair as is. Left out of to_dict (dataset.json, config hashes) while it is
+    # [1, 1], so configs written before the key existed stay identical.
+    contrast_range: Range = field(default=(1.0, 1.0), metadata={"omit_at_default": True})
 
 
 @dataclass
@@ -142,6 +148,10 @@ class DatasetConfig:
             if lo > hi or (lo < 0 if allow_zero else lo <= 0):
                 raise UserError(f"{name} = {list(r)} must be [low, high] with {'0 <=' if allow_zero else '0 <'} low <= high")
 
+        def unit_range(name, r):
+            if not 0 <= r[0] <= r[1] <= 1:
+                raise UserError(f"{name} = {list(r)} must be [low, high] with 0 <= low <= high <= 1")
+
         def ordered_range(name, r):
             if r[0] > r[1]:
                 raise UserError(f"{name} = {list(r)} must be [low, high] with low <= high")
@@ -172,7 +182,7 @@ class DatasetConfig:
             raise UserError(f"render.filter_width = {r.filter_width}: must be between 0.01 and 10 px")
         choices("objects.shapes", self.objects.shapes, SHAPES)
         choices("objects.textures", self.objects.textures, TEXTURES)
-        choices("ground.textures", self.ground.textures, TEXTURES)
+        choices("ground.textures", self.ground.textures, GROUND_TEXTURES)
         choices("trajectories.families", self.trajectories.families, FAMILIES)
         choices("cameras.motion", [self.cameras.motion], CAMERA_MOTIONS)
         for name in ("size_range", "aspect_range", "texture_scale_range"):
@@ -181,6 +191,7 @@ class DatasetConfig:
         positive_range("objects.spin_speed_range", self.objects.spin_speed_range, allow_zero=True)
         positive_range("ground.texture_scale_range", self.ground.texture_scale_range)
         positive_range("ground.fade_radius", self.ground.fade_radius)
+        unit_range("ground.contrast_range", self.ground.contrast_range)
         for name in ("speed_range", "radius_range", "launch_horizontal_speed_range", "apex_time_fraction_range",
                      "apex_z_range", "center_z_range"):
             positive_range(f"trajectories.{name}", getattr(self.trajectories, name))
@@ -253,6 +264,33 @@ def _colour_pair(rng: np.random.Generator, sat=(0.45, 0.9), val=(0.45, 0.95)) ->
     a = colorsys.hsv_to_rgb(h, rng.uniform(*sat), rng.uniform(*val))
     b = colorsys.hsv_to_rgb(h2, rng.uniform(*sat), rng.uniform(val[0] * 0.6, val[1] * 0.7))
     return [round(float(x), 6) for x in a], [round(float(x), 6) for x in b]
+
+
+CONTRAST_STREAM = 0xC047    # names the per-sample generator of the ground contrast (see _ground_material)
+
+
+def _ground_material(g: GroundSection, rng: np.random.Generator, colours: tuple[list, list], seed: int) -> dict:
+    """The ground's material: texture and scale drawn from `rng` (the sample's stream, in the order they always
+    were), the colour pair scaled about its mean by the contrast factor, both colours the mean for "plain".
+
+    The contrast factor comes from a generator of its own, seeded by the sample seed, so the range changes nothing
+    else in the scene (the same scenes at every contrast) and the default [1, 1] leaves specs as they were, byte
+    for byte; "contrast" is in the spec only when the range is not [1, 1]."""
+    texture = str(rng.choice(g.textures))
+    scale = float(rng.uniform(*g.texture_scale_range))
+    lo, hi = g.contrast_range
+    contrast = lo if lo == hi else float(np.random.default_rng([seed, CONTRAST_STREAM]).uniform(lo, hi))
+    colour_a, colour_b = colours
+    if texture == "plain" or contrast != 1.0:
+        a, b = np.asarray(colour_a, dtype=np.float64), np.asarray(colour_b, dtype=np.float64)
+        mean = (a + b) / 2
+        k = 0.0 if texture == "plain" else contrast
+        colour_a, colour_b = ([round(float(x), 6) for x in mean + k * (c - mean)] for c in (a, b))
+    material = {"texture": texture, "scale": scale, "color_a": colour_a, "color_b": colour_b, "roughness": 0.9,
+                "fade_radius": list(g.fade_radius)}
+    if (lo, hi) != (1.0, 1.0):
+        material["contrast"] = float(contrast)
+    return material
 
 
 def object_dimensions(shape: str, size: float, aspect: float) -> list[float]:
@@ -362,11 +400,7 @@ def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
                    "denoise_passes": r.denoise_passes, "filter_width": r.filter_width,
                    "max_bounces": r.max_bounces, "width": r.resolution, "height": r.resolution,
                    "frames": r.frames, "fps": r.fps, "depth": r.depth, "seed": seed % (2 ** 31)},
-        "ground": {"size": cfg.ground.size,
-                   "material": {"texture": str(rng.choice(cfg.ground.textures)),
-                                "scale": float(rng.uniform(*cfg.ground.texture_scale_range)),
-                                "color_a": ground_colours[0], "color_b": ground_colours[1], "roughness": 0.9,
-                                "fade_radius": list(cfg.ground.fade_radius)}},
+        "ground": {"size": cfg.ground.size, "material": _ground_material(cfg.ground, rng, ground_colours, seed)},
         "object": {"shape": shape, "dimensions": dims, "bbox_offset": bbox_offset(shape, dims), "size": size,
                    "material": {"texture": str(rng.choice(o.textures)),
                                 "scale": float(rng.uniform(*o.texture_scale_range)),

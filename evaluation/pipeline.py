@@ -31,7 +31,7 @@ from datagen.spec import DatasetConfig
 from evaluation.configs import load_probe_config
 from training.configs import load_tokenizer_config, load_transformer_config
 
-PRESETS = ("tiny", "demo", "full")
+PRESETS = ("tiny", "demo", "demo-textured", "full")   # demo-textured: a dataset preset; other kinds use demo's
 STAGE_KINDS = ("dataset", "tokenizer", "transformer", "probe")   # the config kinds `--set KIND.KEY=VALUE` addresses
 STATE_FILE = "demo_state.json"
 
@@ -291,7 +291,8 @@ def headline(metrics: dict) -> dict:
     "magvit3d demo --out demo_out -n 64 --set tokenizer.train.steps=300"))
 @option("--config", "-c", "preset", old=["--preset"], default="demo", show_default=True, type=click.Choice(PRESETS),
         help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
-             "demo: ~21 min on a 2-core CPU; full: the seed's scale, one GPU.")
+             "demo: ~21 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
+             "ground (the dataset preset; the other stages use demo's); full: the seed's scale, one GPU.")
 @option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,
         help="Everything goes here: dataset/, tokenizer/, transformer/, probe/, generated/, report/.")
 @click.option("--set", "overrides", multiple=True, metavar="KIND.KEY=VALUE",
@@ -331,7 +332,8 @@ def config_group():
     "magvit3d config show dataset > my_rig.toml        # edit it, then: magvit3d render -c my_rig.toml ..."))
 @click.argument("kind", type=click.Choice(STAGE_KINDS), metavar="KIND")
 @click.option("--config", "-c", default="demo", show_default=True,
-              help="Preset name (tiny, demo, full: datagen/presets/KIND/<name>.toml) or a path to a TOML file.")
+              help="Preset name (tiny, demo, demo-textured, full: datagen/presets/KIND/<name>.toml; demo-textured "
+                   "is demo's but for the dataset) or a path to a TOML file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any key, as the commands' --set does. Repeatable.")
 def config_show_cmd(kind, config, overrides):

@@ -11,9 +11,9 @@ import pytest
 
 from datagen.config import (CONFIG_ROOT, UserError, apply_overrides, from_dict, load_config, parse_override,
                             preset_path, to_dict, to_toml)
-from datagen.spec import (CameraSpec, DatasetConfig, FAMILIES, SHAPES, TEXTURES, build_spec)
+from datagen.spec import (CameraSpec, DatasetConfig, FAMILIES, GROUND_TEXTURES, SHAPES, TEXTURES, build_spec)
 
-PRESETS = ("tiny", "demo", "full")
+PRESETS = ("tiny", "demo", "demo-textured", "full")
 
 
 def load(source=None, overrides=None) -> DatasetConfig:
@@ -48,7 +48,7 @@ def test_presets_load(name):
 
 
 def test_preset_scales():
-    tiny, demo, full = (load(n) for n in PRESETS)
+    tiny, demo, _, full = (load(n) for n in PRESETS)
     assert (tiny.dataset.num_samples, tiny.render.resolution, tiny.render.frames) == (6, 32, 4)
     assert demo.dataset.num_samples >= 256 and demo.render.resolution == 64 and demo.render.frames == 16
     assert full.dataset.num_samples >= 500 and full.render.resolution == 128 and full.render.frames == 16
@@ -80,6 +80,14 @@ def test_unknown_preset_lists_allowed():
         preset_path("dataset", "huge")
 
 
+def test_demo_textured_is_a_dataset_preset_that_the_other_kinds_answer_with_demo():
+    assert preset_path("dataset", "demo-textured") == CONFIG_ROOT / "dataset" / "demo-textured.toml"
+    for kind in ("tokenizer", "transformer", "probe"):
+        assert preset_path(kind, "demo-textured") == CONFIG_ROOT / kind / "demo.toml"
+    with pytest.raises(UserError, match=r"unknown probe preset 'huge'; allowed: demo, demo-textured, full, tiny$"):
+        preset_path("probe", "huge")
+
+
 def test_missing_toml_path(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(UserError, match="config file not found") as e:
@@ -106,6 +114,32 @@ def test_to_dict_round_trip():
     d = to_dict(DatasetConfig())
     assert d["objects"]["size_range"] == [0.25, 0.5]
     assert d["cameras"]["rig"][0] == {"name": "view0", "position": [2.0, 0.0, 1.0], "target": [0.0, 0.0, 0.0]}
+
+
+def test_demo_is_the_easy_setting_and_demo_textured_the_old_demo():
+    """demo-textured is the demo before the scene-difficulty presets (the class defaults, the same config hash);
+    demo differs from it in the ground style and the object size only."""
+    from datagen.dataset import config_hash
+
+    demo, textured = to_dict(load("demo")), to_dict(load("demo-textured"))
+    assert textured == to_dict(DatasetConfig()) and config_hash(textured) == "c65faf760173b661"
+    assert demo["ground"]["textures"] == ["plain"] and demo["objects"]["size_range"] == [0.35, 0.6]
+    demo["ground"]["textures"], demo["objects"]["size_range"] = textured["ground"]["textures"], [0.25, 0.5]
+    assert demo == textured
+
+
+def test_contrast_range_is_left_out_of_to_dict_at_its_default():
+    """So dataset.json configs and config hashes of datasets rendered before the key existed still match."""
+    assert "contrast_range" not in to_dict(DatasetConfig())["ground"]
+    assert to_dict(load(None, ["ground.contrast_range=[1, 1]"])) == to_dict(DatasetConfig())
+    assert to_dict(load(None, ["ground.contrast_range=[0, 0.5]"]))["ground"]["contrast_range"] == [0.0, 0.5]
+    assert "contrast_range = [1.0, 1.0]" in to_toml(DatasetConfig())          # `config show` lists it all the same
+
+
+@pytest.mark.parametrize("value", [[0.6, 0.4], [-0.1, 0.5], [0.0, 1.5]])
+def test_contrast_range_within_0_and_1(value):
+    assert bad({"ground": {"contrast_range": value}}) == \
+        f"ground.contrast_range = {[float(v) for v in value]} must be [low, high] with 0 <= low <= high <= 1"
 
 
 # --- unknown keys --------------------------------------------------------------------------------
@@ -258,7 +292,8 @@ def bad(data: dict) -> str:
     ("objects", "shapes", ["cube", "sphere"], "shape", SHAPES),
     ("trajectories", "families", ["linear", "spiral"], "family", FAMILIES),
     ("objects", "textures", ["plaid"], "texture", TEXTURES),
-    ("ground", "textures", ["plaid"], "texture", TEXTURES),
+    ("ground", "textures", ["plaid"], "texture", GROUND_TEXTURES),
+    ("objects", "textures", ["plain"], "texture", TEXTURES),       # a flat colour is for the ground only
     ("render", "engine", "luxcore", "engine", ("cycles", "eevee")),
     ("render", "denoiser", "optix", "denoiser", ("none", "oidn")),
     ("cameras", "motion", "shake", "motion", ("static", "orbit", "jitter")),
@@ -358,6 +393,8 @@ def test_range_fields_found():
 @pytest.mark.parametrize("section,key", _range_fields())
 def test_reversed_range_rejected(section, key):
     lo, hi = getattr(getattr(DatasetConfig(), section), key)
+    if (section, key) == ("ground", "contrast_range"):   # the one default that is a point, [1, 1]
+        lo = 0.5
     assert lo < hi
     msg = bad({section: {key: [hi, lo]}})
     assert f"{section}.{key}" in msg and str([hi, lo]) in msg and "low <= high" in msg, msg

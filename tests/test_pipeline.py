@@ -123,6 +123,17 @@ def test_full_preset_configs_load_and_one_step_of_each_training_stage_runs(tmp_p
         assert json.loads((tmp_path / "w" / run / "summary.json").read_text())["step"] == 1
 
 
+def test_demo_textured_renders_its_own_dataset_and_trains_with_the_demo_presets(tmp_path):
+    from datagen.config import to_dict
+
+    textured = pipeline.load_stage_configs(DemoPlan("demo-textured", tmp_path, overrides=split_overrides([])))
+    demo = pipeline.load_stage_configs(DemoPlan("demo", tmp_path, overrides=split_overrides([])))
+    assert textured["dataset"].ground.textures == ["checker", "bricks", "noise", "voronoi"]
+    assert demo["dataset"].ground.textures == ["plain"]
+    for kind in ("tokenizer", "transformer", "probe"):
+        assert to_dict(textured[kind]) == to_dict(demo[kind]), kind
+
+
 def test_bad_set_is_a_one_line_error():
     with pytest.raises(UserError, match="expected KIND.KEY=VALUE with KIND one of dataset, tokenizer"):
         split_overrides(["model.width=3"])
@@ -144,8 +155,8 @@ def test_ctrl_c_in_a_stage_says_to_rerun_the_same_command(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["-c", "huge"], "Invalid value for '--config' / '-c': 'huge' is not one of 'tiny', 'demo', 'full'"),
-    (["--preset", "huge"], "'huge' is not one of 'tiny', 'demo', 'full'"),   # the old spelling, still accepted
+    (["-c", "huge"], "Invalid value for '--config' / '-c': 'huge' is not one of 'tiny', 'demo', 'demo-textured', 'full'"),
+    (["--preset", "huge"], "'huge' is not one of 'tiny', 'demo', 'demo-textured', 'full'"),   # the old spelling, still accepted
     (["--set", "tokenizer.train.stpes=3"], "unknown config key 'train.stpes'"),
     (["--set", "nope"], "expected KIND.KEY=VALUE"),
     (["--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'"),

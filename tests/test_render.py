@@ -285,3 +285,42 @@ def test_shards_render_disjoint_ids_into_one_dataset_that_packs(tmp_path):
     info = ds.load_dataset_json(root)
     total = sum(len(load_packed(root, split)) for split in info["splits"])
     assert total == 5
+
+
+# --- scene difficulty: a plain ground is one flat colour --------------------------------------------
+
+def _ground_spread(root: Path) -> float:
+    """Median over views of the spread of the lower half of frame 0, where the camera sees the ground inside the
+    fade radius, the object's mask grown by 2 px left out: the median absolute deviation from the median (0..255),
+    largest over RGB. Robust to the object's shadow, a dark patch of a tenth of those pixels or so; a two-colour
+    pattern has about half the colours' difference."""
+    spreads = []
+    for view in ds.load_meta(root, 0)["views"]:
+        folder = ds.sample_dir(root, 0)
+        rgb = np.asarray(Image.open(ds.frame_path(folder, view["name"], "rgb", 0)), dtype=float)
+        mask = np.pad(np.asarray(Image.open(ds.frame_path(folder, view["name"], "mask", 0))) > 127, 2)
+        h, w = rgb.shape[:2]
+        obj = np.zeros((h, w), dtype=bool)
+        for dy in range(5):
+            for dx in range(5):
+                obj |= mask[dy:dy + h, dx:dx + w]
+        half = rgb.shape[0] // 2
+        ground = rgb[half:][~obj[half:]]
+        spreads.append(np.median(np.abs(ground - np.median(ground, axis=0)), axis=0).max())
+    return float(np.median(spreads))
+
+
+def test_plain_ground_renders_uniform_where_a_checker_ground_does_not(tmp_path):
+    """The same scene (a one-texture list draws nothing, so only the ground differs) on a plain and on a checker
+    ground: the plain ground's pixels vary by shading and the object's shadow only."""
+    spread = {}
+    for texture in ("plain", "checker"):
+        cfg = tiny_config(dataset__num_samples=1, render__frames=2, render__samples=4, render__denoiser="oidn",
+                          ground__textures=[texture], ground__texture_scale_range=[1.5, 1.5])
+        render_dataset(cfg, tmp_path / texture, progress=False, log=lambda m: None, workers=1)
+        assert json.loads((ds.sample_dir(tmp_path / texture, 0) / "spec.json").read_text())["ground"]["material"][
+            "texture"] == texture
+        spread[texture] = _ground_spread(tmp_path / texture)
+    print(f"ground pixel spread: {spread}")
+    assert spread["plain"] <= 2.0, spread
+    assert spread["checker"] >= 8.0, spread

@@ -383,3 +383,65 @@ def test_impossible_config_raises_user_error():
     assert "\n" not in msg
     assert msg.startswith("sample 7:")
     assert "helical" in msg and "cube" in msg and "3 tries" in msg
+
+
+# --- scene difficulty: ground style and contrast ---------------------------------------------------
+
+def test_default_ground_and_object_of_sample_0_are_what_they_were_before_the_difficulty_knobs(default_cfg):
+    """Recorded from the code before ground.contrast_range and "plain" existed: at the defaults sample 0's spec is
+    unchanged, so datasets rendered before stay what a rerun would render."""
+    s = build_spec(default_cfg, 0)
+    assert s["ground"] == {"size": 20.0, "material": {
+        "texture": "bricks", "scale": 1.258834862007467, "color_a": [0.321269, 0.162687, 0.294833],
+        "color_b": [0.408836, 0.356744, 0.210931], "roughness": 0.9, "fade_radius": [2.0, 4.0]}}
+    assert s["object"]["material"] == {
+        "texture": "noise", "scale": 3.021490487334685, "color_a": [0.675936, 0.573916, 0.26407],
+        "color_b": [0.303617, 0.134638, 0.233026], "roughness": 0.7481161348493692, "metallic": 0.0}
+    assert (s["object"]["shape"], s["trajectory"]["family"], s["trajectory"]["attempts"]) == ("cone", "linear", 1)
+    assert s["object"]["size"] == 0.49777110660274915
+    np.testing.assert_allclose(s["object"]["location"][0], [-0.07924357824392164, -0.2800186869595692,
+                                                            0.46230984744289205], atol=1e-12)
+
+
+def _pair_mean(m):
+    return (np.asarray(m["color_a"]) + np.asarray(m["color_b"])) / 2
+
+
+def test_plain_ground_is_the_mean_of_the_pair_and_nothing_else_changes():
+    checker, plain = cfg_with(ground={"textures": ["checker"]}), cfg_with(ground={"textures": ["plain"]})
+    for i in range(5):
+        a, b = build_spec(checker, i), build_spec(plain, i)
+        ma, mb = a["ground"].pop("material"), b["ground"].pop("material")
+        assert mb["texture"] == "plain" and ma["texture"] == "checker"
+        assert mb["color_a"] == mb["color_b"]
+        np.testing.assert_allclose(mb["color_a"], _pair_mean(ma), atol=1e-6)
+        assert a == b          # a one-texture list draws nothing either way: the same scene, only the ground differs
+
+
+def test_contrast_scales_the_ground_pair_about_its_mean():
+    full = cfg_with(ground={"textures": ["checker"]})
+    half = cfg_with(ground={"textures": ["checker"], "contrast_range": [0.5, 0.5]})
+    flat = cfg_with(ground={"textures": ["checker"], "contrast_range": [0.0, 0.0]})
+    for i in range(5):
+        g1, g5, g0 = (build_spec(c, i)["ground"]["material"] for c in (full, half, flat))
+        assert "contrast" not in g1 and g5["contrast"] == 0.5 and g0["contrast"] == 0.0
+        assert g0["color_a"] == g0["color_b"]                     # contrast 0: one colour, the pair's mean
+        np.testing.assert_allclose(g0["color_a"], _pair_mean(g1), atol=1e-6)
+        np.testing.assert_allclose(_pair_mean(g5), _pair_mean(g1), atol=1e-6)
+        np.testing.assert_allclose(np.subtract(g5["color_a"], g5["color_b"]),
+                                   0.5 * np.subtract(g1["color_a"], g1["color_b"]), atol=2e-6)
+        assert np.abs(np.subtract(g1["color_a"], g1["color_b"])).max() > 0.05
+
+
+def test_contrast_range_is_drawn_per_sample_without_changing_the_rest_of_the_scene(default_cfg):
+    cfg = cfg_with(ground={"contrast_range": [0.2, 0.6]})
+    drawn = []
+    for i in range(20):
+        base, s = build_spec(default_cfg, i), build_spec(cfg, i)
+        g = s["ground"]["material"]
+        drawn.append(g.pop("contrast"))
+        for key in ("color_a", "color_b"):   # the only other difference
+            base["ground"]["material"].pop(key), g.pop(key)
+        assert s == base
+    assert all(0.2 <= c <= 0.6 for c in drawn) and len(set(drawn)) == 20 and np.ptp(drawn) > 0.2
+    assert [build_spec(cfg, i)["ground"]["material"]["contrast"] for i in range(3)] == drawn[:3]   # seeded
