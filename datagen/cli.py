@@ -226,7 +226,7 @@ def cli():
     and evaluation. The commands below, in pipeline order; `magvit3d COMMAND --help` explains each, with an example.
 
     \b
-    The whole pipeline in one command (about 21 minutes on a 2-core CPU):
+    The whole pipeline in one command (about 20 minutes on a 2-core CPU):
       magvit3d demo --out demo_out
     """
 
