@@ -334,6 +334,31 @@ def _fsq_preimage(q: FiniteScalarQuantizer, codes: torch.Tensor) -> torch.Tensor
     return torch.atanh(((target + offset) / half_l).clamp(-0.9999, 0.9999)) - torch.tan(offset / half_l)
 
 
+def test_fsq_hysteresis_keeps_a_code_while_its_latent_stays_near():
+    """Levels (5,): a latent that wanders 0.1 around a rounding boundary flickers between two codes with plain
+    rounding; with hysteresis 0.3 it keeps the first frame's code, and a real move (two levels) still switches."""
+    cfg = cfg_for("fsq", fsq_levels=(5,), codebook_size=5)
+    q = FiniteScalarQuantizer(cfg)
+    level = torch.tensor([0.45, 0.55, 0.45, 0.6, 2.0])                  # bounded values, one latent frame each
+    codes = (level / q.half_width.float()).view(1, 1, 5, 1, 1)
+    z = _fsq_preimage(q, codes)
+    plain = q(z)[1].flatten().tolist()
+    assert plain == [2, 3, 2, 3, 4]                                     # 0.45 -> level 0, 0.55 -> level 1 (id + 2)
+    assert torch.equal(q.indices_with_hysteresis(z, 0.0), q(z)[1])
+    assert q.indices_with_hysteresis(z, 0.3).flatten().tolist() == [2, 2, 2, 2, 4]
+
+
+def test_encode_indices_with_hysteresis_needs_fsq():
+    x = clip(b=1, t=4)
+    fsq = VideoTokenizer(cfg_for("fsq", FLAT)).eval()
+    with torch.no_grad():
+        assert torch.equal(fsq.encode_indices(x), fsq.encode(x)[1])
+        sticky = fsq.encode_indices(x, 0.5)
+    assert sticky.shape == fsq.encode(x)[1].shape
+    with pytest.raises(UserError, match="code hysteresis needs an FSQ tokenizer; this one uses vq"):
+        VideoTokenizer(cfg_for("vq", FLAT)).encode_indices(x, 0.5)
+
+
 # --- bad input -------------------------------------------------------------------------------------------------------
 
 def test_unknown_quantizer_is_a_one_line_error():

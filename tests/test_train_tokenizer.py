@@ -181,6 +181,23 @@ def test_tokenize_refuses_a_dataset_of_another_size(packed, tmp_path):
         tokenize_dataset(run, other, progress=False)
 
 
+def test_tokenize_with_code_hysteresis_records_it_and_needs_fsq(packed, tmp_path):
+    from training.tokenize import tokenize_dataset
+
+    run = tmp_path / "r"    # the tiny preset is VQ
+    train_tokenizer(tiny(**{"train.steps": 2}), packed, run, **QUIET)
+    with pytest.raises(UserError, match="--code-hysteresis needs an FSQ tokenizer; .* uses vq"):
+        tokenize_dataset(run, packed, hysteresis=0.5, progress=False)
+    with pytest.raises(UserError, match=r"--code-hysteresis 1.5: must be in \[0, 1\)"):
+        tokenize_dataset(run, packed, hysteresis=1.5, progress=False)
+    fsq = tmp_path / "f"
+    train_tokenizer(tiny(**{"train.steps": 2, "model.quantizer": '"fsq"', "model.fsq_levels": "[4, 4, 4]"}), packed, fsq,
+                    **QUIET)
+    tokenize_dataset(fsq, packed, hysteresis=0.5, progress=False)
+    index = json.loads((fsq / "tokens" / "train_index.json").read_text())
+    assert index["code_hysteresis"] == 0.5 and index["code_levels"] == [4, 4, 4]
+
+
 @pytest.mark.parametrize("preset,clip,grid", [("tiny", (4, 32, 32), (2, 16, 16)), ("demo", (16, 64, 64), (4, 8, 8)),
                                               ("full", (16, 128, 128), (4, 16, 16))])
 def test_presets_load_and_give_the_planned_token_grid(preset, clip, grid):

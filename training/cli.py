@@ -53,14 +53,19 @@ def train_tokenizer_cmd(data, out, config, overrides, resume, device, no_progres
 @device_option()
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="View-clips encoded at once.")
+@click.option("--code-hysteresis", default=0.0, show_default=True, type=FiniteFloat(min=0),
+              help="FSQ only: a token keeps the previous latent frame's code while its latent stays within 0.5 + "
+                   "this many levels of it, so static content stops flickering between neighbouring codes "
+                   "(0 = plain rounding; below 1).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def tokenize_cmd(run, data, device, batch_size, no_progress):
+def tokenize_cmd(run, data, device, batch_size, code_hysteresis, no_progress):
     """Encode every split of a packed dataset into the token cache RUN/tokens/<split>_tokens.npy
     (int16, N x V x t x h x w) with the run's latest (EMA) tokenizer."""
     from training.tokenize import tokenize_dataset
     from training.device import pick_device
 
-    summary = tokenize_dataset(run, data, device=pick_device(device), batch_size=batch_size, progress=not no_progress)
+    summary = tokenize_dataset(run, data, device=pick_device(device), batch_size=batch_size,
+                               hysteresis=code_hysteresis, progress=not no_progress)
     for split, info in summary.items():
         click.echo(f"{split}: {tuple(info['shape'])} -> {info['tokens']}")
     return 0

@@ -40,12 +40,13 @@ def _check_dataset(data: Path, saved: dict) -> dict:
 
 
 @torch.no_grad()
-def encode_clips(model: VideoTokenizer, rgb: np.ndarray, device, batch_size: int) -> np.ndarray:
+def encode_clips(model: VideoTokenizer, rgb: np.ndarray, device, batch_size: int, hysteresis: float = 0.0
+                 ) -> np.ndarray:
     """uint8 (M, T, H, W, 3) view-clips -> int64 tokens (M, t, h, w)."""
     out = []
     for i in range(0, len(rgb), batch_size):
         x = torch.from_numpy(np.array(rgb[i:i + batch_size])).permute(0, 4, 1, 2, 3).to(device)
-        out.append(model.encode(to_model_range(x))[1].cpu().numpy())
+        out.append(model.encode_indices(to_model_range(x), hysteresis).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -59,11 +60,17 @@ def reconstruct_clips(model: VideoTokenizer, rgb: np.ndarray, device, batch_size
     return np.concatenate(out) if out else np.zeros_like(rgb)
 
 
-def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8, progress: bool = True) -> dict:
-    """Encode every packed split of `data` with the run's tokenizer into RUN/tokens (atomically, per file)."""
+def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8, hysteresis: float = 0.0,
+                     progress: bool = True) -> dict:
+    """Encode every packed split of `data` with the run's tokenizer into RUN/tokens (atomically, per file).
+    hysteresis (FSQ): a code sticks across latent frames while its latent stays within 0.5 + hysteresis levels."""
     from tqdm import tqdm
 
+    if not 0 <= hysteresis < 1:
+        raise UserError(f"--code-hysteresis {hysteresis}: must be in [0, 1) (levels beyond the rounding half-step)")
     model, saved = load_tokenizer(run, device)
+    if hysteresis and model.cfg.quantizer != "fsq":
+        raise UserError(f"--code-hysteresis needs an FSQ tokenizer; {run} uses {model.cfg.quantizer}")
     info = _check_dataset(Path(data), saved)
     K = model.cfg.codebook_size
     if K > np.iinfo(np.int16).max + 1:
@@ -77,7 +84,7 @@ def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8
         t, h, w = model.cfg.latent_shape(info["frames"], info["image_size"][1], info["image_size"][0])
         tokens = np.zeros((N, V, t, h, w), dtype=np.int16)
         for n in tqdm(range(N), desc=f"tokenize {split}", unit="clip", disable=not progress):
-            tokens[n] = encode_clips(model, packed.rgb[n], device, batch_size)
+            tokens[n] = encode_clips(model, packed.rgb[n], device, batch_size, hysteresis)
         final = out_dir / f"{split}_tokens.npy"
         tmp = out_dir / f".{split}_tokens.npy.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
@@ -88,7 +95,8 @@ def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8
             "dataset_config_hash": info["config_hash"], "tokenizer_step": saved["step"],
             "codebook_size": K, "shape": list(tokens.shape), "views": info["views"],
             # FSQ: a token id is the mixed-radix number of its per-channel levels (the transformer uses the digits)
-            "code_levels": list(model.cfg.fsq_levels) if model.cfg.quantizer == "fsq" else []})
+            "code_levels": list(model.cfg.fsq_levels) if model.cfg.quantizer == "fsq" else [],
+            "code_hysteresis": hysteresis})
         summary[split] = {"tokens": str(final), "shape": list(tokens.shape)}
     return summary
 

@@ -328,14 +328,30 @@ class FiniteScalarQuantizer(nn.Module):
         self.register_buffer("basis", torch.cumprod(torch.tensor([1] + list(cfg.fsq_levels[:-1])), 0), persistent=False)
         self.register_buffer("half_width", levels // 2, persistent=False)
 
-    def forward(self, z: torch.Tensor):
-        b, _, t, h, w = z.shape
-        flat = rearrange(z, "b d t h w -> (b t h w) d").float()
+    def bound(self, flat: torch.Tensor) -> torch.Tensor:
+        """(..., d) latents -> the same squashed into channel i's range of L_i levels (rounding gives the level)."""
         # even L needs a half-step offset so that rounding yields exactly L values (-L/2 .. L/2 - 1)
         # (shift by tan, not atanh, as in the paper's reference code: atanh saturates tanh for L = 2)
         half_l = (self.levels - 1) * (1 + 1e-3) / 2
         offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)
-        bounded = torch.tanh(flat + torch.tan(offset / half_l)) * half_l - offset
+        return torch.tanh(flat + torch.tan(offset / half_l)) * half_l - offset
+
+    def indices_with_hysteresis(self, z: torch.Tensor, margin: float) -> torch.Tensor:
+        """Tokens (b, t, h, w) of latents z (b, d, t, h, w) where a position keeps its previous latent frame's code
+        while every channel stays within 0.5 + margin levels of it: static content near a rounding boundary then
+        keeps one code instead of flickering between neighbours (margin 0 = plain rounding)."""
+        bounded = self.bound(rearrange(z, "b d t h w -> b t h w d").float())
+        levels = bounded.round()
+        for ti in range(1, levels.shape[1]):
+            prev = levels[:, ti - 1]
+            keep = ((bounded[:, ti] - prev).abs() <= 0.5 + margin).all(-1, keepdim=True)
+            levels[:, ti] = torch.where(keep, prev, levels[:, ti])
+        return ((levels.long() + self.half_width) * self.basis).sum(-1)
+
+    def forward(self, z: torch.Tensor):
+        b, _, t, h, w = z.shape
+        flat = rearrange(z, "b d t h w -> (b t h w) d").float()
+        bounded = self.bound(flat)
         rounded = bounded + (bounded.round() - bounded).detach()     # straight-through rounding
         q = rounded / self.half_width
         indices = ((rounded.detach().round().long() + self.half_width) * self.basis).sum(-1)
@@ -375,6 +391,17 @@ class VideoTokenizer(nn.Module):
         z = self.encoder(x)
         with torch.autocast(z.device.type, enabled=False):   # nearest-code search and entropy in fp32, even under bf16
             return self.quantizer(z.float())
+
+    def encode_indices(self, x: torch.Tensor, hysteresis: float = 0.0) -> torch.Tensor:
+        """(B, 3, T, H, W) in [-1, 1] -> tokens (B, t, h, w); hysteresis > 0 (FSQ only): codes stick across latent
+        frames (FiniteScalarQuantizer.indices_with_hysteresis)."""
+        if hysteresis <= 0:
+            return self.encode(x)[1]
+        if not isinstance(self.quantizer, FiniteScalarQuantizer):
+            raise UserError(f"code hysteresis needs an FSQ tokenizer; this one uses {self.cfg.quantizer}")
+        self.cfg.validate(tuple(x.shape[-2:]), x.shape[2])
+        with torch.autocast(x.device.type, enabled=False):
+            return self.quantizer.indices_with_hysteresis(self.encoder(x).float(), hysteresis)
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         return self.decoder(z_q)
