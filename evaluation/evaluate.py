@@ -40,7 +40,7 @@ from evaluation.metrics import (Region, clip_metrics, dilate_masks, full_region,
 from evaluation.probe import DETECTION_MAX_SIGMA_PX, Probe, detected, error_stats, load_probe
 from evaluation.trajectory import (as_percent, constant_velocity, copy_last, displacement_errors, fit_families,
                                    mean_reprojection_error, scene_extent, track_from_detections)
-from training.generated import is_generated_dir, load_generated
+from training.generated import METHOD_TITLES, is_generated_dir, load_generated
 
 SCHEMA = "magvit3d-evaluation"
 SCHEMA_VERSION = 1
@@ -468,8 +468,6 @@ def summarize(rows: list[dict], task: str) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 # runs: what made them
 
-METHOD_LABELS = {"model": "model (transformer samples)", "ceiling": "tokenizer ceiling (true tokens decoded)",
-                 "copy-latent": "copy last latent frame (its tokens repeated, decoded)"}
 GIVEN_LABELS = {"re-decoded": "given frames re-decoded from their tokens",
                 "pasted": "given frames pasted from the renders"}
 
@@ -480,7 +478,7 @@ def run_label(info: dict) -> dict:
     method = info.get("method") or "model"
     given = info.get("given_frames") or "re-decoded"
     composite = bool(info.get("composite", False))
-    title = METHOD_LABELS.get(method, str(method))
+    title = METHOD_TITLES.get(method, str(method))
     details = [GIVEN_LABELS.get(given, f"given frames: {given}")] + (["composite"] if composite else [])
     return {"method": method, "given_frames": given, "composite": composite, "title": title,
             "details": "; ".join(details)}

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.lpips_metric import MIN_SIDE, LpipsMetric, load_lpips
-from training.metrics import psnr_per_clip, ssim_per_clip
-
-PSNR_CAP = 100.0   # dB reported for identical frames (training.metrics)
+from training.metrics import psnr_from_mse, psnr_per_clip, ssim_per_clip
 UNAVAILABLE = "unavailable"
 
 
@@ -100,16 +98,15 @@ def dilate_masks(masks: np.ndarray, margin: int) -> np.ndarray:
 
 def object_psnr(a: np.ndarray, b: np.ndarray, region: Region, masks: np.ndarray) -> float | None:
     """a, b uint8 (V, T, H, W, 3), masks bool (V, T, H, W) (already dilated) -> mean over the region's frames of the
-    PSNR (dB, on [0, 1], identical pixels capped at PSNR_CAP) inside each frame's mask; frames with an empty mask
-    are left out; None when every mask of the region is empty."""
+    PSNR (dB, on [0, 1], identical pixels capped as in training.metrics) inside each frame's mask; frames with an
+    empty mask are left out; None when every mask of the region is empty."""
     ra, rb = region.take(a)[0].astype(np.float64), region.take(b)[0].astype(np.float64)
     rm = region.take(masks)[0]
     values = []
     for fa, fb, m in zip(ra, rb, rm):
         if not m.any():
             continue
-        mse = float(np.mean(((fa[m] - fb[m]) / 255.0) ** 2))
-        values.append(10 * np.log10(1.0 / mse) if mse > 0 else PSNR_CAP)
+        values.append(float(psnr_from_mse(np.mean(((fa[m] - fb[m]) / 255.0) ** 2))))
     return float(np.mean(values)) if values else None
 
 

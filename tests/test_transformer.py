@@ -117,6 +117,19 @@ def test_code_digits_give_a_normalised_distribution_over_ids():
         TokenLayout(codebook_size=15, views=1, t=2, h=1, w=2, num_shapes=1, num_families=1, code_levels=(4, 4))
 
 
+def test_rotary_positions_keep_the_activations_dtype():
+    """Under bf16 autocast q and k are bf16; the float32 angle table must not promote them (the KV cache would then
+    hold float32 keys beside bf16 values)."""
+    from training.transformer import rope_angles, rotate
+
+    angles = rope_angles(LAYOUT, 8)
+    q = torch.randn(1, 2, angles.shape[0], 8)
+    turned = rotate(q.bfloat16(), angles.cos(), angles.sin())
+    assert turned.dtype == torch.bfloat16
+    assert torch.allclose(turned.float(), rotate(q, angles.cos(), angles.sin()), atol=0.05)
+    assert torch.allclose(rotate(q, angles.cos(), angles.sin()).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
+
+
 def test_reference_tokens_are_the_latest_visible_earlier_latent_frame():
     layout = TokenLayout(codebook_size=16, views=1, t=3, h=1, w=2, num_shapes=1, num_families=1)
     model = MaskedVideoTransformer(TransformerConfig(width=8, depth=1, heads=1), layout)

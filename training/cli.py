@@ -5,6 +5,7 @@ import click
 
 from datagen.cli import DIR, Command, DeviceChoice, FiniteFloat, example
 from datagen.config import check_output_dir
+from training.generated import METHOD_TITLES
 
 MAX_STEPS = 1000          # parallel decoding steps: more than the tokens of a clip only repeat work
 MAX_PER_CLASS = 1000      # --num clips per shape x family (generate): all of them are held in memory
@@ -156,7 +157,7 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
               help="Token cache to condition on [default: the one the transformer was trained on]; must come from "
                    "the same tokenizer.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Clips sampled at once.")
-@click.option("--method", default="model", show_default=True, type=click.Choice(["model", "ceiling", "copy-latent"]),
+@click.option("--method", default="model", show_default=True, type=click.Choice(list(METHOD_TITLES)),
               help="model: the transformer samples; ceiling: the held-out clips' true tokens decoded (the best any "
                    "transformer can do with this tokenizer); copy-latent (predict): the last given latent frame "
                    "repeated, decoded.")

@@ -23,6 +23,7 @@ from datagen.config import UserError, from_dict
 from datagen.pack import load_packed
 from training import checkpoint as ckpt
 from training.data import to_uint8
+from training.generated import METHOD_TITLES
 from training.generated import TASKS as GENERATE_TASKS
 from training.generated import ClipRecord, write_generated
 from training.device import autocast_for, pick_device
@@ -50,9 +51,6 @@ def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, d
     return ckpt.load_model_weights(latest, model).to(device).eval(), saved
 
 
-METHODS = ("model", "ceiling", "copy-latent")
-METHOD_TITLES = {"model": "the transformer's samples", "ceiling": "tokenizer ceiling (true tokens decoded)",
-                 "copy-latent": "copy-latent (the last given latent frame's tokens repeated, decoded)"}
 # composite: a pixel counts as changed where the decoded prediction and the decoded copy-latent clip differ by more
 # than COMPOSITE_LOW (fully changed at COMPOSITE_HIGH; colour in [0, 1], largest channel), grown by one pixel
 COMPOSITE_LOW, COMPOSITE_HIGH = 0.04, 0.12
@@ -62,8 +60,8 @@ def _check_args(task: str, steps: int, num: int | None, temperature: float, top_
                 composite: bool = False) -> None:
     if task not in GENERATE_TASKS:
         raise UserError(f"unknown task {task!r}; allowed: {', '.join(GENERATE_TASKS)}")
-    if method not in METHODS:
-        raise UserError(f"--method {method!r}: allowed: {', '.join(METHODS)}")
+    if method not in METHOD_TITLES:
+        raise UserError(f"--method {method!r}: allowed: {', '.join(METHOD_TITLES)}")
     if method != "model" and task == "generate":
         raise UserError(f"--method {method} needs the true tokens of held-out clips; use it with --task predict "
                         f"or complete-view")
@@ -182,10 +180,12 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
         for i in range(0, n, batch_size):
             j = min(n, i + batch_size)
             t0 = time.perf_counter()
+            copies = (copy_latent(layout, seqs[i:j], latent_frames).to(dev)
+                      if composite or method == "copy-latent" else None)
             if method == "ceiling":
                 seq = seqs[i:j].to(dev)
             elif method == "copy-latent":
-                seq = copy_latent(layout, seqs[i:j], latent_frames).to(dev)
+                seq = copies
             else:
                 with autocast_for(dev):
                     seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
@@ -193,11 +193,12 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                                  choice_temperature=choice_temperature, top_k=top_k)
             sampling_seconds += time.perf_counter() - t0
             grids = layout.to_grid(seq)
-            copies = layout.to_grid(copy_latent(layout, seqs[i:j], latent_frames).to(dev)) if composite else None
+            copy_grids = layout.to_grid(copies) if composite else None
             for b in range(j - i):
                 rgb[i + b] = decode_rgb(tokenizer, grids[b])
                 if composite:
-                    rgb[i + b] = composite_over_last(rgb[i + b], decode_rgb(tokenizer, copies[b]), target[i + b],
+                    copy_rgb = rgb[i + b] if method == "copy-latent" else decode_rgb(tokenizer, copy_grids[b])
+                    rgb[i + b] = composite_over_last(rgb[i + b], copy_rgb, target[i + b],
                                                      records[i + b].given_frames)
                 if paste and target is not None:
                     rgb[i + b] = paste_given(rgb[i + b], target[i + b], records[i + b])

@@ -27,6 +27,9 @@ from datagen.dataset import read_json, write_json_atomic
 SCHEMA_VERSION = 1
 KIND = "magvit3d-generated"
 TASKS = ("predict", "generate", "complete-view")
+# info["method"]: what made the clips (the transformer, or the held-out clips' tokens); the report shows the title
+METHOD_TITLES = {"model": "model (transformer samples)", "ceiling": "tokenizer ceiling (true tokens decoded)",
+                 "copy-latent": "copy last latent frame (its tokens repeated, decoded)"}
 
 
 @dataclass

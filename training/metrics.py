@@ -8,12 +8,19 @@ from __future__ import annotations
 import numpy as np
 
 
+PSNR_CAP = 100.0   # dB reported for identical frames
+
+
+def psnr_from_mse(mse):
+    """Mean squared error on [0, 1] (array or number) -> PSNR in dB, PSNR_CAP where it is 0."""
+    mse = np.asarray(mse, dtype=np.float64)
+    return np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-20)), PSNR_CAP)
+
+
 def psnr_per_clip(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a, b: uint8 (N, T, H, W, 3) -> (N,) mean over frames of per-frame PSNR in dB (identical frames: 100 dB)."""
     diff = (a.astype(np.float64) - b.astype(np.float64)) / 255.0
-    mse = np.mean(diff ** 2, axis=(2, 3, 4))                         # (N, T)
-    per_frame = np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-20)), 100.0)
-    return per_frame.mean(axis=1)
+    return psnr_from_mse(np.mean(diff ** 2, axis=(2, 3, 4))).mean(axis=1)       # per frame (N, T), then clips
 
 
 def ssim_per_clip(a: np.ndarray, b: np.ndarray) -> np.ndarray:

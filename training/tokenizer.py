@@ -317,6 +317,13 @@ class LookupFreeQuantizer(nn.Module):
         return rearrange(bits.float() * 2 - 1, "b t h w d -> b d t h w")
 
 
+def fsq_digits(indices: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """FSQ ids (...) -> their per-channel levels (..., d), each in 0 .. L_i - 1: an id is the mixed-radix number
+    sum_i digit_i * prod(L_0 .. L_{i-1}) (the token cache records the levels as code_levels)."""
+    basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
+    return (indices[..., None] // basis) % levels
+
+
 class FiniteScalarQuantizer(nn.Module):
     """FSQ (Mentzer et al. 2023): channel i is bounded to L_i values by tanh and rounded; codes scaled to [-1, 1]."""
 
@@ -346,7 +353,11 @@ class FiniteScalarQuantizer(nn.Module):
             prev = levels[:, ti - 1]
             keep = ((bounded[:, ti] - prev).abs() <= 0.5 + margin).all(-1, keepdim=True)
             levels[:, ti] = torch.where(keep, prev, levels[:, ti])
-        return ((levels.long() + self.half_width) * self.basis).sum(-1)
+        return self.levels_to_indices(levels)
+
+    def levels_to_indices(self, levels: torch.Tensor) -> torch.Tensor:
+        """Integer levels (..., d), each in -L_i/2 .. (L_i-1)/2 -> ids (...,): mixed radix over the channels."""
+        return ((levels.round().long() + self.half_width) * self.basis).sum(-1)
 
     def forward(self, z: torch.Tensor):
         b, _, t, h, w = z.shape
@@ -354,7 +365,7 @@ class FiniteScalarQuantizer(nn.Module):
         bounded = self.bound(flat)
         rounded = bounded + (bounded.round() - bounded).detach()     # straight-through rounding
         q = rounded / self.half_width
-        indices = ((rounded.detach().round().long() + self.half_width) * self.basis).sum(-1)
+        indices = self.levels_to_indices(rounded.detach())
         zero = flat.new_zeros(())
         aux = {"commitment_loss": zero, "codebook_loss": zero, "entropy_loss": zero, "loss": zero}
         aux.update(codebook_stats(indices, self.cfg.codebook_size))
@@ -362,7 +373,7 @@ class FiniteScalarQuantizer(nn.Module):
         return z_q, indices.view(b, t, h, w), aux
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
-        digits = (indices[..., None] // self.basis) % self.levels
+        digits = fsq_digits(indices, self.levels)
         return rearrange((digits - self.half_width).float() / self.half_width, "b t h w d -> b d t h w")
 
 

@@ -109,12 +109,12 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
             tasks = torch.full((len(tokens),), TASK_ID[name])
             inputs, targets, scored, cond = make_batch(model.layout, tokens, shape, family, tasks, latent_frames,
                                                        model.cfg.arch, gen)
-            scored = scored.to(device)
+            inputs, scored = inputs.to(device), scored.to(device)
             with autocast_for(device):
-                picked = model(inputs.to(device), cond.to(device), scored).float()
+                picked = model(inputs, cond.to(device), scored).float()
             wanted = targets.to(device)[scored]
             hit = picked.argmax(-1) == wanted
-            moved = model.reference_tokens(inputs.to(device))[scored] != wanted
+            moved = model.reference_tokens(inputs)[scored] != wanted
             loss_sum += F.cross_entropy(picked, wanted, reduction="sum").item()
             correct += hit.sum().item()
             count += len(wanted)

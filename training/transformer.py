@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training.configs import ARCHS, TransformerConfig  # noqa: F401 - the model's config, torch-free
+from training.tokenizer import fsq_digits
 
 TASKS = ("predict", "generate", "complete-view", "unconditional")
 NUM_COND = 3  # task, shape, family
@@ -69,10 +70,8 @@ class TokenLayout:
 
     def code_digits(self) -> torch.Tensor:
         """(K, D): every id's digit per FSQ channel, offset into one table of sum(code_levels) rows."""
-        levels = torch.tensor(self.code_levels)
-        basis = torch.cumprod(torch.tensor((1,) + self.code_levels[:-1]), 0)
         offsets = torch.cumsum(torch.tensor((0,) + self.code_levels[:-1]), 0)
-        return (torch.arange(self.codebook_size)[:, None] // basis) % levels + offsets
+        return fsq_digits(torch.arange(self.codebook_size), torch.tensor(self.code_levels)) + offsets
 
     @property
     def num_tokens(self) -> int:
@@ -138,6 +137,7 @@ def rope_angles(layout: TokenLayout, head_dim: int) -> torch.Tensor:
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding: channel pairs (2i, 2i+1) of x (B, heads, L, d) turned by the angles behind cos/sin (L, d/2)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
 
@@ -216,7 +216,7 @@ class MaskedVideoTransformer(nn.Module):
         if self.digits:
             self.register_buffer("code_digit_index", layout.code_digits(), persistent=False)
             one_hot = torch.zeros(sum(layout.code_levels), layout.codebook_size)   # id's digits as a matrix
-            one_hot[layout.code_digits().T, torch.arange(layout.codebook_size)] = 1.0
+            one_hot[self.code_digit_index.T, torch.arange(layout.codebook_size)] = 1.0
             self.register_buffer("code_digit_matrix", one_hot, persistent=False)
             self.digit_embed = nn.Embedding(sum(layout.code_levels), W)
             self.digit_head = nn.Linear(W, sum(layout.code_levels))
@@ -327,8 +327,7 @@ class MaskedVideoTransformer(nn.Module):
         return self.output_logits(x[:, -1])
 
     def rope_for(self, start: int, length: int):
-        """(cos, sin) of sequence positions start..start+length-1 (condition tokens first), or None without rope.
-        Cast to the activations' dtype by rotate's arithmetic under autocast."""
+        """(cos, sin) of sequence positions start..start+length-1 (condition tokens first), or None without rope."""
         if not self.cfg.rope:
             return None
         return self.rope_cos[start:start + length], self.rope_sin[start:start + length]
