@@ -170,6 +170,34 @@ def test_temporal_kernel_one_codes_each_latent_frame_alone():
     assert not torch.equal(a[:, :, 2:4], b[:, :, 2:4])
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_encoder_kernel_one_codes_each_token_from_its_own_patch(kernel):
+    """With encoder_kernel = 1 a token's latent depends on its own patch only: changing the pixels of one token leaves
+    every other token's latent bit-identical (the decoder still sees neighbours). With 3x3 convs the change spreads."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(cfg_for("fsq", FLAT), encoder_kernel=kernel)
+    model = VideoTokenizer(cfg).eval()
+    x = clip(t=4, h=32, w=32)
+    y = x.clone()
+    p = cfg.patch_size
+    y[:, :, :, p:2 * p, 2 * p:3 * p] = clip(t=4, h=p, w=p, seed=1)   # the pixels of token (row 1, col 2)
+    with torch.no_grad():
+        changed = (model.encoder(x) - model.encoder(y)).abs().amax(dim=(0, 1, 2)) > 0   # (h, w) tokens
+    expected = torch.zeros_like(changed)
+    expected[1, 2] = True
+    if kernel == 1:
+        assert torch.equal(changed, expected)
+    else:
+        assert changed[1, 2] and changed.sum() > 1 + 8           # beyond the token's 8 neighbours
+
+
+def test_encoder_kernel_one_needs_a_single_level():
+    with pytest.raises(UserError, match="encoder_kernel 1 needs a single level"):
+        dataclasses.replace(TokenizerConfig(), encoder_kernel=1).validate()
+    with pytest.raises(UserError, match="encoder_kernel 2 must be an odd integer"):
+        dataclasses.replace(FLAT, encoder_kernel=2).validate()
+
+
 def test_temporal_kernel_must_be_positive():
     with pytest.raises(UserError, match="temporal_kernel 0 must be >= 1"):
         dataclasses.replace(FLAT, temporal_kernel=0).validate()

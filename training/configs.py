@@ -46,6 +46,9 @@ class TokenizerConfig:
     fsq_levels: tuple[int, ...] = (8, 8, 4, 4)
     patch_size: int = 1                            # pixels folded into channels first (p x p), as in ViT patching:
     patch_frames: int = 1                          # ...and frames (q); the convs then run at 1/p resolution, 1/q rate
+    encoder_kernel: int = 3                        # spatial kernel of the encoder's convs. 1: a token's code sees only
+                                                   # its own patch, so codes change only where the pixels do (with 3,
+                                                   # seven 3x3 convs let a moving object flip codes ~3 tokens away)
 
     @property
     def spatial_factor(self) -> int:
@@ -83,6 +86,12 @@ class TokenizerConfig:
                                  f"norm_groups = {self.norm_groups}")
         if self.temporal_kernel < 1:
             raise UserError(f"temporal_kernel {self.temporal_kernel} must be >= 1 (1: no mixing across latent frames)")
+        if self.encoder_kernel < 1 or self.encoder_kernel % 2 == 0:
+            raise UserError(f"encoder_kernel {self.encoder_kernel} must be an odd integer >= 1 (1: each token's code "
+                             f"depends on its own patch only)")
+        if self.encoder_kernel == 1 and len(self.channel_mult) > 1:
+            raise UserError(f"encoder_kernel 1 needs a single level (channel_mult {tuple(self.channel_mult)} has "
+                             f"{len(self.channel_mult)}): its strided downsampling convs would mix neighbouring tokens")
         if self.patch_size < 1 or self.patch_frames < 1:
             raise UserError(f"patch_size {self.patch_size} and patch_frames {self.patch_frames} must be >= 1")
         if self.num_res_blocks < 0:

@@ -95,11 +95,11 @@ def make_norm(cfg: "TokenizerConfig", channels: int) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, cfg: "TokenizerConfig"):
+    def __init__(self, cin: int, cout: int, cfg: "TokenizerConfig", kernel: int = 3):
         super().__init__()
         kt = cfg.temporal_kernel
-        self.norm1, self.conv1 = make_norm(cfg, cin), CausalConv3d(cin, cout, time_kernel=kt)
-        self.norm2, self.conv2 = make_norm(cfg, cout), CausalConv3d(cout, cout, time_kernel=kt)
+        self.norm1, self.conv1 = make_norm(cfg, cin), CausalConv3d(cin, cout, kernel, time_kernel=kt)
+        self.norm2, self.conv2 = make_norm(cfg, cout), CausalConv3d(cout, cout, kernel, time_kernel=kt)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,15 +142,17 @@ class Encoder(nn.Module):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.channel_mult]
         self.patch = (cfg.patch_frames, cfg.patch_size)
-        self.conv_in = CausalConv3d(3 * cfg.patch_frames * cfg.patch_size ** 2, widths[0], time_kernel=cfg.temporal_kernel)
+        k = cfg.encoder_kernel
+        self.conv_in = CausalConv3d(3 * cfg.patch_frames * cfg.patch_size ** 2, widths[0], k,
+                                    time_kernel=cfg.temporal_kernel)
         blocks, cin = [], widths[0]
         for i, w in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(cin, w, cfg))
+                blocks.append(ResBlock(cin, w, cfg, k))
                 cin = w
             if i < len(widths) - 1:
                 blocks.append(Downsample(cin, cfg.temporal_downsample[i], cfg.temporal_kernel))
-        blocks += [ResBlock(cin, cin, cfg), ResBlock(cin, cin, cfg)]   # mid
+        blocks += [ResBlock(cin, cin, cfg, k), ResBlock(cin, cin, cfg, k)]   # mid
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = make_norm(cfg, cin)
         self.conv_out = CausalConv3d(cin, cfg.code_dim, 1)
