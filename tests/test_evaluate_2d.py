@@ -78,7 +78,7 @@ def test_2d_track_metrics_known_answer(data2d):
     assert "reprojection_px" not in ref and "family_accuracy_gt_positions" not in ref
 
 
-def test_2d_learned_extrapolation_on_centres(data2d, monkeypatch):
+def test_2d_learned_extrapolation_on_centres(data2d):
     """The learned baseline of a 2D dataset is fitted on the train split's probe centres (k, 2) -> the true centres
     after them (with the oracle: the given tracks ARE the centres)."""
     _, root = data2d
@@ -86,7 +86,8 @@ def test_2d_learned_extrapolation_on_centres(data2d, monkeypatch):
     oracle = OracleProbe(ds)
     sids, given = ev.given_tracks(ds, oracle, "train", GIVEN, chunk=3)
     np.testing.assert_array_equal(given, ds.splits["train"].array("centers_2d")[:, 0, :GIVEN])
-    learned = ev.LearnedExtrapolation(ds, oracle, ds.tracks.scale, cfg=ExtrapolatorConfig(steps=30), log=lambda *_: None)
+    learned = ev.LearnedExtrapolation(ds, oracle, ds.tracks.scale, cfg=ExtrapolatorConfig(steps=30),
+                                      log=lambda *_: None)
     model = learned.get(GIVEN)
     assert model is not None and model.dim == 2 and model.info["train_clips"] == len(sids) == 8
     assert model.extrapolate(ds.tracks.gt(sids[0])).shape == (FRAMES, 2)
