@@ -74,24 +74,34 @@ def evaluate_cmd(data, generated, probe_run, out, lpips_weights, split, num, obj
     Always next to the floor (the probe on the renders) and, for frame prediction, copy-last-frame,
     constant-velocity and a learned track extrapolation (an MLP fitted on the train split) as baselines, with paired
     bootstrap intervals of model - baseline per trajectory family. Also PSNR inside the (dilated) object mask and the
-    probe's detection rate. Class-conditional clips: family accuracy and reprojection error only."""
+    probe's detection rate. Class-conditional clips: family accuracy and reprojection error only.
+
+    One-view (2D) datasets: no triangulation; the probe's image-plane track against the exported 2D centres, ADE /
+    FDE in px and % of the image width, the same baselines in 2D, and a 2D family fit (no reprojection error)."""
     from evaluation.evaluate import evaluate
 
     metrics = evaluate(data, list(generated), probe_run, out, lpips_weights=lpips_weights, split=split,
                        max_visual_clips=num, progress=not no_progress, log=lambda m: click.echo(m, err=True),
                        object_margin_px=object_margin_px)
     ref = metrics["probe"]["reference"]
-    click.echo(f"probe floor on {ref['split']}: 2D median {ref['2d_error']['median_px']:.3f} px, ADE "
-               f"{ref['ade']:.4f} ({ref['ade_pct']:.2f}% of the scene extent)")
+    two_d = metrics.get("tracks", {}).get("kind") == "2d"
+    if two_d:
+        click.echo(f"2D evaluation (one view); probe floor on {ref['split']}: ADE {_num(ref['ade'], 2)} px "
+                   f"({_num(ref['ade_pct'], 2)}% of the image width), family accuracy {ref['family_accuracy']:.2f} "
+                   f"(on the ground-truth centres {ref['family_accuracy_gt_centres']:.2f})")
+    else:
+        click.echo(f"probe floor on {ref['split']}: 2D median {ref['2d_error']['median_px']:.3f} px, ADE "
+                   f"{ref['ade']:.4f} ({ref['ade_pct']:.2f}% of the scene extent)")
     for run in metrics["runs"]:
         for task, block in run["tasks"].items():
             m = block["summary"]["model"]
             if task == "generate":
-                click.echo(f"{run['name']} [{task}]: family accuracy {m['family_accuracy']:.2f}, reprojection "
-                           f"{_num(m['reprojection_px'])} px")
+                click.echo(f"{run['name']} [{task}]: family accuracy {m['family_accuracy']:.2f}"
+                           + ("" if two_d else f", reprojection {_num(m['reprojection_px'])} px"))
             else:
+                ade = f"{_num(m['ade'], 2)} px" if two_d else _num(m['ade'], 4)
                 click.echo(f"{run['name']} [{task}]: PSNR {_num(m['psnr'])} dB (object {_num(m['object_psnr'])}), "
-                           f"SSIM {_num(m['ssim'])}, LPIPS {_num(m['lpips'])}, ADE {_num(m['ade'], 4)} "
+                           f"SSIM {_num(m['ssim'])}, LPIPS {_num(m['lpips'])}, ADE {ade} "
                            f"({_num(m['ade_pct'], 2)}%), family accuracy {m['family_accuracy']:.2f}, detection rate "
                            f"{_num(m['detection_rate'], 2)}")
     if not metrics["lpips"]["available"]:

@@ -15,6 +15,11 @@
                    interval (ADE %; PSNR and object PSNR against copy-last)
         generate   (class-conditional, no target): family accuracy of the requested family and reprojection error,
                    next to the same numbers for the probe on the dataset's renders
+        2D         one-view datasets (is_2d_dataset): no triangulation; the track is the probe's centre of the object in
+                   the image (px), measured against the exported 2D centres: ADE / FDE in px and % of the image width,
+                   the same baselines (constant velocity and the learned extrapolation in the image plane), the 2D
+                   family fit (evaluation.trajectory.fit_families_2d) for family accuracy, and its accuracy on the
+                   ground-truth centres (the fit's ceiling); no reprojection error
     compare(A, B, out)   any two sets of clips (generated dirs or datasets), matched by sample id: PSNR / SSIM /
                          LPIPS and A | B | difference GIFs.
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +45,7 @@ from evaluation.metrics import (Region, clip_metrics, dilate_masks, full_region,
                                 mean_of, object_psnr, open_lpips, paired_bootstrap, task_region)
 from evaluation.probe import DETECTION_MAX_SIGMA_PX, Probe, detected, error_stats, load_probe
 from evaluation.trajectory import (as_percent, constant_velocity, copy_last, displacement_errors, fit_families,
-                                   mean_reprojection_error, scene_extent, track_from_detections)
+                                   fit_families_2d, mean_reprojection_error, scene_extent, track_from_detections)
 from training.generated import METHOD_TITLES, is_generated_dir, load_generated
 
 SCHEMA = "magvit3d-evaluation"
@@ -54,6 +60,17 @@ PAIRED_DEFINITION = ("mean over clips of model - baseline (the same clips), with
                      "(clips resampled with replacement)")
 EXTENT_DEFINITION = ("diagonal of the axis-aligned box spanned by every ground-truth object position of the dataset "
                      "(all packed splits, all frames)")
+IMAGE_WIDTH_DEFINITION = "the image width in px: 2D ADE / FDE % are relative to it"
+TRACKS_2D_DEFINITION = ("one view, no triangulation: a clip's track is the probe's centre of the object in each frame "
+                        "(px, pixel (row i, col j) centred at (j + 0.5, i + 0.5)), measured against the dataset's "
+                        "exported 2D centres")
+
+
+def is_2d_dataset(info: dict) -> bool:
+    """A one-view (2D) dataset, evaluated in the image plane: dataset.json's config says scene.kind = "2d", or it
+    has a single view (one view cannot be triangulated)."""
+    scene = (info.get("config") or {}).get("scene") or {}
+    return scene.get("kind") == "2d" or len(info["views"]) == 1
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -116,6 +133,62 @@ class Dataset:
     def fit(self, track) -> dict:
         return fit_families(track, self.fps, self.gravity, min_climb=self.min_climb)
 
+    @cached_property
+    def tracks(self) -> "WorldTracks":
+        """How this dataset's clips become tracks and what they are measured against (3D or 2D)."""
+        return ImageTracks(self) if is_2d_dataset(self.info) else WorldTracks(self)
+
+
+class WorldTracks:
+    """3D: confidence-weighted DLT of the probe's detections with the dataset's P -> (T, 3) world tracks, against
+    the ground-truth positions; distances in world units and % of the scene extent."""
+    kind, dims = "3d", 3
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+        self.scale = scene_extent(np.concatenate([p.array("positions").reshape(-1, 3) for p in ds.splits.values()]))
+
+    def track(self, P, det: dict) -> np.ndarray:
+        return track_from_detections(P, det)
+
+    def ground_truth(self, split) -> np.ndarray:
+        """The ground-truth tracks of a packed split (N, T, dims)."""
+        return split.array("positions")
+
+    def gt(self, sid: int) -> np.ndarray:
+        return self.ds.field(sid, "positions")
+
+    def fit(self, track) -> dict:
+        return self.ds.fit(track)
+
+    def scale_entry(self) -> tuple[str, dict]:
+        """(metrics.json key, entry) of the unit of the % numbers."""
+        return "scene_extent", {"value": self.scale, "units": "world units (m)", "definition": EXTENT_DEFINITION}
+
+
+class ImageTracks(WorldTracks):
+    """2D (one view): the probe's centres (T, 2) in px are the track, against the exported 2D centres; distances in
+    px and % of the image width. P is not used."""
+    kind, dims = "2d", 2
+
+    def __init__(self, ds: Dataset):
+        self.ds, self.scale = ds, float(ds.info["image_size"][0])
+
+    def track(self, P, det: dict) -> np.ndarray:
+        return np.asarray(det["uv"][0], dtype=np.float64)
+
+    def ground_truth(self, split) -> np.ndarray:
+        return split.array("centers_2d")[:, 0]
+
+    def gt(self, sid: int) -> np.ndarray:
+        return self.ds.field(sid, "centers_2d")[0]
+
+    def fit(self, track) -> dict:
+        return fit_families_2d(track, self.ds.fps)
+
+    def scale_entry(self) -> tuple[str, dict]:
+        return "image_width", {"value": self.scale, "units": "px", "definition": IMAGE_WIDTH_DEFINITION}
+
 
 def open_dataset(root: Path) -> Dataset:
     """Every split of dataset.json, packed (one-line UserError when a split is not packed)."""
@@ -151,9 +224,9 @@ class References:
         for i, s in enumerate(todo):
             d = {k: v[i] for k, v in det.items()}
             P = self.ds.P(s)
-            track = track_from_detections(P, d)
+            track = self.ds.tracks.track(P, d)
             self.cache[s] = {"det": d, "track": track, "P": P,
-                             "fit": self.ds.fit(track)}
+                             "fit": self.ds.tracks.fit(track)}
 
     def __getitem__(self, sid: int) -> dict:
         self.prefetch([sid])
@@ -161,23 +234,23 @@ class References:
 
 
 def given_tracks(ds: Dataset, probe: Probe, split: str, k: int, chunk: int = 64) -> tuple[list[int], np.ndarray]:
-    """The probe on the first k rendered frames of every clip of `split`, triangulated as References does for the
+    """The probe on the first k rendered frames of every clip of `split`, made tracks as References does for the
     test clips (the probe and the DLT work frame by frame, so these are the first k frames of References' tracks):
-    (sample ids, tracks (N, k, 3))."""
+    (sample ids, tracks (N, k, D))."""
     p = ds.splits[split]
     sids = [int(s) for s in p.sample_ids]
     P = p.projections()[:, :, :k]
     tracks = []
     for a in range(0, len(sids), chunk):
         det = probe.predict(np.asarray(p.rgb[a:a + chunk, :, :k]))
-        tracks += [track_from_detections(P[a + i], {key: v[i] for key, v in det.items()})
+        tracks += [ds.tracks.track(P[a + i], {key: v[i] for key, v in det.items()})
                    for i in range(len(det["uv"]))]
-    return sids, np.stack(tracks) if tracks else np.zeros((0, k, 3))
+    return sids, np.stack(tracks) if tracks else np.zeros((0, k, ds.tracks.dims))
 
 
 class LearnedExtrapolation:
     """The learned track-extrapolation baseline: one MLP per number of given frames k, fitted on the probe tracks of
-    the rendered `split` (train) clips' first k frames -> their ground-truth positions after them."""
+    the rendered `split` (train) clips' first k frames -> their ground-truth positions (2D: centres) after them."""
 
     def __init__(self, ds: Dataset, probe: Probe, extent: float, split: str = "train",
                  cfg: ExtrapolatorConfig | None = None, log=print):
@@ -201,7 +274,7 @@ class LearnedExtrapolation:
         if len(p) < MIN_TRAIN_CLIPS:
             return (f"the {self.split} split has {len(p)} clips; fitting the MLP needs at least {MIN_TRAIN_CLIPS}")
         _, tracks = given_tracks(self.ds, self.probe, self.split, k)
-        future = p.array("positions")[:, k:]
+        future = self.ds.tracks.ground_truth(p)[:, k:]
         try:
             model = fit_extrapolator(tracks, future, self.extent, self.cfg)
         except ValueError as e:
@@ -238,9 +311,9 @@ class ObjectMasks:
 
 
 def probe_reference(ds: Dataset, refs: References, split: str, extent: float) -> dict:
-    """The probe on every rendered clip of `split`: 2D error vs the exported centres, the 3D floor (ADE / FDE),
-    reprojection error, and family accuracy (of the probe's tracks, and of the ground-truth positions themselves:
-    the fitting's own floor)."""
+    """The probe on every rendered clip of `split`: 2D error vs the exported centres, the floor (ADE / FDE),
+    reprojection error (3D), and family accuracy (of the probe's tracks, and of the ground-truth tracks themselves:
+    the fitting's own floor; 2D: of the exported centres, key family_accuracy_gt_centres)."""
     p = ds.splits[split]
     sids = [int(s) for s in p.sample_ids]
     refs.prefetch(sids)
@@ -250,15 +323,17 @@ def probe_reference(ds: Dataset, refs: References, split: str, extent: float) ->
     shapes = np.array(p.index["labels"]["shape"])
     by_shape = {name: error_stats(uv_pred[shapes == name], centres[shapes == name], visible[shapes == name])
                 for name in sorted(set(shapes))}
+    world = ds.tracks.kind == "3d"
     rows = []
     for s in sids:
-        r, gt = refs[s], ds.field(s, "positions")
+        r, gt = refs[s], ds.tracks.gt(s)
         fam = ds.labels(s)[1]
         e = displacement_errors(r["track"], gt)
-        rows.append({"shape": ds.labels(s)[0], "ade": e["ade"], "fde": e["fde"], "reprojection_px": mean_reprojection_error(r["P"], r["track"],
-                                                                                                  r["det"]["uv"]),
+        rows.append({"shape": ds.labels(s)[0], "ade": e["ade"], "fde": e["fde"],
+                     **({"reprojection_px": mean_reprojection_error(r["P"], r["track"], r["det"]["uv"])}
+                        if world else {}),
                      "family_correct": r["fit"]["best"] == fam,
-                     "gt_family_correct": ds.fit(gt)["best"] == fam, "family": fam})
+                     "gt_family_correct": ds.tracks.fit(gt)["best"] == fam, "family": fam})
     ade, fde = mean_of(rows, "ade"), mean_of(rows, "fde")
     by_family = {}
     for fam in sorted({r["family"] for r in rows}):
@@ -269,10 +344,11 @@ def probe_reference(ds: Dataset, refs: References, split: str, extent: float) ->
         stats.update(clips=sum(r["shape"] == name for r in rows), ade=a, ade_pct=as_percent(a, extent))
     return {"split": split, "clips": len(sids), "2d_error": stats2d, "2d_error_by_shape": by_shape,
             "ade": ade, "ade_pct": as_percent(ade, extent), "fde": fde, "fde_pct": as_percent(fde, extent),
-            "reprojection_px": mean_of(rows, "reprojection_px"),
+            **({"reprojection_px": mean_of(rows, "reprojection_px")} if world else {}),
             "family_accuracy": float(np.mean([r["family_correct"] for r in rows])),
             "family_accuracy_by_family": by_family,
-            "family_accuracy_gt_positions": float(np.mean([r["gt_family_correct"] for r in rows]))}
+            "family_accuracy_gt_positions" if world else "family_accuracy_gt_centres":
+                float(np.mean([r["gt_family_correct"] for r in rows]))}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -347,13 +423,14 @@ def evaluate_clip(i: int, rec, gen: np.ndarray, det: dict, ds: Dataset, refs: Re
     sid = int(rec.sample_id)
     V, T = gen.shape[:2]
     region = task_region(rec.task, rec.given_frames, rec.given_views, V, T)
-    target, gt = ds.clip(sid), ds.field(sid, "positions")
+    target, gt = ds.clip(sid), ds.tracks.gt(sid)
     ref = refs[sid]
     P = ref["P"]
-    track = track_from_detections(P, det)
-    fit = ds.fit(track)
+    track = ds.tracks.track(P, det)
+    fit = ds.tracks.fit(track)
     centres, vis = ds.field(sid, "centers_2d"), ds.field(sid, "visibility", bool)
     rv, rf = np.ix_(region.views, region.frames)
+    world = ds.tracks.kind == "3d"   # 2D: the probe's error vs the centres IS the track's ADE; no reprojection
     row = {"index": i, "sample_id": sid, "task": rec.task, "shape": rec.shape, "family": rec.family, "seed": rec.seed,
            "given_frames": rec.given_frames, "given_views": list(rec.given_views),
            "eval_views": region.views, "eval_frames": region.frames,
@@ -361,13 +438,15 @@ def evaluate_clip(i: int, rec, gen: np.ndarray, det: dict, ds: Dataset, refs: Re
            "object_psnr": None,
            "detection_rate": _detection_rate(det["sigma"], region, detection_max_sigma_px),
            "visible_rate": float(vis[rv, rf].mean()),
-           "probe_2d_error_px": error_stats(det["uv"][rv, rf], centres[rv, rf], vis[rv, rf])["mean_px"],
+           **({"probe_2d_error_px": error_stats(det["uv"][rv, rf], centres[rv, rf], vis[rv, rf])["mean_px"]}
+              if world else {}),
            **_traj_metrics(track, gt, region.frames, extent),
-           "reprojection_px": _reproj(P, track, det["uv"], region),
+           **({"reprojection_px": _reproj(P, track, det["uv"], region)} if world else {}),
            "fit_family": fit["best"], "family_correct": fit["best"] == rec.family}
-    row["floor"] = {"probe_2d_error_px": error_stats(ref["det"]["uv"][rv, rf], centres[rv, rf], vis[rv, rf])["mean_px"],
+    row["floor"] = {**({"probe_2d_error_px": error_stats(ref["det"]["uv"][rv, rf], centres[rv, rf],
+                                                           vis[rv, rf])["mean_px"]} if world else {}),
                     **_traj_metrics(ref["track"], gt, region.frames, extent),
-                    "reprojection_px": _reproj(P, ref["track"], ref["det"]["uv"], region),
+                    **({"reprojection_px": _reproj(P, ref["track"], ref["det"]["uv"], region)} if world else {}),
                     "detection_rate": _detection_rate(ref["det"]["sigma"], region, detection_max_sigma_px),
                     "fit_family": ref["fit"]["best"], "family_correct": ref["fit"]["best"] == rec.family}
     mask = masks(sid) if masks is not None else None
@@ -393,17 +472,17 @@ def evaluate_clip(i: int, rec, gen: np.ndarray, det: dict, ds: Dataset, refs: Re
 
 def evaluate_generate_clip(i: int, rec, det: dict, ds: Dataset) -> tuple[dict, dict]:
     """A class-conditional clip: no target. The rig's P (the dataset's cameras, static or per frame) comes from the
-    first sample of the dataset; family of the probe's track vs the requested family; reprojection error."""
+    first sample of the dataset; family of the probe's track vs the requested family; reprojection error (3D)."""
     sid = next(iter(ds.where))
     P = ds.P(sid)
-    track = track_from_detections(P, det)
-    fit = ds.fit(track)
+    track = ds.tracks.track(P, det)
+    fit = ds.tracks.fit(track)
     T = len(track)
     row = {"index": i, "sample_id": None, "task": rec.task, "shape": rec.shape, "family": rec.family, "seed": rec.seed,
-           "reprojection_px": mean_reprojection_error(P, track, det["uv"]),
+           **({"reprojection_px": mean_reprojection_error(P, track, det["uv"])} if ds.tracks.kind == "3d" else {}),
            "missing_frames": int((~np.isfinite(track).all(1)).sum()),
            "fit_family": fit["best"], "family_correct": fit["best"] == rec.family}
-    fitted = fit["fits"][fit["best"]]["fitted"] if fit["best"] else np.full((T, 3), np.nan)
+    fitted = fit["fits"][fit["best"]]["fitted"] if fit["best"] else np.full((T, ds.tracks.dims), np.nan)
     return row, {"track": track, "fitted": fitted}
 
 
@@ -433,12 +512,13 @@ def paired_differences(rows: list[dict]) -> dict:
 
 
 def _method_means(rows: list[dict]) -> dict:
+    track_keys = tuple(k for k in KEYS_3D if k in rows[0])     # 2D rows have no reprojection / separate 2D error
     out = {"clips": len(rows),
-           "model": {**{k: mean_of(rows, k) for k in KEYS_PIX + ("object_psnr",) + KEYS_3D + ("detection_rate",)},
+           "model": {**{k: mean_of(rows, k) for k in KEYS_PIX + ("object_psnr",) + track_keys + ("detection_rate",)},
                      "family_accuracy": float(np.mean([r["family_correct"] for r in rows]))},
            "visible_rate": mean_of(rows, "visible_rate")}
     floor = [r["floor"] for r in rows]
-    out["floor"] = {**{k: mean_of(floor, k) for k in KEYS_3D + ("detection_rate",)},
+    out["floor"] = {**{k: mean_of(floor, k) for k in track_keys + ("detection_rate",)},
                     "family_accuracy": float(np.mean([r["family_correct"] for r in floor]))}
     for name in BASELINES:
         sub = [r[name] for r in rows if name in r]
@@ -458,7 +538,8 @@ def summarize(rows: list[dict], task: str) -> dict:
     if task == "generate":
         return {"clips": len(rows),
                 "model": {"family_accuracy": float(np.mean([r["family_correct"] for r in rows])),
-                          "reprojection_px": mean_of(rows, "reprojection_px")}}
+                          **({"reprojection_px": mean_of(rows, "reprojection_px")} if "reprojection_px" in rows[0]
+                             else {})}}
     out = _method_means(rows)
     out["by_family"] = {fam: _method_means([r for r in rows if r["family"] == fam])
                         for fam in sorted({r["family"] for r in rows})}
@@ -511,7 +592,7 @@ def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, l
                               "test" if "test" in ds.splits else next(iter(ds.splits)))
     if ref_split not in ds.splits:
         raise UserError(f"split {ref_split!r} is not in {ds.root}; allowed: {', '.join(ds.splits)}")
-    extent = scene_extent(np.concatenate([p.array("positions").reshape(-1, 3) for p in ds.splits.values()]))
+    extent = ds.tracks.scale
     lpips = open_lpips(lpips_weights, log=log)
     lpips_note = lpips_size_note(lpips, H, W)
     refs = References(ds, probe)
@@ -523,10 +604,12 @@ def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, l
     if mp4_note:
         log(f"notice: {mp4_note}")
 
+    scale_key, scale_entry = ds.tracks.scale_entry()
     metrics = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
                "dataset": {"path": str(ds.root), "config_hash": ds.info["config_hash"], "image_size": [W, H],
                            "frames": T, "views": ds.info["views"], "fps": ds.fps},
-               "scene_extent": {"value": extent, "units": "world units (m)", "definition": EXTENT_DEFINITION},
+               scale_key: scale_entry,
+               **({"tracks": {"kind": "2d", "definition": TRACKS_2D_DEFINITION}} if ds.tracks.kind == "2d" else {}),
                "probe": {"run": str(probe_run), "checkpoint": str(probe.path), "image_size": list(probe.image_size),
                          "reference": reference},
                "lpips": {**lpips_status(lpips), **({"note": lpips_note} if lpips_note else {})},
@@ -566,7 +649,8 @@ def evaluate(data: Path, generated: list[Path], probe_run: Path, out: Path, *, l
     if masks.problem:
         metrics["object_region"]["reason"] = masks.problem
     metrics["learned_extrapolation"] = learned.status()
-    if not _camera_motion_static(ds) and any(r.sample_id is None for gs in sets for r in gs.records):
+    if (ds.tracks.kind == "3d" and not _camera_motion_static(ds)
+            and any(r.sample_id is None for gs in sets for r in gs.records)):
         metrics["notes"] = ["class-conditional clips are triangulated with the cameras of the dataset's first sample; "
                             "the dataset's rig moves, so their reprojection errors are approximate"]
 
@@ -637,23 +721,36 @@ def _write_visuals(root: Path, visuals: list, fps: float, ffmpeg: str | None, me
 
 METHOD_NAMES = {"model": "model", "floor": "probe on renders (floor)", "copy_last": "copy last frame",
                 "constant_velocity": "constant velocity (3D)", "learned_extrapolation": LEARNED_LABEL}
+# summary key -> column header; ADE / FDE are in world units (3D) or px (2D: " px" added, _header)
+HEADERS = {"psnr": "PSNR dB", "object_psnr": "object PSNR dB", "ssim": "SSIM", "lpips": "LPIPS", "ade": "ADE",
+           "ade_pct": "ADE %", "fde": "FDE", "fde_pct": "FDE %", "reprojection_px": "reprojection px",
+           "probe_2d_error_px": "probe 2D error px", "detection_rate": "detection rate",
+           "family_accuracy": "family accuracy"}
 
 
-def _method_rows(summary: dict, task: str, model_label: str = "model") -> tuple[list[str], list[list]]:
+def _header(key: str, kind: str) -> str:
+    return HEADERS[key] + (" px" if kind == "2d" and key in ("ade", "fde") else "")
+
+
+def _method_name(key: str, kind: str) -> str:
+    return "constant velocity (2D)" if kind == "2d" and key == "constant_velocity" else METHOD_NAMES[key]
+
+
+def _method_rows(summary: dict, task: str, model_label: str = "model", kind: str = "3d") -> tuple[list[str],
+                                                                                                 list[list]]:
+    """The method table: one row per method, the columns the model has (2D: no reprojection)."""
     if task == "generate":
-        m = summary["model"]
-        return (["method", "family accuracy", "reprojection px"],
-                [[model_label, m["family_accuracy"], m["reprojection_px"]]])
-    keys = ("psnr", "object_psnr", "ssim", "lpips", "ade", "ade_pct", "fde", "fde_pct", "reprojection_px",
-            "probe_2d_error_px", "detection_rate", "family_accuracy")
-    headers = ["method", "PSNR dB", "object PSNR dB", "SSIM", "LPIPS", "ADE", "ADE %", "FDE", "FDE %",
-               "reprojection px", "probe 2D error px", "detection rate", "family accuracy"]
+        keys = [k for k in ("family_accuracy", "reprojection_px") if k in summary["model"]]
+        return ["method"] + [_header(k, kind) for k in keys], [[model_label] + [summary["model"][k] for k in keys]]
+    keys = [k for k in ("psnr", "object_psnr", "ssim", "lpips", "ade", "ade_pct", "fde", "fde_pct", "reprojection_px",
+                        "probe_2d_error_px", "detection_rate", "family_accuracy") if k in summary["model"]]
+    headers = ["method"] + [_header(k, kind) for k in keys]
     rows = []
-    for key, label in METHOD_NAMES.items():
+    for key in METHOD_NAMES:
         m = summary.get(key)
         if m is None:
             continue
-        rows.append([model_label if key == "model" else label] + [m.get(k, "n/a") for k in keys])
+        rows.append([model_label if key == "model" else _method_name(key, kind)] + [m.get(k, "n/a") for k in keys])
     return headers, rows
 
 
@@ -704,13 +801,22 @@ def _paired_rows(summary: dict, model_label: str) -> tuple[list[str], list[list]
 
 def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
     d, ref = metrics["dataset"], metrics["probe"]["reference"]
-    ext = metrics["scene_extent"]
+    kind = metrics.get("tracks", {}).get("kind", "3d")
     lp = metrics["lpips"]
+    views = (f'views {rp.esc(", ".join(map(str, d["views"])))}' if len(d["views"]) > 1
+             else f'one view ({rp.esc(d["views"][0])})')
     parts = [f'<p>Dataset <code>{rp.esc(d["path"])}</code> ({rp.esc(d["image_size"][0])}x{rp.esc(d["image_size"][1])}, '
-             f'{rp.esc(d["frames"])} frames, views {rp.esc(", ".join(map(str, d["views"])))}); probe '
-             f'<code>{rp.esc(metrics["probe"]["run"])}</code>.</p>',
-             f'<p>Scene extent: <b>{ext["value"]:.4f}</b> {rp.esc(ext["units"])} &mdash; {rp.esc(ext["definition"])}. '
-             f'ADE / FDE % are relative to it. PSNR of identical frames is capped at {metrics["psnr_cap_db"]:g} dB.</p>']
+             f'{rp.esc(d["frames"])} frames, {views}); probe <code>{rp.esc(metrics["probe"]["run"])}</code>.</p>']
+    if kind == "2d":
+        w = metrics["image_width"]
+        parts.append(f'<p>2D evaluation: {rp.esc(metrics["tracks"]["definition"])}. ADE / FDE in px and in % of the '
+                     f'image width (<b>{w["value"]:g}</b> px). PSNR of identical frames is capped at '
+                     f'{metrics["psnr_cap_db"]:g} dB.</p>')
+    else:
+        ext = metrics["scene_extent"]
+        parts.append(f'<p>Scene extent: <b>{ext["value"]:.4f}</b> {rp.esc(ext["units"])} &mdash; '
+                     f'{rp.esc(ext["definition"])}. ADE / FDE % are relative to it. PSNR of identical frames is capped '
+                     f'at {metrics["psnr_cap_db"]:g} dB.</p>')
     if not lp["available"]:
         parts.append(f'<p class="note">LPIPS unavailable: {rp.esc(lp["reason"])}</p>')
     elif lp.get("note"):
@@ -737,13 +843,16 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
             parts.append(f'<p class="note">{rp.esc(LEARNED_LABEL)} unavailable ({k} given frames): '
                          f'{rp.esc(st["reason"])}</p>')
     e2 = ref["2d_error"]
+    gt_key = "family_accuracy_gt_positions" if kind == "3d" else "family_accuracy_gt_centres"
+    ref_cols = [("clips", ref["clips"]), ("2D median px", e2["median_px"]), ("2D mean px", e2["mean_px"]),
+                ("2D p90 px", e2["p90_px"])] + [(_header(k, kind), ref[k]) for k in ("ade", "ade_pct", "fde", "fde_pct",
+                                                                                     "reprojection_px") if k in ref]
+    ref_cols += [("family accuracy", ref["family_accuracy"]),
+                 ("family accuracy (GT positions)" if kind == "3d" else "family accuracy (GT centres: the fit's "
+                  "ceiling)", ref[gt_key])]
     parts.append(f"<h2>Probe on the rendered {rp.esc(ref['split'])} split (the floor)</h2>")
-    parts.append(rp.table(["clips", "2D median px", "2D mean px", "2D p90 px", "ADE", "ADE %", "FDE", "FDE %",
-                           "reprojection px", "family accuracy", "family accuracy (GT positions)"],
-                          [[ref["clips"], e2["median_px"], e2["mean_px"], e2["p90_px"], ref["ade"], ref["ade_pct"],
-                            ref["fde"], ref["fde_pct"], ref["reprojection_px"], ref["family_accuracy"],
-                            ref["family_accuracy_gt_positions"]]]))
-    parts.append(rp.table(["shape", "clips", "2D median px", "2D mean px", "2D p90 px", "ADE", "ADE %"],
+    parts.append(rp.table([c[0] for c in ref_cols], [[c[1] for c in ref_cols]]))
+    parts.append(rp.table(["shape", "clips", "2D median px", "2D mean px", "2D p90 px", _header("ade", kind), "ADE %"],
                           [[name, e["clips"], e["median_px"], e["mean_px"], e["p90_px"], e["ade"], e["ade_pct"]]
                            for name, e in ref["2d_error_by_shape"].items()]))
     fam = ref["family_accuracy_by_family"]
@@ -756,7 +865,7 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
                                         if info.get(k) is not None)) + "</p>")
         for task, block in run["tasks"].items():
             parts.append(f"<h3>task: {rp.esc(task)} ({block['summary']['clips']} clips)</h3>")
-            headers, rows = _method_rows(block["summary"], task, label["method"])
+            headers, rows = _method_rows(block["summary"], task, label["method"], kind)
             parts.append(rp.table(headers, rows, "summary"))
             if task != "generate":
                 parts.append(rp.table(*_family_rows(block["summary"])))
@@ -765,30 +874,46 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
                     parts.append("<p class=\"muted\">Paired differences (mean over clips, 95% bootstrap interval; "
                                  "ADE: negative is better for the model, PSNR: positive):</p>")
                     parts.append(rp.table(*paired))
-            if task == "generate":
+            if task == "generate" and kind == "3d":
                 ref_row = [["probe on renders (reference)", ref["family_accuracy"], ref["reprojection_px"]]]
                 parts.append(rp.table(["reference", "family accuracy", "reprojection px"], ref_row))
                 clip_headers = ["clip", "shape", "requested family", "fitted family", "reprojection px"]
                 clip_rows = [[r["index"], r["shape"], r["family"], r["fit_family"], r["reprojection_px"]]
                              for r in block["clips"]]
+            elif task == "generate":
+                parts.append(rp.table(["reference", "family accuracy"],
+                                      [["probe on renders", ref["family_accuracy"]],
+                                       ["ground-truth centres (the fit's ceiling)", ref[gt_key]]]))
+                clip_headers = ["clip", "shape", "requested family", "fitted family"]
+                clip_rows = [[r["index"], r["shape"], r["family"], r["fit_family"]] for r in block["clips"]]
             else:
+                a = " px" if kind == "2d" else ""
                 clip_headers = ["clip", "sample", "shape", "family", "PSNR dB", "object PSNR dB", "SSIM", "LPIPS",
-                                "ADE", "FDE", "reprojection px", "detection rate", "fitted family", "floor ADE",
-                                "copy-last object PSNR", "copy-last ADE", "const. velocity ADE", "learned extrap. ADE"]
+                                f"ADE{a}", f"FDE{a}"] + (["reprojection px"] if kind == "3d" else []) + [
+                                "detection rate", "fitted family", f"floor ADE{a}", "copy-last object PSNR",
+                                f"copy-last ADE{a}", f"const. velocity ADE{a}", f"learned extrap. ADE{a}"]
                 clip_rows = [[r["index"], r["sample_id"], r["shape"], r["family"], r["psnr"], r["object_psnr"],
-                              r["ssim"], r["lpips"], r["ade"], r["fde"], r["reprojection_px"], r["detection_rate"],
-                              r["fit_family"], r["floor"]["ade"], r.get("copy_last", {}).get("object_psnr"),
-                              r.get("copy_last", {}).get("ade"), r.get("constant_velocity", {}).get("ade"),
-                              r.get("learned_extrapolation", {}).get("ade")]
+                              r["ssim"], r["lpips"], r["ade"], r["fde"]]
+                             + ([r["reprojection_px"]] if kind == "3d" else [])
+                             + [r["detection_rate"], r["fit_family"], r["floor"]["ade"],
+                                r.get("copy_last", {}).get("object_psnr"), r.get("copy_last", {}).get("ade"),
+                                r.get("constant_velocity", {}).get("ade"),
+                                r.get("learned_extrapolation", {}).get("ade")]
                              for r in block["clips"]]
             parts.append("<details><summary>per clip</summary>" + rp.table(clip_headers, clip_rows) + "</details>")
             shown = [r for r in block["clips"] if (run["name"], r["index"]) in media]
             if shown:
-                legend = ("rows: views; columns: rendered | generated | |difference| x" + str(rp.DIFF_GAIN)
-                          if task != "generate" else "rows: views; the generated clip")
-                parts.append(f'<p class="muted">{rp.esc(legend)}. 3D plot: black ground truth, blue dashed the probe '
-                             f'on the renders, red the probe on the generated clip, green dotted constant velocity, '
-                             f'purple dash-dot the learned extrapolation; filled markers = given frames.</p>')
+                rows_are = "rows: views; " if len(d["views"]) > 1 else ""
+                legend = (rows_are + "columns: rendered | generated | |difference| x" + str(rp.DIFF_GAIN)
+                          if task != "generate" else rows_are + "the generated clip")
+                plot = "3D plot" if kind == "3d" else "2D plot (image coordinates, px)"
+                if task == "generate" and kind == "2d":
+                    lines = "black the best family fit, blue dashed the probe on the generated clip"
+                else:
+                    lines = ("black ground truth, blue dashed the probe on the renders, red the probe on the generated "
+                             "clip, green dotted constant velocity, purple dash-dot the learned extrapolation; filled "
+                             "markers = given frames")
+                parts.append(f'<p class="muted">{rp.esc(legend)}. {plot}: {lines}.</p>')
             for r in shown:
                 m = media[(run["name"], r["index"])]
                 cap = (f"clip {r['index']}" + (f", sample {r['sample_id']}" if r.get("sample_id") is not None else "")
@@ -799,7 +924,7 @@ def _evaluation_html(metrics: dict, media: dict, root: Path) -> str:
                              f'<div class="clip"><img src="{rp.rel(m["plot"], root)}" alt="trajectory {rp.esc(cap)}">'
                              f'</div><br>')
     parts.append('<p class="muted">metrics: <a href="metrics.json">metrics.json</a></p>')
-    return rp.page("magvit3d evaluation", "\n".join(parts))
+    return rp.page("magvit3d evaluation" + (" (2D)" if kind == "2d" else ""), "\n".join(parts))
 
 
 # --------------------------------------------------------------------------------------------------------------------

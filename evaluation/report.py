@@ -1,4 +1,4 @@
-"""The pieces of an evaluation / comparison report: side-by-side GIFs (and MP4s when ffmpeg is on PATH), 3D
+"""The pieces of an evaluation / comparison report: side-by-side GIFs (and MP4s when ffmpeg is on PATH), 3D (or 2D)
 trajectory plots (matplotlib, Agg), HTML tables, and the atomic report directory.
 
 Every string that comes from data or configs goes through html.escape; every link is relative and points inside
@@ -182,39 +182,52 @@ def _private_matplotlib_dir() -> None:
 
 
 def plot_tracks(path: Path, tracks: dict[str, np.ndarray], title: str, given: int = 0) -> None:
-    """3D plot (PNG) of named (T, 3) tracks; the first is drawn as the reference (black). Frames before `given`
-    are drawn with filled markers (the conditioning), the rest hollow."""
+    """Plot (PNG) of named tracks, all (T, 3) (a 3D plot) or all (T, 2) (image coordinates in px, v pointing down as
+    in the image); the first is drawn as the reference (black). Frames before `given` are drawn with filled markers
+    (the conditioning), the rest hollow."""
     _private_matplotlib_dir()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    dims = {np.shape(X)[-1] for X in tracks.values()}
+    if len(dims) != 1 or not dims <= {2, 3}:
+        raise ValueError(f"tracks of {sorted(dims)} coordinates; plot_tracks takes all (T, 3) or all (T, 2)")
+    D = dims.pop()
     styles = [dict(color="black", lw=2.0, ls="-"), dict(color="tab:blue", lw=1.2, ls="--"),
               dict(color="tab:red", lw=1.5, ls="-"), dict(color="tab:green", lw=1.2, ls=":"),
               dict(color="tab:purple", lw=1.2, ls="-.")]
     fig = plt.figure(figsize=(4.2, 4.0), dpi=80)
-    ax = fig.add_subplot(projection="3d")
+    ax = fig.add_subplot(projection="3d") if D == 3 else fig.add_subplot()
     for (name, X), style in zip(tracks.items(), styles):
         X = np.asarray(X, dtype=np.float64)
         if not np.isfinite(X).any():
             continue
-        ax.plot(X[:, 0], X[:, 1], X[:, 2], label=name, **style)
+        ax.plot(*X.T, label=name, **style)
         if given:
             ax.scatter(*X[:given].T, color=style["color"], s=10)
         ax.scatter(*X[given:].T, facecolors="none", edgecolors=style["color"], s=10)
-    pts = np.concatenate([np.asarray(X, dtype=np.float64).reshape(-1, 3) for X in tracks.values()])
+    pts = np.concatenate([np.asarray(X, dtype=np.float64).reshape(-1, D) for X in tracks.values()])
     pts = pts[np.isfinite(pts).all(1)]
     if len(pts):  # equal scale on all axes, so a deviation looks as large as it is
         lo, hi = np.percentile(pts, 2, axis=0), np.percentile(pts, 98, axis=0)
-        mid, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 0.05) * 1.1
+        mid, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 0.05 if D == 3 else 1.0) * 1.1
         ax.set_xlim(mid[0] - half, mid[0] + half)
-        ax.set_ylim(mid[1] - half, mid[1] + half)
-        ax.set_zlim(mid[2] - half, mid[2] + half)
-        ax.set_box_aspect((1, 1, 1))
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    ax.set_zlabel("z")
+        if D == 3:
+            ax.set_ylim(mid[1] - half, mid[1] + half)
+            ax.set_zlim(mid[2] - half, mid[2] + half)
+            ax.set_box_aspect((1, 1, 1))
+        else:
+            ax.set_ylim(mid[1] + half, mid[1] - half)     # image rows grow downwards
+            ax.set_aspect("equal")
+    if D == 3:
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        ax.set_zlabel("z")
+    else:
+        ax.set_xlabel("u (px)")
+        ax.set_ylabel("v (px)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()

@@ -1,4 +1,5 @@
-"""3D trajectory metrics: ADE/FDE, scene extent, reprojection error, baselines, and trajectory-family fitting.
+"""Trajectory metrics: ADE/FDE, scene extent, reprojection error, baselines, and trajectory-family fitting (3D, and
+2D for one-view datasets). ADE/FDE and the baselines work on (T, D) tracks of any D.
 
 Scene extent (the unit of the "% of scene extent" numbers): the length of the diagonal of the axis-aligned box
 spanned by every ground-truth object position of the dataset (all splits, all frames). On the 256-clip demo
@@ -22,6 +23,16 @@ with the fewest parameters that fits wins (a helix with a huge radius and no tur
 more parameter). Helical fits may be held to a minimum climb rate (the dataset's slowest; see fit_families).
 The penalty is twice BIC's: with BIC's, pure noise buys a circle a spurious climb in ~5% of
 noisy 16-frame tracks (a chi-square(1) above log 48); with twice it, ~0.5%.
+
+2D family fitting (`fit_families_2d`, one-view datasets): the probe's (T, 2) track in pixels. The families lie in a
+plane seen straight on by an orthographic camera, so their shapes hold in pixels up to a scale and a flip:
+    linear      X(t) = a + b t                                                4 parameters
+    parabolic   X(t) = a + b t + (0, c/2) t^2, c free (px/s^2; + is down)     5 parameters
+    circular    X(t) = c + r (cos(phi + w t), sin(phi + w t))                 5 parameters
+    sinusoidal  X(t) = a + s t d + A sin(w t + phi) n, d a unit direction,    7 parameters
+                n = d turned by 90 degrees
+chosen by the same score with n = 2 T and s0 = NOISE_FLOOR_PX (0.25 px). The parabola's acceleration is fitted (its
+pixel size depends on the camera's scale), but only along the image's vertical axis, where gravity points.
 """
 from __future__ import annotations
 
@@ -33,6 +44,10 @@ from evaluation.triangulate import reprojection_error, triangulate_track
 NOISE_FLOOR = 0.002          # m: s0 in the selection score
 OMEGA_RANGE = (0.05, 12.0)   # rad/s searched for circular/helical fits (the demo draws 0.7..3.5)
 PARAMS = {"linear": 6, "parabolic": 6, "circular": 6, "helical": 7}
+# one-view (2D) datasets: the families in the image plane, their parameter counts, and the noise floor in px
+FAMILIES_2D = ("linear", "circular", "parabolic", "sinusoidal")
+PARAMS_2D = {"linear": 4, "parabolic": 5, "circular": 5, "sinusoidal": 7}
+NOISE_FLOOR_PX = 0.25
 
 
 def scene_extent(positions) -> float:
@@ -124,16 +139,17 @@ def _fit_parabolic(t, X, gravity):
 
 
 def _ring_system(t, X, omega, climb: bool):
-    """Unknowns (cx, cy, cz, A, B[, k]) with x = cx + A cos - B sin, y = cy + A sin + B cos, z = cz [+ k t]."""
-    T = len(t)
+    """Unknowns (centre (D), A, B[, k]) with x = cx + A cos - B sin, y = cy + A sin + B cos[, z = cz + k t], D = X's
+    columns (3: the ring lies in the xy plane; 2: an image-plane circle)."""
+    T, D = X.shape
     c, s = np.cos(omega * t), np.sin(omega * t)
-    cols = 6 if climb else 5
-    A = np.zeros((3 * T, cols))
-    A[0::3, 0], A[1::3, 1], A[2::3, 2] = 1, 1, 1
-    A[0::3, 3], A[0::3, 4] = c, -s
-    A[1::3, 3], A[1::3, 4] = s, c
+    A = np.zeros((D * T, D + 2 + int(climb)))
+    for d in range(D):
+        A[d::D, d] = 1
+    A[0::D, D], A[0::D, D + 1] = c, -s
+    A[1::D, D], A[1::D, D + 1] = s, c
     if climb:
-        A[2::3, 5] = t
+        A[2::D, D + 2] = t
     return A, X.reshape(-1)
 
 
@@ -152,39 +168,54 @@ def _ring_lstsq(t, X, omega, climb: bool, min_climb: float) -> tuple[np.ndarray,
     return best
 
 
-def _fit_ring(t, X, climb: bool, min_climb: float = 0.0):
+def _omega_grid(signed: bool) -> np.ndarray:
+    """120 log-spaced angular speeds over OMEGA_RANGE (rad/s); signed: both turning directions."""
+    lo, hi = OMEGA_RANGE
+    up = np.geomspace(lo, hi, 120)
+    return np.concatenate([-np.geomspace(hi, lo, 120), up]) if signed else up
+
+
+def _search_omega(rss, grid: np.ndarray) -> float:
+    """The omega minimizing rss(omega): the best of `grid`, refined by a bounded scalar search between its
+    neighbours."""
     from scipy.optimize import minimize_scalar
 
-    def rss(omega):
-        return _ring_lstsq(t, X, omega, climb, min_climb)[1]
-    lo, hi = OMEGA_RANGE
-    grid = np.concatenate([-np.geomspace(hi, lo, 120), np.geomspace(lo, hi, 120)])
     values = np.array([rss(w) for w in grid])
     k = int(np.argmin(values))
     a, b = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
     if a * b < 0:  # never search across 0 (no turn): stay on the best one's side
         a, b = (grid[k], b) if grid[k] > 0 else (a, grid[k])
     res = minimize_scalar(rss, bounds=(min(a, b), max(a, b)), method="bounded", options={"xatol": 1e-6})
-    omega = float(res.x) if res.fun <= values[k] else float(grid[k])
+    return float(res.x) if res.fun <= values[k] else float(grid[k])
+
+
+def _fit_ring(t, X, climb: bool, min_climb: float = 0.0):
+    D = X.shape[1]
+
+    def rss(omega):
+        return _ring_lstsq(t, X, omega, climb, min_climb)[1]
+    omega = _search_omega(rss, _omega_grid(signed=True))
     coef, r = _ring_lstsq(t, X, omega, climb, min_climb)
-    params = {"center": coef[:3].tolist(), "radius": float(np.hypot(coef[3], coef[4])),
-              "phase": float(np.arctan2(coef[4], coef[3])), "angular_speed": abs(omega),
+    params = {"center": coef[:D].tolist(), "radius": float(np.hypot(coef[D], coef[D + 1])),
+              "phase": float(np.arctan2(coef[D + 1], coef[D])), "angular_speed": abs(omega),
               "direction": 1 if omega > 0 else -1}
     if climb:
-        params["climb_rate"] = float(coef[5])
+        params["climb_rate"] = float(coef[D + 2])
 
     def curve(tt):
-        A, _ = _ring_system(tt, np.zeros((len(tt), 3)), omega, climb)
-        return (A @ coef).reshape(-1, 3)
+        A, _ = _ring_system(tt, np.zeros((len(tt), D)), omega, climb)
+        return (A @ coef).reshape(-1, D)
     return params, r, curve
 
 
-def fit_families(track, fps: float, gravity: float, noise_floor: float = NOISE_FLOOR, min_climb: float = 0.0) -> dict:
-    """Fit the four families to a (T, 3) track (NaN frames dropped); returns
-    {"best": family or None, "fits": {family: {"rmse", "score", "params", "fitted"}}} where "fitted" is the fitted
-    curve at every frame (T, 3) (an array: leave it out of JSON). best None when fewer than 4 frames remain.
-    min_climb (m/s): a helix climbs at least this fast (evaluation passes the dataset's slowest climb rate), so a
-    circle whose track wobbles in z is not taken for a slow helix."""
+def _selection_score(rss: float, n: int, params: int, noise_floor: float) -> float:
+    """The BIC-style score both family fits minimize (module doc): n residuals, `params` parameters."""
+    return float(n * np.log(rss / n + noise_floor ** 2) + 2 * params * np.log(n))
+
+
+def _fit_all(track, fps: float, fitters: dict, params: dict, noise_floor: float) -> dict:
+    """Fit each family (fitters[family](t, X) -> (params, rss, curve)) to a (T, D) track, NaN frames dropped, and
+    choose the lowest score (ties: fewer parameters); fit_families / fit_families_2d say what comes back."""
     X = np.asarray(track, dtype=np.float64)
     t_all = np.arange(len(X)) / fps
     t = t_all
@@ -194,15 +225,90 @@ def fit_families(track, fps: float, gravity: float, noise_floor: float = NOISE_F
         return {"best": None, "fits": {}}
     n = X.size
     fits = {}
-    for family in FAMILIES:
-        if family == "linear":
-            params, rss, curve = _fit_linear(t, X, gravity)
-        elif family == "parabolic":
-            params, rss, curve = _fit_parabolic(t, X, gravity)
-        else:
-            params, rss, curve = _fit_ring(t, X, family == "helical", min_climb)
-        score = n * np.log(rss / n + noise_floor ** 2) + 2 * PARAMS[family] * np.log(n)
-        fits[family] = {"rmse": float(np.sqrt(rss / len(X))), "score": float(score), "params": params,
+    for family, fit in fitters.items():
+        values, rss, curve = fit(t, X)
+        fits[family] = {"rmse": float(np.sqrt(rss / len(X))),
+                        "score": _selection_score(rss, n, params[family], noise_floor), "params": values,
                         "fitted": curve(t_all)}
-    best = min(fits, key=lambda f: (fits[f]["score"], PARAMS[f]))
+    best = min(fits, key=lambda f: (fits[f]["score"], params[f]))
     return {"best": best, "fits": fits}
+
+
+def fit_families(track, fps: float, gravity: float, noise_floor: float = NOISE_FLOOR, min_climb: float = 0.0) -> dict:
+    """Fit the four families to a (T, 3) track (NaN frames dropped); returns
+    {"best": family or None, "fits": {family: {"rmse", "score", "params", "fitted"}}} where "fitted" is the fitted
+    curve at every frame (T, 3) (an array: leave it out of JSON). best None when fewer than 4 frames remain.
+    min_climb (m/s): a helix climbs at least this fast (evaluation passes the dataset's slowest climb rate), so a
+    circle whose track wobbles in z is not taken for a slow helix."""
+    fitters = {"linear": lambda t, X: _fit_linear(t, X, gravity),
+               "circular": lambda t, X: _fit_ring(t, X, False, min_climb),
+               "helical": lambda t, X: _fit_ring(t, X, True, min_climb),
+               "parabolic": lambda t, X: _fit_parabolic(t, X, gravity)}
+    return _fit_all(track, fps, {f: fitters[f] for f in FAMILIES}, PARAMS, noise_floor)
+
+
+# --- 2D family fitting (one-view datasets: the probe's image-plane track, pixels) ---------------------------------
+
+def _line_residual(t, Y) -> np.ndarray:
+    """Y (T, D) minus its least-squares line in t."""
+    A = np.stack([np.ones_like(t), t], 1)
+    return Y - A @ np.linalg.lstsq(A, Y, rcond=None)[0]
+
+
+def _fit_parabolic_2d(t, X):
+    """A line in u, a parabola in v: the acceleration is along the image's vertical axis, its size (and sign:
+    + is down the image) free, since the pixel scale of the dataset's gravity is not part of the fit."""
+    A = np.stack([np.ones_like(t), t, 0.5 * t ** 2], 1)
+    cu, ru = _lstsq(A[:, :2], X[:, 0])
+    cv, rv = _lstsq(A, X[:, 1])
+
+    def curve(tt):
+        B = np.stack([np.ones_like(tt), tt, 0.5 * tt ** 2], 1)
+        return np.stack([B[:, :2] @ cu, B @ cv], 1)
+    return ({"start": [float(cu[0]), float(cv[0])], "velocity": [float(cu[1]), float(cv[1])],
+             "acceleration": float(cv[2])}, ru + rv, curve)
+
+
+def _wave_basis(t, omega):
+    return np.stack([np.ones_like(t), np.cos(omega * t), np.sin(omega * t)], 1)
+
+
+def _fit_sinusoidal_2d(t, X):
+    """c + s t d + (a cos w t + b sin w t) n with d a unit direction and n = d turned by 90 degrees. For a fixed w
+    the residual is d^T (L + R^T S_w R) d, with L (S_w) the 2x2 scatter of X's residuals after a line (a constant plus
+    a sinusoid of w) in t and R the 90-degree turn, so the best d is that matrix's eigenvector of the smallest
+    eigenvalue; w is searched as for circles (a sinusoid of -w is one of +w)."""
+    L = _line_residual(t, X)
+    L = L.T @ L
+    turn = np.array([[0.0, -1.0], [1.0, 0.0]])
+
+    def system(omega):
+        Q = np.linalg.qr(_wave_basis(t, omega))[0]
+        S = X - Q @ (Q.T @ X)
+        vals, vecs = np.linalg.eigh(L + turn.T @ (S.T @ S) @ turn)
+        return max(float(vals[0]), 0.0), vecs[:, 0]
+
+    omega = _search_omega(lambda w: system(w)[0], _omega_grid(signed=False))
+    d = system(omega)[1]
+    n = turn @ d
+    line, r_line = _lstsq(np.stack([np.ones_like(t), t], 1), X @ d)
+    wave, r_wave = _lstsq(_wave_basis(t, omega), X @ n)
+
+    def curve(tt):
+        return (np.stack([np.ones_like(tt), tt], 1) @ line)[:, None] * d + (_wave_basis(tt, omega) @ wave)[:, None] * n
+    return ({"velocity": (line[1] * d).tolist(), "amplitude": float(np.hypot(wave[1], wave[2])),
+             "angular_speed": omega, "phase": float(np.arctan2(wave[1], wave[2])),
+             "normal": n.tolist()}, r_line + r_wave, curve)
+
+
+def fit_families_2d(track, fps: float, noise_floor: float = NOISE_FLOOR_PX) -> dict:
+    """Fit the four 2D families (FAMILIES_2D, module doc) to a (T, 2) image-plane track in px (NaN frames dropped);
+    returns what fit_families does, with "fitted" (T, 2)."""
+    fitters = {"linear": lambda t, X: _fit_linear(t, X, 0.0),
+               "circular": lambda t, X: _fit_ring(t, X, False),
+               "parabolic": _fit_parabolic_2d,
+               "sinusoidal": _fit_sinusoidal_2d}
+    X = np.asarray(track, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"a 2D family fit takes a (T, 2) track; got shape {X.shape}")
+    return _fit_all(X, fps, fitters, PARAMS_2D, noise_floor)

@@ -113,3 +113,102 @@ def make_fake_dataset(root, num_samples: int = 4, resolution: int = 32, frames: 
     for i in range(num_samples):
         write_fake_sample(root, cfg, i)
     return root
+
+
+# --- a one-view (2D) dataset, written directly in the packed format (no spec, no meta.json) -------------------------
+
+FAMILIES_2D_FAKE = ("linear", "circular", "parabolic", "sinusoidal")
+SHAPES_2D_FAKE = ("square", "disc")
+
+
+def track_2d(family: str, t: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A (T, 2) image-plane track in px (v down) of one 2D family, as issue 14 defines them, drawn to stay inside a
+    size x size image; t in seconds. Ranges per clip: linear 30-50% of the image, circles 0.4-1.2 turns of radius
+    15-30%, parabolas (gravity down the image) dropping 25-50% from an apex in the middle third, sinusoids 1-2
+    periods of amplitude 6-12% across a drift of 20-40%."""
+    span, tm = t[-1] - t[0], (t[0] + t[-1]) / 2
+    c = rng.uniform(0.4, 0.6, 2) * size
+    a = rng.uniform(0, 2 * np.pi)
+    d = np.array([np.cos(a), np.sin(a)])
+    if family == "linear":
+        return c + np.outer(t - tm, rng.uniform(0.3, 0.5) * size / span * d)
+    if family == "circular":
+        w = rng.choice([-1, 1]) * rng.uniform(0.4, 1.2) * 2 * np.pi / span
+        ang = rng.uniform(0, 2 * np.pi) + w * t
+        return c + rng.uniform(0.15, 0.3) * size * np.stack([np.cos(ang), np.sin(ang)], 1)
+    if family == "parabolic":
+        t_apex = t[0] + rng.uniform(1 / 3, 2 / 3) * span
+        g = rng.uniform(0.25, 0.5) * size / (0.5 * max(t_apex - t[0], t[-1] - t_apex) ** 2)
+        apex = np.array([c[0], 0.3 * size])
+        return apex + np.outer(t - t_apex, [rng.uniform(-0.2, 0.2) * size / span, 0.0]) \
+            + 0.5 * np.outer((t - t_apex) ** 2, [0.0, g])
+    if family == "sinusoidal":
+        w = rng.uniform(1.0, 2.0) * 2 * np.pi / span
+        wave = rng.uniform(0.06, 0.12) * size * np.sin(w * t + rng.uniform(0, 2 * np.pi))
+        return c + np.outer(t - tm, rng.uniform(0.2, 0.4) * size / span * d) + np.outer(wave, [-d[1], d[0]])
+    raise ValueError(f"unknown 2D family {family!r}; allowed: {', '.join(FAMILIES_2D_FAKE)}")
+
+
+def draw_2d_frame(centre, shape: str, size: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb uint8 (H, W, 3), mask bool (H, W)): a static gradient background with a square or disc of `radius`
+    px centred at `centre` (u, v) (pixel (i, j) centred at (j + 0.5, i + 0.5))."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    du, dv = xx - centre[0], yy - centre[1]
+    mask = (np.maximum(abs(du), abs(dv)) <= radius) if shape == "square" else (du ** 2 + dv ** 2 <= radius ** 2)
+    base = np.stack([xx * 100 / size, yy * 100 / size, np.full_like(xx, 60)], -1)
+    colour = [230, 60, 30] if shape == "square" else [40, 200, 230]
+    return np.where(mask[..., None], colour, base).astype(np.uint8), mask
+
+
+def make_fake_2d_dataset(root, num_samples: int = 16, resolution: int = 32, frames: int = 8, fps: float = 8.0,
+                         splits=(("train", 0.5), ("val", 0.25), ("test", 0.25)), seed: int = 0) -> Path:
+    """A one-view dataset in the on-disk format the readers use (dataset.json with config.scene.kind = "2d",
+    packed/<split>_rgb.npy (N, 1, T, H, W, 3) + _index.json, mask PNGs), written directly: families cycle
+    through FAMILIES_2D_FAKE and shapes through SHAPES_2D_FAKE by sample id. The camera is orthographic: world
+    (x, 0, z) -> pixel (u, v) = (W/2 + s x, H/2 - s z), s = resolution / 4 px per world unit."""
+    from datagen.dataset import SCHEMA_VERSION
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames) / fps
+    s = resolution / 4
+    P = [[s, 0.0, 0.0, resolution / 2], [0.0, 0.0, -s, resolution / 2], [0.0, 0.0, 0.0, 1.0]]
+    ids = list(range(num_samples))
+    bounds = np.cumsum([0] + [round(f * num_samples) for _, f in splits])
+    split_ids = {name: ids[bounds[i]:bounds[i + 1]] for i, (name, _) in enumerate(splits)}
+    config = {"scene": {"kind": "2d"}, "render": {"resolution": resolution, "frames": frames, "fps": fps}}
+    info = {"schema_version": SCHEMA_VERSION, "config": config, "config_hash": f"fake2d-{seed}-{num_samples}",
+            "image_size": [resolution, resolution], "frames": frames, "fps": fps, "views": ["front"],
+            "camera_rig": {"motion": "static"},
+            "classes": {"shape": list(SHAPES_2D_FAKE), "family": list(FAMILIES_2D_FAKE)},
+            "splits": split_ids, "counts": {"samples": num_samples, **{k: len(v) for k, v in split_ids.items()}}}
+    (root / "packed").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(root / "dataset.json", info)
+    for name, sids in split_ids.items():
+        rgb = np.zeros((len(sids), 1, frames, resolution, resolution, 3), np.uint8)
+        entries = []
+        for n, sid in enumerate(sids):
+            family, shape = FAMILIES_2D_FAKE[sid % 4], SHAPES_2D_FAKE[(sid // 4) % 2]
+            uv = track_2d(family, t, rng, resolution)
+            for f in range(frames):
+                rgb[n, 0, f], mask = draw_2d_frame(uv[f], shape, resolution, resolution / 10)
+                path = frame_path(sample_dir(root, sid), "front", "mask", f)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path)
+            world = np.stack([(uv[:, 0] - resolution / 2) / s, np.zeros(frames), (resolution / 2 - uv[:, 1]) / s], 1)
+            inside = ((uv >= 0) & (uv <= resolution)).all(1)
+            entries.append({"shape": shape, "family": family, "position": world.tolist(), "uv": [uv.tolist()],
+                            "visible": [inside.tolist()]})
+        np.save(root / "packed" / f"{name}_rgb.npy", rgb)
+        index = {"schema_version": SCHEMA_VERSION, "split": name, "config_hash": info["config_hash"],
+                 "rgb_shape": list(rgb.shape), "image_size": [resolution, resolution], "frames": frames, "fps": fps,
+                 "views": info["views"], "classes": info["classes"], "sample_ids": sids,
+                 "labels": {"shape": [e["shape"] for e in entries], "family": [e["family"] for e in entries]},
+                 "label_ids": {"shape": [SHAPES_2D_FAKE.index(e["shape"]) for e in entries],
+                               "family": [FAMILIES_2D_FAKE.index(e["family"]) for e in entries]},
+                 "positions": [e["position"] for e in entries],
+                 "rotations": [[[0.0, 0.0, 0.0]] * frames for _ in entries],
+                 "centers_2d": [e["uv"] for e in entries], "visibility": [e["visible"] for e in entries],
+                 "cameras": [{"P": [P]} for _ in entries]}
+        write_json_atomic(root / "packed" / f"{name}_index.json", index)
+    return root
