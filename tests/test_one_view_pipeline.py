@@ -71,7 +71,7 @@ def pipeline(tmp_path_factory, one_thread):
          *common],
         ["generate", "--transformer", p["ar"], "--task", "generate", "--out", p["ar-generate"], *common],
         ["train-probe", "--data", p["data"], "--out", p["probe"], "-c", "tiny", *sets("probe"), *common],
-        ["evaluate", "--data", p["data"], "--probe", p["probe"], "--out", p["report"], "--no-progress",
+        ["evaluate", "--data", p["data"], "--probe", p["probe"], "--out", p["report"], "-n", 2, "--no-progress",
          *[a for run in ("predict", "generate", "ar-predict", "ar-generate") for a in ("--generated", p[run])]],
     ]
     for args in steps:
@@ -178,3 +178,58 @@ def test_one_view_transformer_buffers_take_an_ema_update():
     ema_update(ema, model, 0.9)
     assert all(b.is_contiguous() for b in ema.buffers())
     assert ema.view_index.tolist() == [0] * 8 and ema.t_index.tolist() == [0] * 4 + [1] * 4
+
+
+def test_sampling_benchmark_evaluates_both_architectures_into_its_own_section(pipeline, tmp_path, monkeypatch,
+                                                                              capsys):
+    """benchmarks/sampling.py on the one-view runs with --data/--probe (in this process: torch is imported already):
+    its table's numbers are the ones in the metrics.json of the evaluate it ran, and --section writes a section of
+    its own next to 'sampling'."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "sampling.py"
+    monkeypatch.setattr(sys, "path", list(sys.path))        # the script prepends its folders; undone afterwards
+    spec = importlib.util.spec_from_file_location("sampling_benchmark", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n<!-- sampling:begin -->\nthe 3D run\n<!-- sampling:end -->\n")
+    args = ["--tokens", pipeline["tok"], "--masked", pipeline["masked"], "--ar", pipeline["ar"], "--workdir",
+            tmp_path / "w", "--repeats", 1, "--decode-steps", 4, "--threads", 1, "--clips", 2, "--per-class", 1,
+            "--visual-clips", 1, "--data", pipeline["data"], "--probe", pipeline["probe"], "--section",
+            "The 2D experiments: masked vs autoregressive", "--markdown", md]
+    monkeypatch.setattr(sys, "argv", ["sampling.py", *map(str, args)])
+    capsys.readouterr()
+    bench.main()
+    out = capsys.readouterr().out
+    res, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
+    ev = res["evaluated"]
+    m = json.loads((tmp_path / "w" / "eval_report" / "metrics.json").read_text())
+    runs = {Path(r["generated"]).name: r for r in m["runs"]}
+    assert set(runs) == {"eval_masked_predict", "eval_masked_generate", "eval_ar_predict", "eval_ar_generate",
+                         "eval_ceiling_predict"}
+    assert ev["kind"] == "2d" and ev["scale"]["value"] == SIZE
+    for arch in ("masked", "ar"):
+        p = runs[f"eval_{arch}_predict"]
+        s, g = p["tasks"]["predict"]["summary"], runs[f"eval_{arch}_generate"]["tasks"]["generate"]["summary"]
+        assert p["info"]["temperature"] == 0.5 and p["info"]["composite"] is True and p["info"]["arch"] == arch
+        a = ev["archs"][arch]
+        assert (a["psnr"], a["object_psnr"], a["ade"], a["ade_pct"]) == tuple(
+            s["model"][k] for k in ("psnr", "object_psnr", "ade", "ade_pct"))
+        assert a["family_accuracy"] == g["model"]["family_accuracy"] and g["clips"] == a["generate_clips"] == 8
+        assert a["s_per_clip_predict"] == p["info"]["sampling_seconds_per_clip"] > 0
+    s = runs["eval_masked_predict"]["tasks"]["predict"]["summary"]
+    assert ev["references"]["copy_last"] == s["copy_last"] and ev["references"]["floor"] == s["floor"]
+    assert set(ev["references"]) == {"copy_last", "constant_velocity", "learned_extrapolation", "ceiling", "floor"}
+    assert runs["eval_ceiling_predict"]["info"]["method"] == "ceiling"
+
+    text = md.read_text()
+    assert "<!-- sampling:begin -->\nthe 3D run\n<!-- sampling:end -->" in text
+    section = text[text.index("<!-- sampling-the-2d-experiments-masked-vs-autoregressive:begin -->"):]
+    assert "## The 2D experiments: masked vs autoregressive (`benchmarks/sampling.py`)" in section
+    a = ev["archs"]["masked"]
+    assert f"| masked (MAGVIT-style), 4 steps | {a['psnr']:.2f} | {a['object_psnr']:.2f} | {a['ade']:.2f} px " \
+           f"({a['ade_pct']:.1f}%) | {100 * a['family_accuracy']:.0f}% |" in section
+    assert "| copy last frame |" in section and "| tokenizer ceiling" in section and "1 view x" in section
