@@ -197,10 +197,11 @@ def test_2d_objects_lie_flat_spin_about_z_and_stay_in_the_image(specs2d, cfg2d):
 
 
 def test_2d_motion_is_a_good_fraction_of_the_image(specs2d):
-    """Over the 16 frames the centre moves 24 px or more along its path (37 % of the image) in every clip."""
+    """Over the 16 frames the centre moves 24 px or more along its path (37 % of the image) in every clip: the
+    slowest speed, 0.6 units/s for 15 / 12 s at 32 px per unit."""
     for s in specs2d:
         uv = 32 + 32 * np.asarray(s["object"]["location"])[:, :2] * [1, -1]
-        assert np.linalg.norm(np.diff(uv, axis=0), axis=1).sum() >= 20, s["trajectory"]
+        assert np.linalg.norm(np.diff(uv, axis=0), axis=1).sum() >= 24 - 1e-6, s["trajectory"]
 
 
 def test_2d_meta_and_dataset_json(specs2d, cfg2d):
