@@ -155,6 +155,21 @@ def test_the_copy_logit_makes_an_untrained_model_copy_the_last_given_frame():
     assert not torch.equal(LAYOUT.to_grid(out)[:, :, 1], LAYOUT.to_grid(seq)[:, :, 0])
 
 
+def test_a_one_view_model_can_be_averaged_into_its_ema_copy():
+    """One view (the 2D experiments): the position buffers must own their memory, or the EMA's buffer copy fails."""
+    import copy
+    from training.loop import ema_update
+    layout = TokenLayout(codebook_size=16, views=1, t=2, h=2, w=2, num_shapes=3, num_families=4)
+    model = MaskedVideoTransformer(TransformerConfig(width=16, depth=1, heads=1), layout)
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    ema_update(ema, model, 0.5)
+    assert torch.allclose(ema.head.weight, model.head.weight - 0.5)
+    assert torch.equal(ema.view_index, torch.zeros(8, dtype=torch.long))
+    assert torch.equal(ema.t_index, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+
+
 def test_the_copy_gate_starts_as_the_plain_copy_bonus_and_scales_it_per_token():
     seq, cond = random_clips(2), condition(LAYOUT, "predict", batch=2)
     plain, gated = tiny_model("masked"), tiny_model("masked", copy_gate=True)

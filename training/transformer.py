@@ -85,7 +85,8 @@ class TokenLayout:
         """(N,) view / t / row / col index of every video position, in sequence (raster, t-major) order."""
         t, v, r, c = torch.meshgrid(torch.arange(self.t), torch.arange(self.views), torch.arange(self.h),
                                     torch.arange(self.w), indexing="ij")
-        return {"view": v.flatten(), "t": t.flatten(), "row": r.flatten(), "col": c.flatten()}
+        # contiguous: with one view meshgrid's expanded views flatten to overlapping memory, which copy_() refuses
+        return {name: x.flatten().contiguous() for name, x in (("view", v), ("t", t), ("row", r), ("col", c))}
 
     def to_sequence(self, grid: torch.Tensor) -> torch.Tensor:
         """(B, V, t, h, w) tokens -> (B, N) in sequence order."""
