@@ -66,13 +66,13 @@ def _mesh_vertices_faces(shape: str, dims, bbox_offset=(0.0, 0.0, 0.0)):
 
 def _box_centred_vertices_faces(shape: str, dims):
     sx, sy, sz = (d / 2 for d in dims)
-    if shape == "cube":
+    if shape in ("cube", "square"):  # a square is a flat box
         v = [(x * sx, y * sy, z * sz) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
         f = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
         return v, f
     n = MESH_SEGMENTS
     ring = [(sx * math.cos(2 * math.pi * i / n), sy * math.sin(2 * math.pi * i / n)) for i in range(n)]
-    if shape == "cylinder":
+    if shape in ("cylinder", "disc"):  # a disc is a flat cylinder
         v = [(x, y, -sz) for x, y in ring] + [(x, y, sz) for x, y in ring]
         f = [(i, (i + 1) % n, n + (i + 1) % n, n + i) for i in range(n)]
         f += [tuple(reversed(range(n))), tuple(range(n, 2 * n))]
@@ -81,7 +81,12 @@ def _box_centred_vertices_faces(shape: str, dims):
         v = [(x, y, -sz) for x, y in ring] + [(0.0, 0.0, sz)]
         f = [(i, (i + 1) % n, n) for i in range(n)] + [tuple(reversed(range(n)))]
         return v, f
-    raise RenderSetupError(f"unknown shape {shape!r}; allowed: cube, cylinder, cone")
+    if shape == "triangle":  # a flat prism: apex at +Y, base along -Y, filling its box
+        tri = [(0.0, sy), (-sx, -sy), (sx, -sy)]
+        v = [(x, y, -sz) for x, y in tri] + [(x, y, sz) for x, y in tri]
+        f = [(2, 1, 0), (3, 4, 5)] + [(i, (i + 1) % 3, 3 + (i + 1) % 3, 3 + i) for i in range(3)]
+        return v, f
+    raise RenderSetupError(f"unknown shape {shape!r}; allowed: cube, cylinder, cone, square, disc, triangle")
 
 
 def _texture_node(nodes, kind: str, scale: float):
@@ -232,7 +237,13 @@ def build_scene(spec: dict, device: str = "CPU", threads: int = 0) -> dict:
         cam = bpy.data.cameras.new(c["name"])
         cam.lens = c["lens_mm"]
         cam.sensor_width = c["sensor_mm"]
-        cam.sensor_fit = "AUTO"
+        cam.sensor_fit = "AUTO"  # orthographic too: ortho_scale then spans the larger image side
+        projection = c.get("projection", "perspective")
+        if projection == "orthographic":
+            cam.type = "ORTHO"
+            cam.ortho_scale = c["ortho_scale"]
+        elif projection != "perspective":
+            raise RenderSetupError(f"unknown camera projection {projection!r}; allowed: perspective, orthographic")
         cam.clip_start, cam.clip_end = 0.01, 100.0
         co = _link(bpy.data.objects.new(CAMERA_PREFIX + CAMERA_SUFFIX_SEP + c["name"], cam))
         _key_pose(co, c["location"], c["rotation"])

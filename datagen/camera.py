@@ -8,12 +8,21 @@ Conventions (docs/architecture.md, "Camera convention"):
 - Blender cameras look down -Z with +Y up. With Blender's world->camera (R_b, t_b), OpenCV's are
   R = F R_b, t = F t_b with F = diag(1, -1, -1).
 - Intrinsics follow Blender's sensor_fit AUTO: the sensor width spans the larger image side.
+- Orthographic cameras (the 2D scenes) keep the same K, R, t: R, t are the world->camera pose as above and K holds
+  s = pixels per world unit (the image's larger side / ortho_scale) where a pinhole K holds the focal length. Only
+  P differs: P = K [R_1 t_1; R_2 t_2; 0 0 0 1] (rows 1-2 of [R|t], then [0, 0, 0, 1]), so u = s x_cam + c_x and
+  v = s y_cam + c_y with no division by depth, and `project` works unchanged (its w is 1).
 """
 from __future__ import annotations
 
 import numpy as np
 
 BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0])
+PROJECTIONS = ("perspective", "orthographic")
+Z_UP = (0.0, 0.0, 1.0)
+# look_at's `up` for a camera looking straight down -Z (where world Z cannot be up): world +Y is image up and world
+# +X image right, the view of a map.
+TOP_DOWN_UP = (0.0, 1.0, 0.0)
 
 
 def intrinsics(lens_mm: float, sensor_mm: float, width: int, height: int) -> np.ndarray:
@@ -24,8 +33,18 @@ def intrinsics(lens_mm: float, sensor_mm: float, width: int, height: int) -> np.
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def look_at(position, target, up=(0.0, 0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
-    """OpenCV world->camera (R, t) for a camera at `position` looking at `target` with world `up`."""
+def orthographic_intrinsics(ortho_scale: float, width: int, height: int) -> np.ndarray:
+    """3x3 K of an orthographic Blender camera (sensor_fit AUTO: ortho_scale world units span the larger image
+    side): s = max(width, height) / ortho_scale pixels per world unit on the diagonal, the image centre as c."""
+    if ortho_scale <= 0:
+        raise ValueError(f"ortho_scale must be > 0, got {ortho_scale}")
+    s = max(width, height) / ortho_scale
+    return np.array([[s, 0.0, width / 2.0], [0.0, s, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def look_at(position, target, up=Z_UP) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV world->camera (R, t) for a camera at `position` looking at `target` with world `up` (image up is up's
+    projection; a camera looking straight along `up` has none: pass another, e.g. TOP_DOWN_UP)."""
     c = np.asarray(position, dtype=np.float64)
     forward = np.asarray(target, dtype=np.float64) - c
     norm = np.linalg.norm(forward)
@@ -46,9 +65,15 @@ def camera_center(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     return -R.T @ t
 
 
-def projection_matrix(K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """P = K [R | t]; accepts batched R (..., 3, 3) and t (..., 3)."""
+def projection_matrix(K: np.ndarray, R: np.ndarray, t: np.ndarray, projection: str = "perspective") -> np.ndarray:
+    """P = K [R | t] (perspective) or K [R_1 t_1; R_2 t_2; 0 0 0 1] (orthographic: the camera-frame x, y scaled and
+    shifted, depth dropped); accepts batched R (..., 3, 3) and t (..., 3)."""
     Rt = np.concatenate([R, t[..., None]], axis=-1)
+    if projection == "orthographic":
+        Rt = Rt.copy()
+        Rt[..., 2, :] = (0.0, 0.0, 0.0, 1.0)
+    elif projection != "perspective":
+        raise ValueError(f"unknown projection {projection!r}; allowed: {', '.join(PROJECTIONS)}")
     return K @ Rt
 
 
@@ -155,14 +180,16 @@ def axis_angle_quat(axis, angle) -> np.ndarray:
 class CameraTrack:
     """One camera over a clip: intrinsics and per-frame OpenCV world->camera extrinsics."""
 
-    def __init__(self, name: str, K: np.ndarray, R: np.ndarray, t: np.ndarray, width: int, height: int):
+    def __init__(self, name: str, K: np.ndarray, R: np.ndarray, t: np.ndarray, width: int, height: int,
+                 projection: str = "perspective"):
         self.name, self.K, self.R, self.t = name, np.asarray(K), np.asarray(R), np.asarray(t)
         self.width, self.height = int(width), int(height)
+        self.projection = projection
 
     @property
     def P(self) -> np.ndarray:
         """(T, 3, 4) per-frame projection matrices."""
-        return projection_matrix(self.K, self.R, self.t)
+        return projection_matrix(self.K, self.R, self.t, self.projection)
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """Project per-frame world points (T, ..., 3) to pixels (T, ..., 2), frame by frame."""
@@ -171,12 +198,16 @@ class CameraTrack:
         return np.stack([project(P[f], pts[f]) for f in range(len(P))])
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "K": self.K.tolist(), "R": self.R.tolist(), "t": self.t.tolist(),
-                "P": self.P.tolist(), "width": self.width, "height": self.height}
+        d = {"name": self.name, "K": self.K.tolist(), "R": self.R.tolist(), "t": self.t.tolist(),
+             "P": self.P.tolist(), "width": self.width, "height": self.height}
+        if self.projection != "perspective":  # perspective tracks keep the dict they always had
+            d["projection"] = self.projection
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "CameraTrack":
-        return cls(d["name"], np.array(d["K"]), np.array(d["R"]), np.array(d["t"]), d["width"], d["height"])
+        return cls(d["name"], np.array(d["K"]), np.array(d["R"]), np.array(d["t"]), d["width"], d["height"],
+                   d.get("projection", "perspective"))
 
 
 def rig_tracks(rig: dict, frames: int, width: int, height: int, rng: np.random.Generator | None = None
@@ -186,8 +217,17 @@ def rig_tracks(rig: dict, frames: int, width: int, height: int, rng: np.random.G
     rig keys: cameras [{name, position, target}], lens_mm, sensor_mm, motion ('static'|'orbit'|'jitter'),
     orbit_deg_per_frame, jitter_m. Orbit turns every camera about the world Z axis through the target;
     jitter adds independent Gaussian offsets (std jitter_m) to each camera position per frame (needs rng).
+    Optional: projection ('perspective' | 'orthographic', which then needs ortho_scale) and up (look_at's world
+    up, default +Z; TOP_DOWN_UP for a camera looking straight down).
     """
-    K = intrinsics(rig["lens_mm"], rig["sensor_mm"], width, height)
+    projection = rig.get("projection", "perspective")
+    if projection == "orthographic":
+        K = orthographic_intrinsics(rig["ortho_scale"], width, height)
+    elif projection == "perspective":
+        K = intrinsics(rig["lens_mm"], rig["sensor_mm"], width, height)
+    else:
+        raise ValueError(f"unknown projection {projection!r}; allowed: {', '.join(PROJECTIONS)}")
+    up = rig.get("up", Z_UP)
     motion = rig.get("motion", "static")
     tracks = []
     for cam in rig["cameras"]:
@@ -207,8 +247,8 @@ def rig_tracks(rig: dict, frames: int, width: int, height: int, rng: np.random.G
                 pos = pos0 + rng.normal(0.0, rig.get("jitter_m", 0.0), size=3)
             elif motion != "static":
                 raise ValueError(f"unknown camera motion {motion!r}; allowed: static, orbit, jitter")
-            R, t = look_at(pos, target)
+            R, t = look_at(pos, target, up)
             Rs.append(R)
             ts.append(t)
-        tracks.append(CameraTrack(cam["name"], K, np.stack(Rs), np.stack(ts), width, height))
+        tracks.append(CameraTrack(cam["name"], K, np.stack(Rs), np.stack(ts), width, height, projection))
     return tracks

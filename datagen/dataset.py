@@ -174,11 +174,18 @@ def build_dataset_json(cfg, blender_version: str) -> dict:
         "fps": cfg.render.fps,
         "views": [c.name for c in cfg.cameras.rig],
         "camera_rig": {"lens_mm": cfg.cameras.lens_mm, "sensor_mm": cfg.cameras.sensor_mm,
-                       "motion": cfg.cameras.motion, "cameras": rig},
+                       "motion": cfg.cameras.motion, "cameras": rig, **_projection_keys(cfg)},
         "classes": {"shape": list(cfg.objects.shapes), "family": list(cfg.trajectories.families)},
         "splits": splits,
         "counts": {"samples": cfg.dataset.num_samples, **{k: len(v) for k, v in splits.items()}},
     }
+
+
+def _projection_keys(cfg) -> dict:
+    """The orthographic camera's keys for dataset.json's camera_rig; none for a perspective rig (as before)."""
+    if cfg.cameras.projection == "perspective":
+        return {}
+    return {"projection": cfg.cameras.projection, "ortho_scale": cfg.cameras.ortho_scale}
 
 
 def check_same_config(root: Path, cfg) -> dict | None:
@@ -283,10 +290,12 @@ def build_meta(spec: dict, masks: dict) -> dict:
     loc = np.asarray(spec["object"]["location"])
     views, centres = [], []
     for c in spec["cameras"]:
-        tr = CameraTrack(c["name"], np.array(c["K"]), np.array(c["R"]), np.array(c["t"]), r["width"], r["height"])
+        tr = CameraTrack(c["name"], np.array(c["K"]), np.array(c["R"]), np.array(c["t"]), r["width"], r["height"],
+                         c.get("projection", "perspective"))
         P = tr.P
         views.append({"name": c["name"], "K": c["K"], "R": c["R"], "t": c["t"], "P": P.tolist(),
-                      "lens_mm": c["lens_mm"], "sensor_mm": c["sensor_mm"]})
+                      "lens_mm": c["lens_mm"], "sensor_mm": c["sensor_mm"],
+                      **{k: c[k] for k in ("projection", "ortho_scale") if k in c}})
         centres.append([project(P[f], loc[f]).tolist() for f in range(len(loc))])
     o = spec["object"]
     return {

@@ -13,15 +13,22 @@ import numpy as np
 
 from datagen import camera as cam
 from datagen.config import UserError
-from datagen.trajectories import FAMILIES, draw_params, positions
+from datagen.trajectories import FAMILIES, FAMILIES_2D, draw_params, draw_params_2d, positions
 
 SHAPES = ("cube", "cylinder", "cone")
+# The 2D scenes' shapes (scene.kind = "2d"): flat slabs lying on the ground, seen from straight above.
+SHAPES_2D = ("square", "disc", "triangle")
+SCENE_KINDS = ("3d", "2d")
+# A 2D shape's thickness, world units: thin enough that its sides never show (an orthographic camera looking straight
+# down sees none) and its shadow stays under a pixel, thick enough to be a solid Cycles shades like the 3D ones.
+FLAT_THICKNESS = 0.01
 TEXTURES = ("checker", "noise", "bricks", "wave", "voronoi", "magic")
 # The ground also takes "plain": one flat colour (the mean of its colour pair), no pattern: a CLEVR-like floor.
 GROUND_TEXTURES = ("plain", *TEXTURES)
 ENGINES = ("cycles", "eevee")
 DENOISERS = ("none", "oidn")
 CAMERA_MOTIONS = ("static", "orbit", "jitter")
+PROJECTIONS = cam.PROJECTIONS
 SPEC_VERSION = 1
 
 Range = tuple[float, float]
@@ -98,6 +105,10 @@ class TrajectoriesSection:
     apex_z_range: Range = (0.55, 0.85)
     margin_px: float = 1.0                       # the object's box stays this far inside every image
     max_tries: int = 1000
+    # 2D scenes only: the sinusoidal family's wave across its drift (world units) and waves per clip. Left out of
+    # to_dict at their defaults, so 3D datasets' dataset.json and config hashes stay as they were.
+    sine_amplitude_range: Range = field(default=(0.1, 0.25), metadata={"omit_at_default": True})
+    sine_cycles_range: Range = field(default=(1.0, 2.0), metadata={"omit_at_default": True})
 
 
 @dataclass
@@ -120,6 +131,17 @@ class CamerasSection:
     motion: str = "static"        # static | orbit | jitter
     orbit_deg_per_frame: float = 1.0
     jitter_m: float = 0.005
+    # "orthographic" is the 2D scenes' camera (scene.kind = "2d"): it spans ortho_scale world units across the image
+    # (its larger side) at any distance. Both left out of to_dict at their defaults (3D configs keep their hashes).
+    projection: str = field(default="perspective", metadata={"omit_at_default": True})
+    ortho_scale: float = field(default=2.0, metadata={"omit_at_default": True})
+
+
+@dataclass
+class SceneSection:
+    # "3d": solids on 3D trajectories under a perspective rig; "2d": flat shapes moving in the ground plane under one
+    # orthographic camera looking straight down (docs/dataset.md "The 2D setting")
+    kind: str = "3d"
 
 
 @dataclass
@@ -131,6 +153,8 @@ class DatasetConfig:
     lights: LightsSection = field(default_factory=LightsSection)
     trajectories: TrajectoriesSection = field(default_factory=TrajectoriesSection)
     cameras: CamerasSection = field(default_factory=CamerasSection)
+    # left out of to_dict while it is the default 3D scene: 3D datasets' dataset.json and config hashes are unchanged
+    scene: SceneSection = field(default_factory=SceneSection, metadata={"omit_at_default": True})
 
     def validate(self) -> None:
         """Raise UserError (one line, naming the value and what is allowed) for any invalid setting."""
@@ -156,6 +180,18 @@ class DatasetConfig:
             if r[0] > r[1]:
                 raise UserError(f"{name} = {list(r)} must be [low, high] with low <= high")
 
+        def kind_choices(name, values, own, other, noun):
+            """choices() for a list whose values belong to one scene kind: a value of the other kind is named
+            as such, with the values this kind allows."""
+            for v in values:
+                if v in other and v not in own:
+                    this, that = ("2D", "3D") if two_d else ("3D", "2D")
+                    raise UserError(f"{noun} {v!r} in {name} is for {that} scenes (scene.kind = "
+                                    f"{that.lower()!r}); allowed in a {this} scene: {', '.join(own)}")
+            choices(name, values, own)
+
+        choices("scene.kind", [self.scene.kind], SCENE_KINDS)
+        two_d = self.scene.kind == "2d"
         d, r = self.dataset, self.render
         if d.seed < 0:
             raise UserError(f"dataset.seed = {d.seed}: must be >= 0")
@@ -180,11 +216,14 @@ class DatasetConfig:
         choices("render.denoise_passes", [r.denoise_passes], ("RGB", "RGB_ALBEDO", "RGB_ALBEDO_NORMAL"))
         if not 0.01 <= r.filter_width <= 10:
             raise UserError(f"render.filter_width = {r.filter_width}: must be between 0.01 and 10 px")
-        choices("objects.shapes", self.objects.shapes, SHAPES)
+        kind_choices("objects.shapes", self.objects.shapes, *((SHAPES_2D, SHAPES) if two_d else (SHAPES, SHAPES_2D)),
+                     "shape")
         choices("objects.textures", self.objects.textures, TEXTURES)
         choices("ground.textures", self.ground.textures, GROUND_TEXTURES)
-        choices("trajectories.families", self.trajectories.families, FAMILIES)
+        kind_choices("trajectories.families", self.trajectories.families,
+                     *((FAMILIES_2D, FAMILIES) if two_d else (FAMILIES, FAMILIES_2D)), "family")
         choices("cameras.motion", [self.cameras.motion], CAMERA_MOTIONS)
+        choices("cameras.projection", [self.cameras.projection], PROJECTIONS)
         for name in ("size_range", "aspect_range", "texture_scale_range"):
             positive_range(f"objects.{name}", getattr(self.objects, name))
         positive_range("objects.roughness_range", self.objects.roughness_range, allow_zero=True)
@@ -193,7 +232,7 @@ class DatasetConfig:
         positive_range("ground.fade_radius", self.ground.fade_radius)
         unit_range("ground.contrast_range", self.ground.contrast_range)
         for name in ("speed_range", "radius_range", "launch_horizontal_speed_range", "apex_time_fraction_range",
-                     "apex_z_range", "center_z_range"):
+                     "apex_z_range", "center_z_range", "sine_amplitude_range", "sine_cycles_range"):
             positive_range(f"trajectories.{name}", getattr(self.trajectories, name))
         positive_range("trajectories.climb_rate_range", self.trajectories.climb_rate_range, allow_zero=True)
         ordered_range("trajectories.center_xy_range", self.trajectories.center_xy_range)
@@ -207,8 +246,30 @@ class DatasetConfig:
             raise UserError(f"trajectories.gravity = {self.trajectories.gravity}: must be positive")
         if self.trajectories.max_tries < 1:
             raise UserError(f"trajectories.max_tries = {self.trajectories.max_tries}: must be at least 1")
-        if len(self.cameras.rig) < 2:
-            raise UserError(f"cameras.rig has {len(self.cameras.rig)} camera(s); at least 2 are needed to triangulate")
+        c0 = self.cameras
+        if not c0.ortho_scale > 0:
+            raise UserError(f"cameras.ortho_scale = {c0.ortho_scale}: must be positive (world units across the image)")
+        if two_d:
+            # one camera looking straight down at the plane: image right = world +X, image up = world +Y
+            if c0.projection != "orthographic":
+                raise UserError(f"cameras.projection = {c0.projection!r} is for 3D scenes; allowed in a 2D scene "
+                                f"(scene.kind = '2d'): orthographic")
+            if len(c0.rig) != 1:
+                raise UserError(f"cameras.rig has {len(c0.rig)} cameras; a 2D scene (scene.kind = '2d') has exactly "
+                                f"one, looking straight down, e.g. rig = [{{name = \"view0\", position = [0.0, 0.0, 5.0]}}]")
+            if c0.motion != "static":
+                raise UserError(f"cameras.motion = {c0.motion!r}: a 2D scene's camera is static; allowed: static")
+            p, q = c0.rig[0].position, c0.rig[0].target
+            if (p[0], p[1]) != (q[0], q[1]) or p[2] <= q[2]:
+                raise UserError(f"camera {c0.rig[0].name!r} (position {list(p)}, target {list(q)}) does not look "
+                                f"straight down; a 2D scene's camera sits right above its target, e.g. position = "
+                                f"[{q[0]}, {q[1]}, {q[2] + 5.0}]")
+        else:
+            if c0.projection != "perspective":
+                raise UserError(f"cameras.projection = {c0.projection!r} is for 2D scenes (scene.kind = '2d'); "
+                                f"allowed in a 3D scene: perspective")
+            if len(c0.rig) < 2:
+                raise UserError(f"cameras.rig has {len(c0.rig)} camera(s); at least 2 are needed to triangulate")
         names = [c.name for c in self.cameras.rig]
         if len(set(names)) != len(names) or any(not n.replace("_", "").isalnum() for n in names):
             raise UserError(f"cameras.rig names {names} must be unique and alphanumeric")
@@ -217,9 +278,11 @@ class DatasetConfig:
         # The middle of the region trajectories are drawn around: every camera must see it. A camera below the
         # ground sees the ground's underside, one that looks away sees sky; both rendered empty masks.
         tc = self.trajectories
-        middle = np.array([sum(tc.center_xy_range) / 2, sum(tc.center_xy_range) / 2, sum(tc.center_z_range) / 2])
+        middle_z = FLAT_THICKNESS / 2 if two_d else sum(tc.center_z_range) / 2
+        middle = np.array([sum(tc.center_xy_range) / 2, sum(tc.center_xy_range) / 2, middle_z])
         res = self.render.resolution
-        K = cam.intrinsics(self.cameras.lens_mm, self.cameras.sensor_mm, res, res)
+        K = cam.orthographic_intrinsics(c0.ortho_scale, res, res) if two_d else \
+            cam.intrinsics(self.cameras.lens_mm, self.cameras.sensor_mm, res, res)
         for c in self.cameras.rig:
             if c.position[2] <= 0:
                 raise UserError(f"camera {c.name!r} position z = {c.position[2]:g} is at or below the ground (z = 0), "
@@ -227,11 +290,11 @@ class DatasetConfig:
             if np.allclose(c.position, c.target):
                 raise UserError(f"camera {c.name!r} position equals its target {list(c.target)}")
             try:
-                R, t = cam.look_at(c.position, c.target)
+                R, t = cam.look_at(c.position, c.target, cam.TOP_DOWN_UP if two_d else cam.Z_UP)
             except ValueError as e:
                 raise UserError(f"camera {c.name!r}: {e}") from None
             seen = cam.depth(R, t, middle[None])[0] > 0 and \
-                cam.in_image(cam.project(cam.projection_matrix(K, R, t), middle[None]), res, res)[0]
+                cam.in_image(cam.project(cam.projection_matrix(K, R, t, c0.projection), middle[None]), res, res)[0]
             if not seen:
                 raise UserError(f"camera {c.name!r} (position {list(c.position)}, target {list(c.target)}) does not "
                                 f"see the middle of the scene {middle.round(3).tolist()}; aim its target there, e.g. "
@@ -253,6 +316,8 @@ def camera_tracks(cfg: DatasetConfig, rng: np.random.Generator | None = None) ->
     rig = {"cameras": [{"name": c.name, "position": c.position, "target": c.target} for c in cfg.cameras.rig],
            "lens_mm": cfg.cameras.lens_mm, "sensor_mm": cfg.cameras.sensor_mm, "motion": cfg.cameras.motion,
            "orbit_deg_per_frame": cfg.cameras.orbit_deg_per_frame, "jitter_m": cfg.cameras.jitter_m}
+    if cfg.scene.kind == "2d":
+        rig.update(projection=cfg.cameras.projection, ortho_scale=cfg.cameras.ortho_scale, up=cam.TOP_DOWN_UP)
     res = cfg.render.resolution
     return cam.rig_tracks(rig, cfg.render.frames, res, res, rng)
 
@@ -293,10 +358,15 @@ def _ground_material(g: GroundSection, rng: np.random.Generator, colours: tuple[
     return material
 
 
-def object_dimensions(shape: str, size: float, aspect: float) -> list[float]:
-    """Full extents (x, y, z) of the object's bounding box; `size` is its largest extent."""
+def object_dimensions(shape: str, size: float, aspect: float = 1.0) -> list[float]:
+    """Full extents (x, y, z) of the object's bounding box; `size` is its largest extent (of a 2D shape: in the
+    plane, the thickness is FLAT_THICKNESS; aspect is for cylinder and cone only)."""
     if shape == "cube":
         return [size, size, size]
+    if shape in ("square", "disc"):
+        return [size, size, FLAT_THICKNESS]
+    if shape == "triangle":  # equilateral, side `size`, apex towards object +Y
+        return [size, float(size * np.sqrt(3) / 2), FLAT_THICKNESS]
     # cylinder/cone: diameter d, height h = aspect * d, max(d, h) = size
     d = size if aspect <= 1 else size / aspect
     return [d, d, d * aspect]
@@ -308,6 +378,8 @@ def bbox_offset(shape: str, dims) -> list[float]:
     and a cylinder, h/4 above the base for a cone, so the box centre sits h/4 above the origin. A free body spins
     about its centre of mass, and it is the point an image-based probe can find: with the box centre as the target,
     a probe has to learn an orientation-dependent offset from the visible mass."""
+    if shape == "triangle":  # the centroid lies a third of the height above the base, the box centre half
+        return [0.0, float(dims[1]) / 6, 0.0]
     return [0.0, 0.0, float(dims[2]) / 4] if shape == "cone" else [0.0, 0.0, 0.0]
 
 
@@ -333,6 +405,22 @@ def _fits_all_views(corners: np.ndarray, tracks, margin: float) -> bool:
     return True
 
 
+def _draw_flat_object(shape: str, family: str, cfg: DatasetConfig, t: np.ndarray, rng: np.random.Generator):
+    """One draw of a 2D scene's object: size and dimensions, a 2D trajectory of its centroid in the plane where it
+    lies on the ground (z = half its thickness), and a spin about world Z only (the plane's normal), so the shape
+    stays flat to the camera. Returns (size, dims, params, positions (T, 3), rotations (T, 4) wxyz, spin spec)."""
+    size = float(rng.uniform(*cfg.objects.size_range))
+    dims = object_dimensions(shape, size)
+    params = draw_params_2d(family, cfg.trajectories, t, rng, z=dims[2] / 2)
+    loc = positions(family, params, t)
+    axis = np.array([0.0, 0.0, 1.0])
+    q0 = cam.axis_angle_quat(axis, float(rng.uniform(0, 2 * np.pi)))
+    spin = float(rng.uniform(*cfg.objects.spin_speed_range)) * float(rng.choice([-1.0, 1.0]))
+    rot = cam.quat_multiply(cam.axis_angle_quat(axis, spin * t), q0)
+    rot = rot * np.where(rot[:, :1] < 0, -1.0, 1.0)  # canonical sign: w >= 0
+    return size, dims, params, loc, rot, {"axis": axis.tolist(), "speed": spin, "initial": q0.tolist()}
+
+
 def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
     """The full scene spec of one sample (plain JSON data). Deterministic in (config, sample_id)."""
     seed = sample_seed(cfg.dataset.seed, sample_id)
@@ -343,7 +431,13 @@ def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
     shape = str(rng.choice(o.shapes))
     family = str(rng.choice(tc.families))
     tracks = camera_tracks(cfg, rng)
+    two_d = cfg.scene.kind == "2d"
     for attempt in range(tc.max_tries):
+        if two_d:
+            size, dims, params, loc, rot, spin_spec = _draw_flat_object(shape, family, cfg, t, rng)
+            if _fits_all_views(world_corners(dims, bbox_offset(shape, dims), loc, rot), tracks, tc.margin_px):
+                break
+            continue
         size = float(rng.uniform(*o.size_range))
         dims = object_dimensions(shape, size, float(rng.uniform(*o.aspect_range)))
         params = draw_params(family, tc, t, rng)
@@ -355,10 +449,12 @@ def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
         rot = cam.quat_multiply(cam.axis_angle_quat(axis, spin * t), q0)
         rot = rot * np.where(rot[:, :1] < 0, -1.0, 1.0)  # canonical sign: w >= 0
         if _fits_all_views(world_corners(dims, bbox_offset(shape, dims), loc, rot), tracks, tc.margin_px):
+            spin_spec = {"axis": (axis / np.linalg.norm(axis)).tolist(), "speed": spin, "initial": q0.tolist()}
             break
     else:
+        wider = "raise cameras.ortho_scale" if two_d else "widen the camera rig"
         raise UserError(f"sample {sample_id}: no {family} trajectory of a {shape} stayed inside all camera views "
-                        f"in {tc.max_tries} tries; widen the camera rig or shrink trajectories/objects ranges")
+                        f"in {tc.max_tries} tries; {wider} or shrink trajectories/objects ranges")
 
     obj_colours = _colour_pair(rng)
     ground_colours = _colour_pair(rng, sat=(0.15, 0.5), val=(0.3, 0.6))
@@ -389,6 +485,8 @@ def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
                         "location": [p[0].tolist() for p in poses],
                         "rotation": [cam.matrix_to_quat(p[1]).tolist() for p in poses],
                         "K": tr.K.tolist(), "R": tr.R.tolist(), "t": tr.t.tolist()})
+        if tr.projection != "perspective":  # perspective cameras keep the spec they always had
+            cameras[-1].update(projection=tr.projection, ortho_scale=cfg.cameras.ortho_scale)
 
     r = cfg.render
     return {
@@ -406,8 +504,7 @@ def build_spec(cfg: DatasetConfig, sample_id: int) -> dict:
                                 "scale": float(rng.uniform(*o.texture_scale_range)),
                                 "color_a": obj_colours[0], "color_b": obj_colours[1],
                                 "roughness": float(rng.uniform(*o.roughness_range)), "metallic": 0.0},
-                   "location": loc.tolist(), "rotation": rot.tolist(),
-                   "spin": {"axis": (axis / np.linalg.norm(axis)).tolist(), "speed": spin, "initial": q0.tolist()}},
+                   "location": loc.tolist(), "rotation": rot.tolist(), "spin": spin_spec},
         "trajectory": {"family": family, "params": params, "attempts": attempt + 1},
         "lights": lights,
         "world": {"color": [0.55, 0.65, 0.85], "strength": float(rng.uniform(*cfg.lights.world_strength_range))},

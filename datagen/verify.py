@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datagen.camera import in_image, project, projection_matrix
+from datagen.camera import PROJECTIONS, in_image, project, projection_matrix
 from datagen.config import UserError
 from datagen.dataset import PNG_END, TMP_PREFIX, frame_path, load_dataset_json, mask_box, sample_dir, sample_name
 from datagen.spec import world_corners
@@ -116,10 +116,14 @@ def check_meta(meta: dict, sample_id: int, info: dict) -> dict:
     boxes = meta["mask_bbox"]
     if not (isinstance(boxes, list) and len(boxes) == V and all(isinstance(b, list) and len(b) == T for b in boxes)):
         raise SampleError(f"meta.json mask_bbox is not a {V}x{T} list")
-    # P must be K[R|t], and the stored 2D centres the projection of the stored positions
-    P_ref = np.stack([projection_matrix(a["K"][v], a["R"][v], a["t"][v]) for v in range(V)])
+    # P must be K[R|t] (orthographic: K[R_1 t_1; R_2 t_2; 0 0 0 1]), and the stored 2D centres the projection of
+    # the stored positions
+    projections = [v.get("projection", "perspective") for v in meta["views"]]
+    if any(p not in PROJECTIONS for p in projections):
+        raise SampleError(f"meta.json views have projections {projections}; allowed: {', '.join(PROJECTIONS)}")
+    P_ref = np.stack([projection_matrix(a["K"][v], a["R"][v], a["t"][v], projections[v]) for v in range(V)])
     if not np.allclose(a["P"], P_ref, rtol=1e-6, atol=1e-6 * np.abs(P_ref).max()):
-        raise SampleError("meta.json P is not K[R|t]")
+        raise SampleError("meta.json P is not K[R|t]" + (" (orthographic)" if "orthographic" in projections else ""))
     c_ref = np.stack([[project(a["P"][v, f], a["position"][f]) for f in range(T)] for v in range(V)])
     if not np.allclose(a["centers_2d"], c_ref, atol=1e-3, equal_nan=True):
         bad = np.nanmax(np.abs(a["centers_2d"] - c_ref))

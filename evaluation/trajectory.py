@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagen.trajectories import FAMILIES
+from datagen.trajectories import FAMILIES, FAMILIES_2D
 from evaluation.triangulate import reprojection_error, triangulate_track
 
 NOISE_FLOOR = 0.002          # m: s0 in the selection score
 OMEGA_RANGE = (0.05, 12.0)   # rad/s searched for circular/helical fits (the demo draws 0.7..3.5)
 PARAMS = {"linear": 6, "parabolic": 6, "circular": 6, "helical": 7}
 # one-view (2D) datasets: the families in the image plane, their parameter counts, and the noise floor in px
-FAMILIES_2D = ("linear", "circular", "parabolic", "sinusoidal")
 PARAMS_2D = {"linear": 4, "parabolic": 5, "circular": 5, "sinusoidal": 7}
 NOISE_FLOOR_PX = 0.25
 

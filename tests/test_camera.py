@@ -376,3 +376,69 @@ def test_camera_track_project_per_frame():
     for f in range(4):
         np.testing.assert_allclose(uv[f], cam.project(tr.P[f], pts[f]))
     assert not np.allclose(uv[0], cam.project(tr.P[3], pts[0]))   # frames really differ
+
+
+# --- orthographic (the 2D scenes) ------------------------------------------------------------------
+
+def test_orthographic_intrinsics_span_ortho_scale_over_the_larger_side():
+    K = cam.orthographic_intrinsics(2.0, 64, 64)
+    np.testing.assert_array_equal(K, [[32.0, 0.0, 32.0], [0.0, 32.0, 32.0], [0.0, 0.0, 1.0]])
+    # sensor_fit AUTO: the wider side spans ortho_scale, whichever it is
+    np.testing.assert_array_equal(cam.orthographic_intrinsics(4.0, 96, 48), [[24, 0, 48], [0, 24, 24], [0, 0, 1]])
+    np.testing.assert_array_equal(cam.orthographic_intrinsics(4.0, 48, 96), [[24, 0, 24], [0, 24, 48], [0, 0, 1]])
+    with pytest.raises(ValueError, match="ortho_scale must be > 0"):
+        cam.orthographic_intrinsics(0.0, 64, 64)
+
+
+def test_top_down_look_at_maps_world_x_right_and_world_y_up():
+    R, t = cam.look_at((0.3, -0.2, 5.0), (0.3, -0.2, 0.0), cam.TOP_DOWN_UP)
+    np.testing.assert_allclose(R, np.diag([1.0, -1.0, -1.0]), atol=1e-15)   # x right, y down = -Y, forward = -Z
+    np.testing.assert_allclose(cam.camera_center(R, t), [0.3, -0.2, 5.0], atol=1e-15)
+
+
+def test_orthographic_P_is_the_scaled_camera_xy_with_third_row_0001():
+    """For a camera straight above (x0, y0) with ortho_scale S on a W x H image: u = W/2 + (x - x0) max(W, H)/S,
+    v = H/2 - (y - y0) max(W, H)/S, whatever the point's height (no perspective division)."""
+    x0, y0, S, W, H = 0.3, -0.2, 2.5, 80, 40
+    R, t = cam.look_at((x0, y0, 7.0), (x0, y0, 0.0), cam.TOP_DOWN_UP)
+    P = cam.projection_matrix(cam.orthographic_intrinsics(S, W, H), R, t, "orthographic")
+    np.testing.assert_array_equal(P[2], [0.0, 0.0, 0.0, 1.0])
+    X = np.random.default_rng(3).uniform([-1, -1, 0], [1, 1, 3], size=(30, 3))
+    s = max(W, H) / S
+    expect = np.stack([W / 2 + (X[:, 0] - x0) * s, H / 2 - (X[:, 1] - y0) * s], -1)
+    np.testing.assert_allclose(cam.project(P, X), expect, atol=1e-9)
+    # the image corners are the world square of side S about (x0, y0): top-left is (x0 - S/2, y0 + S/4) here
+    np.testing.assert_allclose(cam.project(P, np.array([x0 - S / 2, y0 + S * H / W / 2, 0.0])), [0, 0], atol=1e-9)
+    # a point below the camera's height stays finite (no "behind the camera" for orthographic)
+    assert np.isfinite(cam.project(P, np.array([0.0, 0.0, 50.0]))).all()
+
+
+def test_orthographic_projection_matrix_batched_and_unknown():
+    R = np.stack([np.diag([1.0, -1.0, -1.0])] * 4)
+    t = np.tile([0.1, 0.2, 5.0], (4, 1))
+    P = cam.projection_matrix(cam.orthographic_intrinsics(2.0, 32, 32), R, t, "orthographic")
+    assert P.shape == (4, 3, 4)
+    np.testing.assert_allclose(P[:, 2], np.tile([0, 0, 0, 1.0], (4, 1)))
+    np.testing.assert_allclose(P[1, 0], [16.0, 0.0, 0.0, 16 * 0.1 + 16])
+    with pytest.raises(ValueError, match=r"unknown projection 'fisheye'; allowed: perspective, orthographic"):
+        cam.projection_matrix(np.eye(3), R[0], t[0], "fisheye")
+
+
+def test_orthographic_rig_track_and_dict_round_trip():
+    r = {"cameras": [{"name": "view0", "position": [0.0, 0.0, 5.0], "target": [0.0, 0.0, 0.0]}],
+         "lens_mm": 35.0, "sensor_mm": 36.0, "projection": "orthographic", "ortho_scale": 2.0, "up": cam.TOP_DOWN_UP}
+    (tr,) = cam.rig_tracks(r, 3, 64, 64)
+    assert tr.projection == "orthographic"
+    np.testing.assert_array_equal(tr.K, [[32, 0, 32], [0, 32, 32], [0, 0, 1]])
+    np.testing.assert_allclose(tr.P[2], [[32, 0, 0, 32], [0, -32, 0, 32], [0, 0, 0, 1]], atol=1e-12)
+    np.testing.assert_allclose(tr.project(np.tile([[0.5, 0.25, 0.005]], (3, 1, 1)))[:, 0], [[48, 24]] * 3)
+    d = json.loads(json.dumps(tr.to_dict()))
+    assert d["projection"] == "orthographic"
+    back = cam.CameraTrack.from_dict(d)
+    np.testing.assert_allclose(back.P, tr.P, atol=0)
+    # without `up` a top-down camera has no image up: look_at's error, not a silent guess
+    del r["up"]
+    with pytest.raises(ValueError, match="straight along the up axis"):
+        cam.rig_tracks(r, 3, 64, 64)
+    with pytest.raises(ValueError, match="unknown projection"):
+        cam.rig_tracks({**r, "projection": "fisheye"}, 3, 64, 64)

@@ -164,8 +164,12 @@ def test_config_show_prints_every_key_as_toml_that_reads_back(kind, tmp_path):
     assert out.stdout.startswith(f"# magvit3d config show {kind} -c tiny --set ")
     shown = tomllib.loads(out.stdout)
     expected = to_dict(load_stage_config(kind, "tiny", ["train.seed=7" if kind != "dataset" else "dataset.seed=7"]))
-    if kind == "dataset":   # shown all the same, though to_dict leaves it out at its default (see to_dict)
+    if kind == "dataset":   # shown all the same, though to_dict leaves them out at their defaults (see to_dict)
         assert shown["ground"].pop("contrast_range") == [1.0, 1.0]
+        assert shown.pop("scene") == {"kind": "3d"}
+        assert shown["cameras"].pop("projection") == "perspective" and shown["cameras"].pop("ortho_scale") == 2.0
+        assert shown["trajectories"].pop("sine_amplitude_range") == [0.1, 0.25]
+        assert shown["trajectories"].pop("sine_cycles_range") == [1.0, 2.0]
     assert shown == expected   # every key with its value: the preset's, the override's, or the default
     (tmp_path / "shown.toml").write_text(out.stdout)
     assert to_dict(load_stage_config(kind, str(tmp_path / "shown.toml"))) == expected   # and -c takes it back

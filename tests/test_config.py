@@ -471,7 +471,8 @@ def test_camera_that_does_not_see_the_scene_is_rejected_naming_it(target):
 def test_to_toml_writes_every_key_and_reads_back_the_same_config(name, tmp_path):
     cfg = load(name, ['objects.shapes=["cone", "cube"]', "dataset.splits={train = 0.5, test = 0.5}"])
     text = to_toml(cfg)
-    assert tomllib.loads(text).keys() == to_dict(cfg).keys()
+    # every section, also one that to_dict leaves out at its default ([scene] of a 3D config)
+    assert tomllib.loads(text).keys() == {f.name for f in dataclasses.fields(cfg)} >= to_dict(cfg).keys()
     path = tmp_path / "shown.toml"
     path.write_text(text)
     assert to_dict(load(str(path))) == to_dict(cfg)

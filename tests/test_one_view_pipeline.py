@@ -167,19 +167,6 @@ def test_one_view_run_refuses_complete_view_generation(pipeline, tmp_path, capsy
     assert not (tmp_path / "g").exists()
 
 
-def test_one_view_transformer_buffers_take_an_ema_update():
-    """With V = 1 the view index was a stride-0 view of one element, and the EMA's buffer copy raised (training
-    failed at its first step on any one-view cache)."""
-    from training.loop import ema_update
-    from training.transformer import MaskedVideoTransformer, TokenLayout, TransformerConfig
-
-    layout = TokenLayout(codebook_size=16, views=1, t=2, h=2, w=2, num_shapes=2, num_families=4)
-    model, ema = (MaskedVideoTransformer(TransformerConfig(width=16, depth=1, heads=2), layout) for _ in range(2))
-    ema_update(ema, model, 0.9)
-    assert all(b.is_contiguous() for b in ema.buffers())
-    assert ema.view_index.tolist() == [0] * 8 and ema.t_index.tolist() == [0] * 4 + [1] * 4
-
-
 def test_sampling_benchmark_evaluates_both_architectures_into_its_own_section(pipeline, tmp_path, monkeypatch,
                                                                               capsys):
     """benchmarks/sampling.py on the one-view runs with --data/--probe (in this process: torch is imported already):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 from datagen.config import UserError, to_dict
 from datagen.pack import pack_dataset
@@ -16,7 +17,7 @@ from fakes import make_fake_dataset
 from training import checkpoint as ckpt
 from training.sampling import TASK_ID, ar_sample, condition, generators, given_mask, maskgit_sample, sample
 from training.train_transformer import draw_tasks, load_run_config, make_batch, train_transformer
-from training.transformer import MaskedVideoTransformer, TokenLayout, TransformerConfig
+from training.transformer import COPY_SCALE, MaskedVideoTransformer, TokenLayout, TransformerConfig
 
 QUIET = dict(progress=False, log=lambda m: None)
 LAYOUT = TokenLayout(codebook_size=16, views=3, t=2, h=2, w=2, num_shapes=3, num_families=4)
@@ -32,9 +33,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_model(arch: str, width: int = 32, seed: int = 0) -> MaskedVideoTransformer:
+def tiny_model(arch: str, width: int = 32, seed: int = 0, **switches) -> MaskedVideoTransformer:
     torch.manual_seed(seed)
-    return MaskedVideoTransformer(TransformerConfig(arch=arch, width=width, depth=2, heads=2), LAYOUT).eval()
+    return MaskedVideoTransformer(TransformerConfig(arch=arch, width=width, depth=2, heads=2, **switches), LAYOUT).eval()
 
 
 def random_clips(n: int, seed: int = 0) -> torch.Tensor:
@@ -87,8 +88,11 @@ def test_ar_kv_cache_sampling_equals_uncached_greedy_sampling(task):
                        ar_sample(model, seq, given, cond, generators([3, 4]), top_k=5, use_cache=False))
 
 
-def test_ar_step_logits_match_the_full_forward():
-    model, seq = tiny_model("ar"), random_clips(2)
+@pytest.mark.parametrize("copy_gate", [False, True])
+def test_ar_step_logits_match_the_full_forward(copy_gate):
+    model, seq = tiny_model("ar", copy_gate=copy_gate), random_clips(2)
+    if copy_gate:   # a gate that varies per token, so a wrong hidden state or reference would show
+        nn.init.normal_(model.copy_gate.weight, 0.0, 0.5)
     cond = condition(LAYOUT, "unconditional", batch=2)
     cache = model.new_cache()
     with torch.no_grad():
@@ -96,10 +100,8 @@ def test_ar_step_logits_match_the_full_forward():
         full = model(seq, cond)
         assert torch.allclose(first, full[:, 5], atol=1e-5)
         frame = LAYOUT.views * LAYOUT.h * LAYOUT.w
-        for i in range(5, LAYOUT.num_tokens - 1):  # past the first latent frame the caller adds the copy bonus
-            logits = model.step(cache, tokens=seq[:, i:i + 1])
-            if i + 1 >= frame:
-                logits = model.add_copy_logit(logits, seq[:, i + 1 - frame])
+        for i in range(5, LAYOUT.num_tokens - 1):  # past the first latent frame the caller names the copy guess
+            logits = model.step(cache, tokens=seq[:, i:i + 1], ref=seq[:, i + 1 - frame] if i + 1 >= frame else None)
             assert torch.allclose(logits, full[:, i + 1], atol=1e-5)
 
 
@@ -151,6 +153,39 @@ def test_the_copy_logit_makes_an_untrained_model_copy_the_last_given_frame():
     out = maskgit_sample(plain, seq, given, condition(LAYOUT, "predict", batch=2), generators([0, 1]), steps=2,
                          temperature=0)
     assert not torch.equal(LAYOUT.to_grid(out)[:, :, 1], LAYOUT.to_grid(seq)[:, :, 0])
+
+
+def test_a_one_view_model_can_be_averaged_into_its_ema_copy():
+    """One view (the 2D experiments): the position buffers must own their memory, or the EMA's buffer copy fails."""
+    import copy
+    from training.loop import ema_update
+    layout = TokenLayout(codebook_size=16, views=1, t=2, h=2, w=2, num_shapes=3, num_families=4)
+    model = MaskedVideoTransformer(TransformerConfig(width=16, depth=1, heads=1), layout)
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    ema_update(ema, model, 0.5)
+    assert torch.allclose(ema.head.weight, model.head.weight - 0.5)
+    assert torch.equal(ema.view_index, torch.zeros(8, dtype=torch.long))
+    assert torch.equal(ema.t_index, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+
+
+def test_the_copy_gate_starts_as_the_plain_copy_bonus_and_scales_it_per_token():
+    seq, cond = random_clips(2), condition(LAYOUT, "predict", batch=2)
+    plain, gated = tiny_model("masked"), tiny_model("masked", copy_gate=True)
+    missing = gated.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["copy_gate.bias", "copy_gate.weight"]
+    with torch.no_grad():
+        assert torch.equal(plain(seq, cond), gated(seq, cond))            # zero-initialised: no change at the start
+        gated.copy_gate.bias.fill_(1.0)                                    # +1 on the gain: +COPY_SCALE on the copy
+        diff = gated(seq, cond) - plain(seq, cond)
+    frame = LAYOUT.views * LAYOUT.h * LAYOUT.w
+    ref = seq[:, :-frame]                                                  # the reference of positions >= frame
+    assert torch.allclose(diff[:, frame:].gather(-1, ref[..., None]).squeeze(-1),
+                          torch.full(ref.shape, float(COPY_SCALE)), atol=1e-4)
+    assert diff[:, :frame].abs().max() == 0 and (diff[:, frame:] != 0).sum() == ref.numel()
+    with pytest.raises(UserError, match="copy_gate = true .* needs copy_logit = true"):
+        TransformerConfig(copy_logit=False, copy_gate=True).validate()
 
 
 # --- training batches and overfitting -------------------------------------------------------------------------

@@ -138,6 +138,9 @@ class TransformerConfig:
     # a learned bonus on the logit of the token at the same view/row/col one latent frame earlier (the "copy"
     # guess): most tokens do not change from latent to latent, so the model starts from copying and learns what moves
     copy_logit: bool = True
+    # ...scaled per token by the network (a zero-initialised linear read of the final hidden state): copy static
+    # ground hard, and less where the object is about to move
+    copy_gate: bool = False
     # FSQ token caches: embed and predict each token also through its per-channel levels ("digits"), so nearby codes
     # share what is learned and a nearly right guess is rewarded (a 1000-way softmax alone gives no partial credit)
     code_digits: bool = True
@@ -152,6 +155,8 @@ class TransformerConfig:
             raise UserError(f"width {self.width} must be a positive multiple of heads {self.heads}, depth >= 1")
         if self.mlp_ratio <= 0 or not 0 <= self.dropout < 1:
             raise UserError("mlp_ratio must be > 0 and dropout in [0, 1)")
+        if self.copy_gate and not self.copy_logit:
+            raise UserError("copy_gate = true scales the copy bonus: it needs copy_logit = true")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -44,9 +44,9 @@ def decode_rgb(tokenizer, grid: torch.Tensor) -> np.ndarray:
 def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, dict]:
     """The latest checkpoint of a transformer run (EMA weights when kept), in eval mode, and its config."""
     latest, saved = ckpt.load_run(run, "transformer")
-    # runs saved before the copy logit and code digits existed were trained without them
-    model = MaskedVideoTransformer(from_dict(TransformerConfig, {"copy_logit": False, "code_digits": False, "rope": False,
-                                                                 **saved["model"]}, where="model"),
+    # runs saved before the copy logit, its gate, code digits and rotary positions existed were trained without them
+    old = {"copy_logit": False, "copy_gate": False, "code_digits": False, "rope": False}
+    model = MaskedVideoTransformer(from_dict(TransformerConfig, {**old, **saved["model"]}, where="model"),
                                    TokenLayout(**saved["layout"]))
     return ckpt.load_model_weights(latest, model).to(device).eval(), saved
 

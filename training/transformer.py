@@ -85,8 +85,7 @@ class TokenLayout:
         """(N,) view / t / row / col index of every video position, in sequence (raster, t-major) order."""
         t, v, r, c = torch.meshgrid(torch.arange(self.t), torch.arange(self.views), torch.arange(self.h),
                                     torch.arange(self.w), indexing="ij")
-        # contiguous: with one view, flatten() of meshgrid's expanded view index is a stride-0 view of a single
-        # element, and copying into such a buffer (the EMA model's) fails
+        # contiguous: with one view meshgrid's expanded views flatten to overlapping memory, which copy_() refuses
         return {name: x.flatten().contiguous() for name, x in (("view", v), ("t", t), ("row", r), ("col", c))}
 
     def to_sequence(self, grid: torch.Tensor) -> torch.Tensor:
@@ -224,6 +223,7 @@ class MaskedVideoTransformer(nn.Module):
             self.digit_head = nn.Linear(W, sum(layout.code_levels))
         if cfg.copy_logit:
             self.copy_gain = nn.Parameter(torch.tensor(0.5))
+        self.copy_gate = nn.Linear(W, 1) if cfg.copy_logit and cfg.copy_gate else None
         for name, index in layout.grid_index().items():
             self.register_buffer(f"{name}_index", index, persistent=False)
         if cfg.rope:
@@ -234,6 +234,9 @@ class MaskedVideoTransformer(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.depth))
+        if self.copy_gate is not None:   # starts as the plain copy bonus
+            nn.init.zeros_(self.copy_gate.weight)
+            nn.init.zeros_(self.copy_gate.bias)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -261,16 +264,25 @@ class MaskedVideoTransformer(nn.Module):
             x = x + self.digit_embed(digits).sum(-2) * known
         return x
 
-    def output_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (..., W) -> logits (..., codebook_size), before the copy bonus. With code digits:
-        the id's own logit plus the log-probability of its digits under independent per-channel softmaxes."""
+    def output_logits(self, h: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        """Final hidden states (..., W) -> logits (..., codebook_size). With code digits: the id's own logit plus
+        the log-probability of its digits under independent per-channel softmaxes. Then the copy bonus on each
+        row's reference token `ref` (...,) (MASK or None: no bonus)."""
         h = self.ln_f(h)
         logits = self.head(h)
         if self.digits:
             parts = self.digit_head(h).float().split(list(self.layout.code_levels), -1)
             log_probs = torch.cat([F.log_softmax(p, -1) for p in parts], -1)           # (..., sum(levels))
             logits = logits.float() + log_probs @ self.code_digit_matrix                # (..., K)
-        return logits
+        if not self.cfg.copy_logit or ref is None:
+            return logits
+        gain = self.copy_gain.to(logits.dtype)
+        if self.copy_gate is not None:
+            gain = gain + self.copy_gate(h).to(logits.dtype)                           # (..., 1)
+        valid = ref != self.layout.mask_id
+        bonus = torch.zeros_like(logits).scatter_(-1, torch.where(valid, ref, 0)[..., None],
+                                                  valid[..., None].to(logits.dtype))
+        return logits + COPY_SCALE * gain * bonus
 
     def forward(self, seq: torch.Tensor, cond: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """seq (B, n <= N) video tokens in sequence order, cond (B, 3) -> logits (B, n, codebook_size), or with
@@ -287,7 +299,7 @@ class MaskedVideoTransformer(nn.Module):
         ref = self.reference_tokens(seq)
         if select is not None:
             x, ref = x[select], ref[select]
-        return self.add_copy_logit(self.output_logits(x), ref)
+        return self.output_logits(x, ref)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
@@ -313,10 +325,11 @@ class MaskedVideoTransformer(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.depth, NUM_COND + self.layout.num_tokens)
 
-    def step(self, cache: KVCache, cond: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, cache: KVCache, cond: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+             ref: torch.Tensor | None = None) -> torch.Tensor:
         """Autoregressive decoding: feed the condition (first call only) and/or the next video tokens (B, n) into
-        the KV cache; returns the logits (B, codebook_size) for the video token after the last one fed, without
-        the copy bonus (the caller knows that token's reference: `add_copy_logit`)."""
+        the KV cache; returns the logits (B, codebook_size) for the video token after the last one fed, with the
+        copy bonus on `ref` (B,), that token's reference (the caller knows it; None before the second latent frame)."""
         assert self.causal, "step() is for the autoregressive architecture"
         parts = [] if cond is None else [self.embed_condition(cond)]
         if tokens is not None and tokens.shape[1]:
@@ -326,7 +339,7 @@ class MaskedVideoTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, True, cache, rope)
         cache.length += x.shape[1]
-        return self.output_logits(x[:, -1])
+        return self.output_logits(x[:, -1], ref)
 
     def rope_for(self, start: int, length: int):
         """(cos, sin) of sequence positions start..start+length-1 (condition tokens first), or None without rope."""
@@ -348,15 +361,6 @@ class MaskedVideoTransformer(nn.Module):
             earlier[:, lag * frame:] = seq[:, :-lag * frame]
             ref = torch.where(ref == mask_id, earlier, ref)
         return ref
-
-    def add_copy_logit(self, logits: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """logits (..., K) + the learned copy bonus on each row's reference token (ref (...,); MASK = no bonus)."""
-        if not self.cfg.copy_logit:
-            return logits
-        valid = ref != self.layout.mask_id
-        bonus = torch.zeros_like(logits).scatter_(-1, torch.where(valid, ref, 0)[..., None],
-                                                  valid[..., None].to(logits.dtype))
-        return logits + COPY_SCALE * self.copy_gain.to(logits.dtype) * bonus
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
