@@ -1,8 +1,8 @@
 """A one-view (2D) dataset through the command line, stage by stage: train-tokenizer -> tokenize -> train-transformer
 (masked, and the autoregressive baseline on the same token cache) -> generate (predict, class-conditional) ->
-train-probe -> evaluate. The dataset is `make_fake_2d_dataset` (written in the packed format; packing PNG samples
-of a one-view render is tested with the 2D data side). Tiny sizes and steps: the point is that every stage accepts
-V = 1 and that what comes out has the one-view shape and the 2D metrics, not the numbers."""
+train-probe -> evaluate, after `pack` of a fake one-view 2D dataset (`make_fake_dataset(kind="2d")`: the tiny-2d
+config's specs with masks drawn from each flat shape's outline, no Blender). Tiny sizes and steps: the point is that
+every stage accepts V = 1 and that what comes out has the one-view shape and the 2D metrics, not the numbers."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.pack import load_packed
-from fakes import FAMILIES_2D_FAKE, SHAPES_2D_FAKE, make_fake_2d_dataset
+from datagen.pack import load_packed, pack_dataset
+from fakes import fake_config, make_fake_dataset
 
 FRAMES, SIZE, SAMPLES = 8, 32, 16          # splits 8 / 4 / 4
 GIVEN = 2                                  # the tiny transformer preset's tasks.predict_frames
+SPLITS = {"dataset": {"splits": {"train": 0.5, "val": 0.25, "test": 0.25}}}   # 8 / 4 / 4 clips
+_CFG = fake_config(SAMPLES, SIZE, FRAMES, "2d", **SPLITS)
+VIEW = _CFG.cameras.rig[0].name
+SHAPES, FAMILIES = tuple(_CFG.objects.shapes), tuple(_CFG.trajectories.families)   # what class-conditional covers
 FAST = {"tokenizer": ["train.steps=6", "train.val_every=3", "train.ckpt_every=6", "train.val_clips=2"],
         "transformer": ["train.steps=6", "train.val_every=3", "train.ckpt_every=6", "train.val_clips=2",
                         "tasks.complete_view=0"],
@@ -51,7 +55,9 @@ def sets(kind: str, *extra: str) -> list[str]:
 def pipeline(tmp_path_factory, one_thread):
     """Every stage once, as a user would type it; returns the paths."""
     w = tmp_path_factory.mktemp("oneview")
-    p = {"data": make_fake_2d_dataset(w / "ds", num_samples=SAMPLES, resolution=SIZE, frames=FRAMES),
+    data = make_fake_dataset(w / "ds", num_samples=SAMPLES, resolution=SIZE, frames=FRAMES, kind="2d", **SPLITS)
+    pack_dataset(data, progress=False)
+    p = {"data": data,
          "tok": w / "tok", "masked": w / "masked", "ar": w / "ar", "probe": w / "probe",
          "predict": w / "gen" / "predict", "generate": w / "gen" / "generate", "ar-predict": w / "gen" / "ar-predict",
          "ar-generate": w / "gen" / "ar-generate", "report": w / "report"}
@@ -81,12 +87,13 @@ def pipeline(tmp_path_factory, one_thread):
 
 def test_token_cache_has_one_view(pipeline):
     tokens = pipeline["tok"] / "tokens"
-    for split, n in (("train", 8), ("val", 4), ("test", 4)):
+    for split in ("train", "val", "test"):
+        n = len(load_packed(pipeline["data"], split).rgb)
         grid = np.load(tokens / f"{split}_tokens.npy")
-        assert grid.ndim == 5 and grid.shape[:2] == (n, 1), (split, grid.shape)   # (N, V, t, h, w)
+        assert n > 0 and grid.ndim == 5 and grid.shape[:2] == (n, 1), (split, grid.shape)   # (N, V, t, h, w)
         assert grid.shape[2] < FRAMES                                             # the temporal factor applies
     index = json.loads((tokens / "test_index.json").read_text())
-    assert index["views"] == ["front"] and index["shape"] == list(grid.shape)
+    assert index["views"] == [VIEW] and index["shape"] == list(grid.shape)
 
 
 @pytest.mark.parametrize("arch", ["masked", "ar"])
@@ -102,7 +109,7 @@ def test_predict_keeps_the_given_frames_and_generates_one_view(pipeline, arch):
     np.testing.assert_array_equal(rgb[:, :, :GIVEN], test[:, :, :GIVEN])
     assert all(not np.array_equal(rgb[i, :, GIVEN:], test[i, :, GIVEN:]) for i in range(4))
     info = json.loads((out / "generated.json").read_text())
-    assert info["arch"] == arch and info["views"] == ["front"] and info["composite"] is True
+    assert info["arch"] == arch and info["views"] == [VIEW] and info["composite"] is True
     assert info["tokens"] == str((pipeline["tok"] / "tokens").resolve())
     assert info["transformer"] == str(pipeline[arch].resolve())
     assert [c["given_frames"] for c in info["clips"]] == [GIVEN] * 4
@@ -112,16 +119,16 @@ def test_predict_keeps_the_given_frames_and_generates_one_view(pipeline, arch):
 def test_class_conditional_generates_every_shape_and_family_in_one_view(pipeline, arch):
     out = pipeline["generate" if arch == "masked" else "ar-generate"]
     rgb = np.load(out / "generated_rgb.npy")
-    n = len(SHAPES_2D_FAKE) * len(FAMILIES_2D_FAKE)
+    n = len(SHAPES) * len(FAMILIES)
     assert rgb.shape == (n, 1, FRAMES, SIZE, SIZE, 3) and not (out / "target_rgb.npy").exists()
     clips = json.loads((out / "generated.json").read_text())["clips"]
-    assert {(c["shape"], c["family"]) for c in clips} == {(s, f) for s in SHAPES_2D_FAKE for f in FAMILIES_2D_FAKE}
+    assert {(c["shape"], c["family"]) for c in clips} == {(s, f) for s in SHAPES for f in FAMILIES}
 
 
 def test_evaluate_reports_2d_metrics_for_both_architectures(pipeline):
     report = pipeline["report"]
     m = json.loads((report / "metrics.json").read_text())
-    assert m["dataset"]["views"] == ["front"] and m["tracks"]["kind"] == "2d"
+    assert m["dataset"]["views"] == [VIEW] and m["tracks"]["kind"] == "2d"
     assert m["image_width"]["value"] == SIZE and "scene_extent" not in m
     runs = {r["name"]: r for r in m["runs"]}
     assert {r["info"]["arch"] for r in m["runs"]} == {"masked", "ar"}
@@ -138,7 +145,7 @@ def test_evaluate_reports_2d_metrics_for_both_architectures(pipeline):
             assert all(c["eval_views"] == [0] for c in block["clips"])
         else:
             assert task == "generate" and set(s["model"]) == {"family_accuracy"}
-            assert len(block["clips"]) == len(SHAPES_2D_FAKE) * len(FAMILIES_2D_FAKE)
+            assert len(block["clips"]) == len(SHAPES) * len(FAMILIES)
         for row in block["clips"]:
             assert not {"reprojection_px", "probe_2d_error_px"} & set(row)
     html = (report / "index.html").read_text()
@@ -205,7 +212,7 @@ def test_sampling_benchmark_evaluates_both_architectures_into_its_own_section(pi
         a = ev["archs"][arch]
         assert (a["psnr"], a["object_psnr"], a["ade"], a["ade_pct"]) == tuple(
             s["model"][k] for k in ("psnr", "object_psnr", "ade", "ade_pct"))
-        assert a["family_accuracy"] == g["model"]["family_accuracy"] and g["clips"] == a["generate_clips"] == 8
+        assert a["family_accuracy"] == g["model"]["family_accuracy"] and g["clips"] == a["generate_clips"] == len(SHAPES) * len(FAMILIES)
         assert a["s_per_clip_predict"] == p["info"]["sampling_seconds_per_clip"] > 0
     s = runs["eval_masked_predict"]["tasks"]["predict"]["summary"]
     assert ev["references"]["copy_last"] == s["copy_last"] and ev["references"]["floor"] == s["floor"]
