@@ -147,6 +147,9 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     if task == "predict":
         k = saved["tasks"]["predict_frames"] if given_frames is None else given_frames
         latent_frames = given_latent_frames(k, recorded)
+    if task == "complete-view" and layout.views < 2:   # "all views but one given" would give nothing
+        raise UserError(f"--task complete-view needs at least 2 views; {transformer} was trained on a token cache "
+                        f"with 1")
     if task == "complete-view" and view is not None and not 0 <= view < layout.views:
         raise UserError(f"--view {view}: must be in 0..{layout.views - 1}")
 
