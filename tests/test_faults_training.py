@@ -61,12 +61,7 @@ def sets(items):
     return [a for item in items for a in ("--set", item)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ FAST = {"tokenizer": ["train.steps=6", "train.val_every=3", "train.ckpt_every=6"
         "probe": ["train.steps=20", "train.val_every=10", "train.ckpt_every=20", "train.val_frames=16"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two on a shared 2-core machine (see test_transformer.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see conftest.py
 
 
 def cli(*args) -> int:

@@ -23,14 +23,7 @@ QUIET = dict(progress=False, log=lambda m: None)
 LAYOUT = TokenLayout(codebook_size=16, views=3, t=2, h=2, w=2, num_shapes=3, num_families=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is faster than two (no per-op synchronisation; measured 10x on
-    a loaded 2-core machine). Restored afterwards for the other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see conftest.py
 
 
 def tiny_model(arch: str, width: int = 32, seed: int = 0, **switches) -> MaskedVideoTransformer:
