@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCHMARKS_MD, machine, today, write_section  # noqa: E402
+from evaluation.pipeline import DEMO_RUNS  # noqa: E402
 from evaluation.evaluate import evaluate  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
 from training.generate import generate, load_transformer  # noqa: E402
@@ -97,9 +98,9 @@ def time_one_clip(run: Path, repeats: int, decode_steps: int, device: str) -> tu
     return times, info
 
 
-# prediction as the demo samples it (evaluation/pipeline.py RUNS): temperature 0.5, composite over the last given
-# frame; class-conditional generation and the ceiling at temperature 1
-PREDICT_SETTINGS = {"temperature": 0.5, "composite": True}
+# prediction as the demo samples it (evaluation.pipeline.DEMO_RUNS: its temperature, composited over the last given
+# frame); class-conditional generation and the ceiling at temperature 1
+PREDICT_SETTINGS = {"temperature": DEMO_RUNS["predict"][2], "composite": True}
 
 
 def view_psnr(a: np.ndarray, b: np.ndarray) -> float:

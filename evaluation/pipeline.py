@@ -34,6 +34,12 @@ from training.configs import load_tokenizer_config, load_transformer_config
 PRESETS = ("tiny", "demo", "demo-textured", "full", "2d")   # demo-textured: a dataset preset; other kinds use demo's
 STAGE_KINDS = ("dataset", "tokenizer", "transformer", "probe")   # the config kinds `--set KIND.KEY=VALUE` addresses
 STATE_FILE = "demo_state.json"
+# The demo's generated runs: name -> (task, method, sampling temperature); predict is composited over the last given
+# frame. predict-ceiling decodes the test clips' true tokens through the same composite: the best any transformer
+# could do with this tokenizer. Prediction samples at temperature 0.5 (+0.4 dB over 1.0 on the demo, BENCHMARKS.md);
+# class-conditional generation keeps 1.0. benchmarks/sampling.py samples prediction the same way.
+DEMO_RUNS = {"predict": ("predict", "model", 0.5), "predict-ceiling": ("predict", "ceiling", 1.0),
+             "generate": ("generate", "model", 1.0), "complete-view": ("complete-view", "model", 1.0)}
 
 
 @dataclass
@@ -231,11 +237,7 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
                      log=log)
         return {"metrics": str(plan.report / "metrics.json"), "headline": headline(m)}
 
-    # generated runs: name -> (task, method, sampling temperature). predict-ceiling decodes the test clips' true
-    # tokens through the same composite: the best any transformer could do with this tokenizer. Prediction samples
-    # at temperature 0.5 (+0.4 dB over 1.0 on the demo, BENCHMARKS.md); class-conditional generation keeps 1.0.
-    RUNS = {"predict": ("predict", "model", 0.5), "predict-ceiling": ("predict", "ceiling", 1.0),
-            "generate": ("generate", "model", 1.0), "complete-view": ("complete-view", "model", 1.0)}
+    RUNS = dict(DEMO_RUNS)
     if len(cfgs["dataset"].cameras.rig) < 2:   # a one-view dataset (the 2D experiment) has no view to complete
         del RUNS["complete-view"]
     P = plan
