@@ -88,3 +88,37 @@ def test_kmeans_recovers_separated_clusters():
 def test_bad_val_clips_are_named():
     with pytest.raises(ValueError, match=r"non-empty uint8 array \(N, T, H, W, 3\); got shape \(0, 2, 4, 4, 3\)"):
         tokenizer_baselines(np.zeros((1, 2, 4, 4, 3), np.uint8), np.zeros((0, 2, 4, 4, 3), np.uint8), 1, 2, 2)
+
+
+def test_moving_psnr_scores_only_the_pixels_that_move():
+    from training.metrics import moving_mask, moving_psnr, psnr_per_clip
+    # a grey clip with a white 2x2 square stepping right one pixel a frame
+    clips = np.full((1, 6, 16, 16, 3), 100, np.uint8)
+    for t in range(6):
+        clips[0, t, 3:5, t:t + 2] = 255
+    mask = moving_mask(clips)
+    assert mask.shape == (1, 6, 16, 16) and mask.sum() == 6 * 4     # the square in each frame; the median is grey
+    # a reconstruction that blurs the square away (grey everywhere) keeps whole-frame PSNR high...
+    blurred = np.full_like(clips, 100)
+    whole, moving = float(psnr_per_clip(clips, blurred)[0]), moving_psnr(clips, blurred)
+    assert whole > 20
+    # ...but scores the moving pixels at their own error: 155 levels everywhere the square is
+    assert moving == pytest.approx(-20 * math.log10(155 / 255), abs=1e-6)
+    assert moving < whole - 10
+    # errors on still pixels do not count
+    noisy_background = clips.copy()
+    noisy_background[0, :, 0, 0] = 0
+    assert moving_psnr(clips, noisy_background) == 100.0
+    # nothing moves: no value
+    assert moving_psnr(np.full_like(clips, 7), blurred) is None
+
+
+def test_baselines_report_moving_pixel_psnr():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (4, 4, 8, 8, 3), dtype=np.uint8)
+    val = np.full((2, 4, 8, 8, 3), 90, np.uint8)
+    val[:, :, 2:4, 2:4] = 200
+    val[:, 2:, 2:4, 2:4] = 90                                          # the patch vanishes half way: it "moves"
+    out = tokenizer_baselines(train, val, 2, 4, 8, fit_blocks=1000, iterations=3)
+    assert set(out["moving"]) == {"clip_mean", "block_mean", "kmeans"}
+    assert out["moving"]["clip_mean"] < out["clip_mean"]              # the constant clip is worst where things move

@@ -457,3 +457,20 @@ def test_tiny_model_overfits_one_clip(quantizer):
     with torch.no_grad():
         x_hat, idx, _ = model(x)
     assert psnr(x_hat, x) > 22
+
+
+def test_motion_weight_weighs_the_moving_pixels():
+    model = VideoTokenizer(cfg_for("fsq", FLAT))
+    x = torch.full((1, 3, 4, 16, 16), -0.5)
+    x[:, :, 2:, 4:8, 4:8] = 0.5                           # a patch that appears half way: it moves
+    still_error, moving_error = x.clone(), x.clone()
+    still_error[:, :, :, 12:, 12:] += 0.2                 # the same error, on 16 still pixels...
+    moving_error[:, :, :, 4:8, 4:8] += 0.2                # ...or on the 16 moving ones
+    aux = {"loss": torch.zeros(())}
+    for loss_kind in ("l1", "l2"):
+        plain = [model.loss(x, e, aux, loss_kind)[1]["recon"] for e in (still_error, moving_error)]
+        assert plain[0] == pytest.approx(float(plain[1]))
+        weighted = [model.loss(x, e, aux, loss_kind, motion_weight=10.0)[1]["recon"] for e in (still_error, moving_error)]
+        assert weighted[0] == pytest.approx(float(plain[0]))     # still pixels keep weight 1
+        # moving pixels: 1 + 10 * |x - temporal mean| / 2 = 1 + 10 * 0.5 / 2 = 3.5
+        assert weighted[1] == pytest.approx(3.5 * float(plain[1]), rel=1e-5)

@@ -216,6 +216,7 @@ class TokenizerTrainSection(TrainSection):
     beta2: float = 0.99
     ema_decay: float = 0.99
     recon_loss: str = "l1"            # l1 | l2
+    motion_weight: float = 0.0        # extra loss weight on moving pixels: 1 + w * |x - clip's temporal mean| a pixel
     perceptual_weight: float = 0.0    # LPIPS loss weight; used when AlexNet's weights are found or downloaded
     lpips_weights: str = ""           # torchvision alexnet-owt-7be5be79.pth; "" = look in the torch hub cache
     disc_weight: float = 0.0          # adversarial loss weight; 0 = no discriminator
@@ -241,6 +242,8 @@ class TokenizerTrainSection(TrainSection):
         if (self.disc_weight < 0 or self.disc_start < 0 or self.disc_lr <= 0 or self.disc_channels < 1
                 or self.lecam_weight < 0):
             raise UserError("train.disc_weight, disc_start and lecam_weight must be >= 0, disc_lr > 0, disc_channels >= 1")
+        if self.motion_weight < 0:
+            raise UserError(f"train.motion_weight = {self.motion_weight}: must be >= 0")
         if self.perceptual_weight < 0:
             raise UserError(f"train.perceptual_weight = {self.perceptual_weight}: must be >= 0")
 
@@ -287,6 +290,18 @@ class TaskSection:
                 "unconditional": self.unconditional}
 
 
+AUGMENTATIONS = ("time-reverse", "hflip")   # copies of a train clip the token cache can hold (training/tokenize.py)
+
+
+def check_augmentations(names, where: str) -> list[str]:
+    """A list of augmentation names, each known and once, or a one-line error naming `where`."""
+    names = list(names)
+    bad = [n for n in names if n not in AUGMENTATIONS]
+    if bad or len(set(names)) != len(names):
+        raise UserError(f"{where} = {names}: each of {', '.join(AUGMENTATIONS)} at most once")
+    return names
+
+
 @dataclass
 class TransformerTrainSection(TrainSection):
     steps: int = 2000
@@ -299,6 +314,10 @@ class TransformerTrainSection(TrainSection):
     # loss weight of scored tokens equal to their copy guess (the token one latent frame earlier); 1 = plain mean.
     # Below 1 the loss concentrates on the tokens that change, where the motion is.
     unchanged_weight: float = 1.0
+    # copies of the train clips the token cache holds besides the clips (`magvit3d tokenize --augment`), trained on
+    # as extra clips with the same labels: time-reverse (every family here is a path the object can run backwards),
+    # hflip (one-view datasets only). The run refuses a cache without them.
+    augment: list[str] = field(default_factory=list)
     val_clips: int = 32               # clips of the val split scored per validation (per task)
     workers: int = 0                  # DataLoader worker processes (the cache is in memory: 0 is usually best)
     compile: bool = False             # torch.compile the model (CUDA recommended)
@@ -313,6 +332,7 @@ class TransformerTrainSection(TrainSection):
             raise UserError(f"train.label_smoothing = {self.label_smoothing}: must be in [0, 1)")
         if not 0 < self.unchanged_weight <= 1:
             raise UserError(f"train.unchanged_weight = {self.unchanged_weight}: must be in (0, 1]")
+        check_augmentations(self.augment, "train.augment")
 
 
 @dataclass

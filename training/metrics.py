@@ -35,6 +35,29 @@ def ssim_per_clip(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+MOVING_THRESHOLD = 0.1   # a pixel "moves" where it differs from its clip's temporal median by more than this (of 1)
+
+
+def moving_mask(clips: np.ndarray, threshold: float = MOVING_THRESHOLD) -> np.ndarray:
+    """uint8 (N, T, H, W, 3) -> bool (N, T, H, W): the pixels that differ from their clip's per-pixel temporal median
+    by more than `threshold` (max over RGB, on [0, 1]): the moving object where it is, not the still background."""
+    median = np.median(clips, axis=1, keepdims=True).astype(np.float32)
+    return (np.abs(clips.astype(np.float32) - median).max(-1) / 255.0) > threshold
+
+
+def moving_psnr(original: np.ndarray, reconstruction: np.ndarray, threshold: float = MOVING_THRESHOLD) -> float | None:
+    """PSNR (dB) over the moving pixels of the originals only (moving_mask), pooled per clip then averaged over the
+    clips that have any: whole-frame PSNR is mostly still background, which a reconstruction that blurs the moving
+    object away still gets right. None when nothing moves."""
+    mask = moving_mask(original, threshold)
+    values = []
+    for a, b, m in zip(original, reconstruction, mask):
+        if m.any():
+            diff = (a[m].astype(np.float64) - b[m].astype(np.float64)) / 255.0
+            values.append(float(psnr_from_mse(np.mean(diff ** 2))))
+    return float(np.mean(values)) if values else None
+
+
 def motion_ratio(original: np.ndarray, reconstruction: np.ndarray) -> float | None:
     """uint8 (N, T, H, W, 3) pair -> mean absolute frame-to-frame change of the reconstruction over the original's
     (1: moves as much; ~0: a frozen reconstruction; > 1: flicker the original does not have). None for still input."""

@@ -428,13 +428,22 @@ class VideoTokenizer(nn.Module):
         return self.decode(z_q), indices, aux
 
     def loss(self, x: torch.Tensor, x_hat: torch.Tensor, aux: dict, recon_loss: str = "l1", perceptual=None,
-             perceptual_weight: float = 0.0, disc=None, disc_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+             perceptual_weight: float = 0.0, disc=None, disc_weight: float = 0.0,
+             motion_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
         """The training loss of a forward pass (x_hat, _, aux = model(x); called on the outputs so that the forward
         can go through a DDP wrapper): reconstruction (l1 | l2) + the quantizer's terms, + perceptual_weight * LPIPS
         per frame when `perceptual` (an LPIPS net) is given, + disc_weight * the generator's hinge term when `disc`
-        (the discriminator) is. -> (loss, breakdown: quant_loss and the quantizer's other terms, recon[, g_adv])."""
-        diff = x_hat.float() - x
-        recon = diff.abs().mean() if recon_loss == "l1" else diff.pow(2).mean()
+        (the discriminator) is. motion_weight > 0 weighs each pixel's reconstruction error by 1 + motion_weight * how
+        far it is from its clip's temporal mean (max over RGB, on [0, 1]): a small moving object is a few % of the
+        pixels, and an unweighted loss is met by blurring it into the still background.
+        -> (loss, breakdown: quant_loss and the quantizer's other terms, recon[, g_adv])."""
+        err = (x_hat.float() - x).abs()
+        if recon_loss == "l2":
+            err = err.pow(2)
+        if motion_weight > 0:
+            moving = (x - x.mean(2, keepdim=True)).abs().amax(1, keepdim=True) / 2   # (B, 1, T, H, W) in [0, 1]
+            err = err * (1 + motion_weight * moving)
+        recon = err.mean()
         loss = recon + aux["loss"]
         if perceptual is not None:  # LPIPS per frame: fold time into the batch
             frames = lambda v: v.float().transpose(1, 2).flatten(0, 1)  # noqa: E731

@@ -33,7 +33,7 @@ from training.discriminator import LeCAM, PatchDiscriminator3D, hinge_d_loss
 from training.device import autocast_for
 from training.loop import TrainTask, Trainer, lr_at  # noqa: F401 - lr_at for tests
 from training.lpips_metric import load_lpips
-from training.metrics import motion_ratio, psnr_per_clip, ssim_per_clip
+from training.metrics import motion_ratio, moving_psnr, psnr_per_clip, ssim_per_clip
 from training.tokenizer import TokenizerConfig, VideoTokenizer, code_space_health
 
 load_run_config = load_tokenizer_config   # (the name every training loop module uses)
@@ -55,7 +55,8 @@ def validate(model: VideoTokenizer, clips: torch.Tensor, device: torch.device, b
     """Reconstruct uint8 view-clips (N, 3, T, H, W): PSNR and SSIM; codebook usage and perplexity; the code space's
     health (effective dimension, duplicate codes: see tokenizer.code_space_health); whether the reconstructions keep
     each clip's mean colour (mean absolute error of the per-clip mean, in 0..255 levels) and move as much as the input
-    (motion_ratio: mean absolute frame-to-frame change of the reconstructions over that of the input)."""
+    (motion_ratio: mean absolute frame-to-frame change of the reconstructions over that of the input); PSNR over the
+    moving pixels alone (moving_psnr: a blurred object costs little whole-frame PSNR on a still background)."""
     model.eval()
     recon, indices, latents = [], [], []
     for i in range(0, len(clips), batch_size):
@@ -76,7 +77,7 @@ def validate(model: VideoTokenizer, clips: torch.Tensor, device: torch.device, b
             "usage": float((counts > 0).double().mean()), "perplexity": float(math.exp(entropy)),
             **code_space_health(torch.cat(latents), idx),
             "mean_colour_error": float(np.abs(clip_colour(a) - clip_colour(b)).mean()),
-            "motion_ratio": motion_ratio(a, b)}
+            "motion_ratio": motion_ratio(a, b), "moving_psnr": moving_psnr(a, b)}
 
 
 def validation_line(val: dict, baselines: dict) -> str:
@@ -86,7 +87,12 @@ def validation_line(val: dict, baselines: dict) -> str:
     motion = f", motion ratio {val['motion_ratio']:.2f}" if val.get("motion_ratio") is not None else ""
     if motion and baselines.get("kmeans_motion_ratio") is not None:
         motion += f" (k-means {baselines['kmeans_motion_ratio']:.2f})"
-    return (f"step {val['step']}: {val['split']} PSNR {val['psnr']:.2f} dB{versus}, SSIM {val['ssim']:.3f}, "
+    moving = ""
+    if val.get("moving_psnr") is not None:
+        moving = f", moving pixels {val['moving_psnr']:.2f} dB"
+        if (baselines.get("moving") or {}).get("kmeans") is not None:
+            moving += f" (k-means {baselines['moving']['kmeans']:.2f})"
+    return (f"step {val['step']}: {val['split']} PSNR {val['psnr']:.2f} dB{versus}{moving}, SSIM {val['ssim']:.3f}, "
             f"codebook usage {val['usage']:.1%}, effective dim {val['effective_dim']:.2f}, duplicate codes "
             f"{val['duplicate_codes']:.1%}{motion}")
 
@@ -208,7 +214,8 @@ class TokenizerTask(TrainTask):
         with self.autocast:
             x_hat, _, aux = tr.train_model(x)
             loss, parts = tr.model.loss(x, x_hat, aux, t.recon_loss, self.perceptual, t.perceptual_weight,
-                                        self.disc if self.adversarial else None, t.disc_weight)
+                                        self.disc if self.adversarial else None, t.disc_weight,
+                                        motion_weight=t.motion_weight)
         self.x, self.x_hat = (x, x_hat) if self.adversarial else (None, None)   # for the discriminator's step
         return loss, {**parts, "loss": loss.detach()}
 
