@@ -89,6 +89,8 @@ class ProbeTrainSection(TrainSection):
     noise: float = 0.02              # max std of additive Gaussian noise on [0, 1] (0 = off)
     val_frames: int = 2048           # validation frames (from the val split, else train) evaluated each time
     threads: int = 0                 # torch CPU threads; 0 = torch's default
+    reconstructions: str = ""        # a tokenizer run: also train on its reconstructions of the training clips, so the
+                                     # probe finds the object in decoded video as well as in renders ("" = renders only)
 
     POSITIVE = TrainSection.POSITIVE + ("val_frames",)
 

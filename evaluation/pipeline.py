@@ -208,7 +208,8 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
         return {"val_psnr": v.get("psnr"), "val_ssim": v.get("ssim"), "codebook_usage": v.get("usage")}
 
     def tokenize():
-        s = tokenize_dataset(plan.tokenizer, plan.dataset, device=_device(plan.device), progress=progress)
+        s = tokenize_dataset(plan.tokenizer, plan.dataset, device=_device(plan.device), progress=progress,
+                             augment=cfgs["transformer"].train.augment)
         return {"shapes": {k: v["shape"] for k, v in s.items()}}
 
     def transformer():
@@ -246,10 +247,15 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
     runner.run("pack", {}, ["verify"], [P.dataset / "packed"], pack, owned=P.dataset / "packed")
     runner.run("train-tokenizer", to_dict(cfgs["tokenizer"]), ["pack"], [P.tokenizer / "summary.json"], tokenizer,
                owned=P.tokenizer)
-    runner.run("tokenize", {}, ["train-tokenizer"], [P.tokenizer / "tokens"], tokenize, owned=P.tokenizer / "tokens")
+    augment = cfgs["transformer"].train.augment   # (in the key only when set: older workdirs stay up to date)
+    runner.run("tokenize", {"augment": augment} if augment else {}, ["train-tokenizer"], [P.tokenizer / "tokens"],
+               tokenize, owned=P.tokenizer / "tokens")
     runner.run("train-transformer", to_dict(cfgs["transformer"]), ["tokenize"], [P.transformer / "summary.json"],
                transformer, owned=P.transformer)
-    runner.run("train-probe", to_dict(cfgs["probe"]), ["pack"], [P.probe / "summary.json"], probe, owned=P.probe)
+    if not cfgs["probe"].train.reconstructions:   # the probe must find the object in decoded video too
+        cfgs["probe"].train.reconstructions = str(P.tokenizer)
+    runner.run("train-probe", to_dict(cfgs["probe"]), ["train-tokenizer"], [P.probe / "summary.json"], probe,
+               owned=P.probe)
     for run, (task, method, temperature) in RUNS.items():
         runner.run(f"generate-{run}", {"steps": P.generate_steps, "seed": P.seed, "method": method,
                                        "composite": task == "predict", "temperature": temperature},

@@ -23,7 +23,7 @@ Frames where the object is not visible (packed index `visibility`) are left out 
 is pushed towards the image size, so their confidence is ~0.
 
 Training: rendered frames from the packed arrays (views and frames folded into the batch) with the 2D centres of
-the packed index; horizontal flips (u -> W - u), optionally quarter turns, brightness/contrast/colour jitter and mild
+the packed index, and with train.reconstructions (a tokenizer run) the same frames as that tokenizer decodes them; horizontal flips (u -> W - u), optionally quarter turns, brightness/contrast/colour jitter and mild
 blur/noise so generated clips (softer than renders) are not out of distribution. The refine stage is trained on windows around the true
 centre shifted by up to `crop_jitter` px (what the coarse stage leaves). Loss per stage: L1 on the soft-argmax
 centre (integral regression) + cross-entropy of the heatmap vs the bilinear target + the sigma term. AdamW,
@@ -253,6 +253,25 @@ def load_frames(root: Path, split: str) -> ProbeFrames:
     return ProbeFrames(frames, uv, vis & torch.isfinite(uv).all(1))
 
 
+def reconstructed_frames(tokenizer_run: Path, data: Path, split: str, frames: ProbeFrames) -> ProbeFrames:
+    """`frames` (load_frames of the same split) with a tokenizer's reconstructions (its true tokens decoded) appended,
+    labelled with the same centres and visibility: the probe then also learns to find the object in decoded video,
+    which is softer than a render (a blurred object the render-only probe places pixels off)."""
+    from training.tokenize import check_dataset, load_tokenizer, reconstruct_clips
+
+    if not Path(tokenizer_run).is_dir():
+        raise UserError(f"train.reconstructions = {str(tokenizer_run)!r}: not a directory (a tokenizer run)")
+    model, saved = load_tokenizer(Path(tokenizer_run))
+    check_dataset(data, saved)
+    rgb = load_packed(data, split).rgb
+    N, V, T, H, W, _ = rgb.shape
+    recon = np.concatenate([reconstruct_clips(model, np.asarray(rgb[i:i + 8]).reshape(-1, T, H, W, 3), "cpu")
+                            for i in range(0, N, 8)]) if N else np.zeros((0, T, H, W, 3), np.uint8)
+    recon = torch.from_numpy(recon.reshape(N * V * T, H, W, 3))
+    return ProbeFrames(torch.cat([frames.frames, recon]), torch.cat([frames.uv, frames.uv]),
+                       torch.cat([frames.visible, frames.visible]))
+
+
 def augment(x: torch.Tensor, uv: torch.Tensor, t: ProbeTrainSection, gen: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """x float (B, 3, H, W) in [0, 1], uv (B, 2) -> augmented copies (same ranges). Seeded by `gen`."""
@@ -420,6 +439,8 @@ class ProbeTask(TrainTask):
         except UserError as e:
             raise UserError(f"dataset {data}: {e}; use fewer model.channels levels") from None
         self.train_set = load_frames(data, "train")
+        if t.reconstructions:
+            self.train_set = reconstructed_frames(Path(t.reconstructions), data, "train", self.train_set)
         if len(self.train_set) < t.batch_size:   # (under torchrun: per rank)
             raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(self.train_set)} training frames of "
                             f"{data}")

@@ -151,3 +151,30 @@ def test_probe_ddp_under_torchrun_on_cpu(dataset, tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "split" not in r] == [1, 2, 3, 4]   # logged once, by rank 0
     assert load_probe(run).config["step"] == 4
+
+
+def test_probe_trains_on_a_tokenizers_reconstructions_too(dataset, tmp_path):
+    """train.reconstructions = a tokenizer run: the training frames are the renders plus that tokenizer's decoded
+    clips, with the same centres; a path that is not a run is a one-line error before any training."""
+    from evaluation.configs import load_probe_config
+    from evaluation.probe import ProbeTask, load_frames
+    from training.configs import load_tokenizer_config
+    from training.tokenize import load_tokenizer, reconstruct_clips
+    from training.train_tokenizer import train_tokenizer
+
+    tok = tmp_path / "tok"
+    train_tokenizer(load_tokenizer_config("tiny", ["train.steps=2", "train.val_clips=1", "train.batch_size=2"]),
+                    dataset, tok, progress=False, log=lambda *a: None)
+    renders = load_frames(dataset, "train")
+    task = ProbeTask(load_probe_config("tiny", [f"train.reconstructions={tok}"]), dataset)
+    n = len(renders)
+    assert len(task.train_set) == 2 * n
+    assert torch.equal(task.train_set.frames[:n], renders.frames)
+    assert torch.equal(task.train_set.uv[n:], renders.uv) and torch.equal(task.train_set.visible[n:], renders.visible)
+    rgb = load_packed(dataset, "train").rgb
+    N, V, T, H, W, _ = rgb.shape
+    expected = reconstruct_clips(load_tokenizer(tok)[0], np.asarray(rgb).reshape(N * V, T, H, W, 3), "cpu")
+    assert np.array_equal(task.train_set.frames[n:].numpy(), expected.reshape(N * V * T, H, W, 3))
+    assert not torch.equal(task.train_set.frames[n:], renders.frames)     # a 2-step tokenizer is far from exact
+    with pytest.raises(UserError, match="train.reconstructions = .*nope.*not a directory"):
+        ProbeTask(load_probe_config("tiny", [f"train.reconstructions={tmp_path / 'nope'}"]), dataset)

@@ -68,6 +68,39 @@ def test_maskgit_decodes_on_the_cosine_schedule():
     assert int((out == LAYOUT.mask_id).sum()) == 0
 
 
+def test_frame_order_decodes_one_latent_frame_after_another():
+    """order "frames": each latent frame gets its own `steps` steps, the frames after it all MASK meanwhile; the
+    given frame stays; the result is complete, seeded, and differs from decoding everything at once."""
+    model, seq = tiny_model("masked"), random_clips(1)
+    given = given_mask(LAYOUT, "predict", 1, latent_frames=1)
+    cond = condition(LAYOUT, "predict", batch=1)
+    frame = LAYOUT.grid_index()["t"]
+    seen = []
+    original = model.forward
+
+    def spy(x, c):
+        seen.append([int((x[0, frame == j] == LAYOUT.mask_id).sum()) for j in range(LAYOUT.t)])
+        return original(x, c)
+
+    model.forward = spy
+    out = maskgit_sample(model, seq, given, cond, generators([0]), steps=3, order="frames")
+    # LAYOUT: 3 views x 2 x 2 = 12 tokens a latent frame; frame 0 given, frame 1 decoded in 3 steps on the cosine
+    # schedule (12, then floor(12 cos(pi/6)) = 10, then floor(12 cos(pi/3)) = 6 still masked)
+    assert seen == [[0, 12], [0, 10], [0, 6]]
+    model.forward = original
+    assert torch.equal(out[given], seq[given]) and int((out == LAYOUT.mask_id).sum()) == 0
+    assert torch.equal(out, maskgit_sample(model, seq, given, cond, generators([0]), steps=3, order="frames"))
+    # nothing given: frame 1 stays fully masked until frame 0 is done
+    seen.clear()
+    model.forward = spy
+    maskgit_sample(model, seq, torch.zeros_like(given), condition(LAYOUT, "unconditional", batch=1), generators([0]),
+                   steps=2, order="frames")
+    assert seen == [[12, 12], [8, 12], [0, 12], [0, 8]]
+    model.forward = original
+    with pytest.raises(UserError, match="decode order 'backwards'; allowed: all, frames"):
+        maskgit_sample(model, seq, given, cond, generators([0]), order="backwards")
+
+
 @pytest.mark.parametrize("task", ["predict", "complete-view", "unconditional"])
 def test_ar_kv_cache_sampling_equals_uncached_greedy_sampling(task):
     model, seq = tiny_model("ar"), random_clips(2, seed=1)
@@ -295,15 +328,81 @@ def cache(tmp_path_factory):
     data = make_fake_dataset(root / "ds", num_samples=10, resolution=16, frames=4,
                              dataset={"splits": {"train": 0.6, "val": 0.2, "test": 0.2}})
     pack_dataset(data, progress=False)
+    run = untrained_tokenizer(root / "tok", data)
+    tokenize_dataset(run, data, progress=False)
+    return run
+
+
+def untrained_tokenizer(run: Path, data: Path) -> Path:
+    """A tokenizer checkpoint at step 1 with random weights (temporal factor 2, spatial 4) for 16x16x4 clips."""
+    from training.tokenizer import VideoTokenizer
+    from training.train_tokenizer import load_run_config as tokenizer_config
+
     cfg = tokenizer_config("tiny", ["model.channels=8", "model.norm_groups=4", "model.channel_mult=[1,2,2]",
                                     "model.temporal_downsample=[true,false]"]).model
     torch.manual_seed(0)
-    run = root / "tok"
     ckpt.save_checkpoint(run, 1, {"kind": "tokenizer", "model": to_dict(cfg),
                                   "data": {"path": str(data), "image_size": [16, 16], "frames": 4}},
                          {"model": VideoTokenizer(cfg).state_dict()})
-    tokenize_dataset(run, data, progress=False)
     return run
+
+
+def test_augmented_copies_of_the_train_clips_are_encoded_and_trained_on(cache, tmp_path):
+    """tokenize --augment time-reverse writes the train clips played backwards, encoded, labelled like their
+    sources; train.augment trains on them as more clips; hflip is refused for several views; a cache without the
+    copies (tokenized again without --augment) is a one-line error for a run that asks for them."""
+    from datagen.pack import load_packed
+    from training.tokenize import encode_clips, load_tokenizer, tokenize_dataset
+    from training.token_cache import load_augmented, load_token_cache
+    from training.train_transformer import TransformerTask
+
+    run = tmp_path / "tok"
+    shutil.copytree(cache, run)
+    data = Path(json.loads((run / "tokens" / "train_index.json").read_text())["dataset"])
+    with pytest.raises(UserError, match="hflip mirrors each view on its own.*one-view datasets only"):
+        tokenize_dataset(run, data, augment=["hflip"], progress=False)
+    assert not (run / "tokens" / "train_augmented.npy").exists()
+    tokenize_dataset(run, data, augment=["time-reverse"], progress=False)
+    train = load_token_cache(run, "train")
+    extra = load_augmented(train, ["time-reverse"])
+    rgb = load_packed(data, "train").rgb
+    model = load_tokenizer(run)[0]
+    assert extra.tokens.shape == train.tokens.shape and extra.index["augmentation"] == ["time-reverse"] * len(train)
+    for n in range(len(train)):
+        assert np.array_equal(extra.tokens[n], encode_clips(model, np.asarray(rgb[n])[:, ::-1], "cpu", 8))
+    assert not np.array_equal(extra.tokens, train.tokens)
+    assert np.array_equal(extra.shape_ids, train.shape_ids) and np.array_equal(extra.family_ids, train.family_ids)
+    lines = []
+    task = TransformerTask(config(**{"train.augment": '["time-reverse"]'}), run, lines.append)
+    assert len(task.train_set) == 2 * len(train) and "6 clips + 6 augmented copies" in lines[-1]
+    assert torch.equal(task.train_set.tokens[len(train):], torch.from_numpy(extra.tokens.astype("int64")))
+    with pytest.raises(UserError, match=r"not \['hflip'\]"):
+        load_augmented(train, ["hflip"])
+    tokenize_dataset(run, data, progress=False)                       # without --augment: the copies go
+    assert not (run / "tokens" / "train_augmented.npy").exists()
+    with pytest.raises(UserError, match="holds no augmented train clips .*--augment time-reverse"):
+        TransformerTask(config(**{"train.augment": '["time-reverse"]'}), run, lines.append)
+    with pytest.raises(UserError, match="train.augment = \\['backwards'\\]: each of time-reverse, hflip"):
+        config(**{"train.augment": '["backwards"]'})
+
+
+def test_one_view_clips_can_be_mirrored_and_reversed(tmp_path):
+    from datagen.pack import load_packed
+    from fakes import make_fake_2d_dataset
+    from training.tokenize import encode_clips, load_tokenizer, tokenize_dataset
+    from training.token_cache import load_augmented, load_token_cache
+
+    data = make_fake_2d_dataset(tmp_path / "ds", num_samples=8, resolution=16, frames=4)
+    run = untrained_tokenizer(tmp_path / "tok", data)
+    tokenize_dataset(run, data, augment=["time-reverse", "hflip"], progress=False)
+    train = load_token_cache(run, "train")
+    both = load_augmented(train, ["time-reverse", "hflip"])
+    n = len(train)
+    assert both.index["augmentation"] == ["time-reverse"] * n + ["hflip"] * n + ["time-reverse+hflip"] * n
+    assert len(load_augmented(train, ["hflip"])) == n                 # only the copies made with nothing else
+    rgb, model = np.asarray(load_packed(data, "train").rgb), load_tokenizer(run)[0]
+    assert np.array_equal(both.tokens[2 * n], encode_clips(model, rgb[0][:, ::-1, :, ::-1], "cpu", 8))
+    assert np.array_equal(both.tokens[n + 1], encode_clips(model, rgb[1][:, :, :, ::-1], "cpu", 8))
 
 
 def config(**overrides):

@@ -58,15 +58,19 @@ def train_tokenizer_cmd(data, out, config, overrides, resume, device, no_progres
               help="FSQ only: a token keeps the previous latent frame's code while its latent stays within 0.5 + "
                    "this many levels of it, so static content stops flickering between neighbouring codes "
                    "(0 = plain rounding; below 1).")
+@click.option("--augment", multiple=True, type=click.Choice(["time-reverse", "hflip"]),
+              help="Also encode transformed copies of the train clips (every combination of those given) into "
+                   "RUN/tokens/train_augmented.npy, for a transformer with train.augment: time-reverse (played "
+                   "backwards), hflip (mirrored; one-view datasets only). Repeatable.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def tokenize_cmd(run, data, device, batch_size, code_hysteresis, no_progress):
+def tokenize_cmd(run, data, device, batch_size, code_hysteresis, augment, no_progress):
     """Encode every split of a packed dataset into the token cache RUN/tokens/<split>_tokens.npy
     (int16, N x V x t x h x w) with the run's latest (EMA) tokenizer."""
     from training.tokenize import tokenize_dataset
     from training.device import pick_device
 
     summary = tokenize_dataset(run, data, device=pick_device(device), batch_size=batch_size,
-                               hysteresis=code_hysteresis, progress=not no_progress)
+                               hysteresis=code_hysteresis, augment=list(augment), progress=not no_progress)
     for split, info in summary.items():
         click.echo(f"{split}: {tuple(info['shape'])} -> {info['tokens']}")
     return 0
@@ -144,6 +148,9 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
               help="Sampling temperature (0 = argmax).")
 @click.option("--choice-temperature", default=4.5, show_default=True, type=FiniteFloat(min=0),
               help="Scale of the Gumbel noise on the confidences, annealed to 0 (masked model).")
+@click.option("--order", default="all", show_default=True, type=click.Choice(["all", "frames"]),
+              help="Masked model: decode every token at once (all, MaskGIT) or one latent frame after another "
+                   "(frames: each frame sees the ones before it complete; --steps steps per frame).")
 @click.option("--top-k", default=0, show_default=True, type=int, help="Sample among the k likeliest (AR; 0 = all).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
               help="Clip i is sampled with seed + i.")
@@ -169,7 +176,7 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
                    "[default: on for predict].")
 @device_option()
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, top_k, seed, split,
+def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, order, top_k, seed, split,
                  given_frames, view, shapes, families, tokens, batch_size, method, paste, composite, device,
                  no_progress):
     """Sample clips with a trained transformer and decode them with its tokenizer into OUT: generated_rgb.npy,
@@ -185,7 +192,7 @@ def generate_cmd(transformer, task, out, steps, num, temperature, choice_tempera
                                  f"another --seed for more", param_hint="'--num'")
     check_output_dir(out)
     summary = generate(transformer, task, out, steps=steps, num=num, temperature=temperature,
-                       choice_temperature=choice_temperature, top_k=top_k, seed=seed, split=split,
+                       choice_temperature=choice_temperature, order=order, top_k=top_k, seed=seed, split=split,
                        given_frames=given_frames, view=view, shapes=shapes, families=families, tokens=tokens,
                        device=device, batch_size=batch_size, method=method, paste=paste,
                        composite=task == "predict" if composite is None else composite, progress=not no_progress,

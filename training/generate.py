@@ -129,13 +129,14 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
              split: str = "test", given_frames: int | None = None, view: int | None = None,
              shapes: tuple[str, ...] = (), families: tuple[str, ...] = (), tokens: Path | None = None,
              device: str = "auto", batch_size: int = 8, method: str = "model", paste: bool = True,
-             composite: bool = False, progress: bool = True, log=print) -> dict:
+             composite: bool = False, order: str = "all", progress: bool = True, log=print) -> dict:
     """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing).
 
     method: model (sample), ceiling (the true tokens decoded) or copy-latent (predict: the last given latent frame
     repeated). paste: the given frames / views come from the renders instead of being re-decoded. composite
     (predict): predicted frames keep the last given frame wherever the decoded clip does not differ from the
-    decoded copy-latent clip (`composite_over_last`)."""
+    decoded copy-latent clip (`composite_over_last`). order (masked model): "all" tokens at once or latent "frames"
+    one after another (training.sampling.maskgit_sample)."""
     from tqdm import tqdm
 
     _check_args(task, steps, num, temperature, top_k, method, composite)
@@ -193,7 +194,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                 with autocast_for(dev):
                     seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
                                  generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
-                                 choice_temperature=choice_temperature, top_k=top_k)
+                                 choice_temperature=choice_temperature, top_k=top_k, order=order)
             sampling_seconds += time.perf_counter() - t0
             grids = layout.to_grid(seq)
             copy_grids = layout.to_grid(copies) if composite else None
@@ -211,6 +212,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             "dataset_config_hash": source["dataset_config_hash"], "image_size": source["image_size"],
             "frames": source["frames"], "views": source["views"], "steps": steps if not model.causal else None,
             "temperature": temperature, "choice_temperature": choice_temperature if not model.causal else None,
+            "order": order if not model.causal else None,
             "top_k": top_k if model.causal else None, "seed": seed, "arch": model.cfg.arch,
             "transformer": str(transformer.resolve()), "transformer_step": saved["step"],
             "tokenizer": source["tokenizer_run"], "tokenizer_step": source["tokenizer_step"],

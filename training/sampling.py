@@ -12,6 +12,7 @@ Sampling fills every position that is not given and never changes a given token:
     maskgit_sample  the masked model: iterative parallel decoding (MaskGIT). Each step predicts all unknown tokens,
                     keeps the most confident ones and re-masks the rest; the number kept follows a cosine schedule
                     and the confidence gets Gumbel noise annealed to zero, so the last step fills everything.
+                    order "frames" does that one latent frame after another.
     ar_sample       the autoregressive model: one token at a time in raster order with a KV cache (top-k /
                     temperature); given tokens are fed instead of sampled.
 
@@ -94,28 +95,53 @@ def mask_schedule(ratio: float) -> float:
     return math.cos(math.pi / 2 * ratio)
 
 
+DECODE_ORDERS = ("all", "frames")
+
+
 @torch.no_grad()
 def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
                    gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0,
-                   choice_temperature: float = 4.5) -> torch.Tensor:
-    """Fill every non-given position of seq (B, N) in `steps` parallel decoding steps; returns (B, N) ids."""
+                   choice_temperature: float = 4.5, order: str = "all") -> torch.Tensor:
+    """Fill every non-given position of seq (B, N) in `steps` parallel decoding steps; returns (B, N) ids.
+    order "all": every unknown token at once (MaskGIT). "frames": one latent frame (all views) after another,
+    `steps` steps each, later frames still masked, so each frame is drawn seeing the frames before it complete: a
+    small object is then placed once per frame and moves on from where it was, instead of being drawn in several
+    frames at once in places that do not follow each other."""
+    if order not in DECODE_ORDERS:
+        raise UserError(f"decode order {order!r}; allowed: {', '.join(DECODE_ORDERS)}")
     mask_id = model.layout.mask_id
     given = given.to(seq.device)
     x = torch.where(given, seq, torch.full_like(seq, mask_id))
-    unknown = ~given
+    if order == "all":
+        return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature)
+    frame = model.layout.grid_index()["t"].to(seq.device)
+    for j in range(model.layout.t):
+        todo = ~given & (frame == j)[None]
+        if todo.any():
+            x = _maskgit_fill(model, x, todo, cond, gens, steps, temperature, choice_temperature)
+    return x
+
+
+def _maskgit_fill(model: MaskedVideoTransformer, x: torch.Tensor, unknown: torch.Tensor, cond: torch.Tensor,
+                  gens: list[torch.Generator], steps: int, temperature: float, choice_temperature: float
+                  ) -> torch.Tensor:
+    """Decode the `unknown` positions of x (B, N) in `steps` steps; every other position keeps its id (MASK
+    included, so a later frame can stay masked)."""
+    mask_id = model.layout.mask_id
     total = unknown.sum(1)                                            # tokens to generate per clip
     for s in range(steps):
         logits = model(x, cond).float()
         noise = _gumbel(gens, logits.shape[1:], logits.device) if temperature > 0 else None
         sampled = torch.where(unknown, _draw(logits, temperature, noise), x)
-        confidence = F.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
+        picked = torch.where(unknown, sampled, 0)[..., None]          # (a still-masked later frame has no logit)
+        confidence = F.log_softmax(logits, -1).gather(-1, picked)[..., 0]
         ratio = (s + 1) / steps
         if s == steps - 1:
             n_mask = torch.zeros_like(total)
         else:  # at least one more masked (so later steps have work), at least one decoded now
             n_mask = torch.floor(total * mask_schedule(ratio)).long()
             n_mask = torch.minimum(n_mask.clamp_min(1), unknown.sum(1) - 1).clamp_min(0)
-        confidence = confidence + choice_temperature * (1 - ratio) * _gumbel(gens, (seq.shape[1],), seq.device)
+        confidence = confidence + choice_temperature * (1 - ratio) * _gumbel(gens, (x.shape[1],), x.device)
         confidence = confidence.masked_fill(~unknown, float("inf"))   # decoded and given tokens stay
         cutoff = confidence.sort(-1).values.gather(-1, n_mask[:, None])
         remask = confidence < cutoff                                  # the n_mask least confident unknown tokens
@@ -157,9 +183,9 @@ def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Ten
 
 def sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
            gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0, choice_temperature: float = 4.5,
-           top_k: int = 0) -> torch.Tensor:
-    """Either sampler, by the model's architecture (steps / choice_temperature: masked; top_k: ar)."""
+           top_k: int = 0, order: str = "all") -> torch.Tensor:
+    """Either sampler, by the model's architecture (steps / choice_temperature / order: masked; top_k: ar)."""
     if model.causal:
         return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k)
     return maskgit_sample(model, seq, given, cond, gens, steps=steps, temperature=temperature,
-                          choice_temperature=choice_temperature)
+                          choice_temperature=choice_temperature, order=order)

@@ -3,6 +3,7 @@
     TOKENS/<split>_tokens.npy     int16 (N, V, t, h, w), in the pack order of the dataset's split
     TOKENS/<split>_index.json     split, sample_ids, dataset, dataset_config_hash, tokenizer_step, codebook_size,
                                   shape, views, code_levels (FSQ digits; absent in caches written before them)
+    TOKENS/train_augmented.{npy,json}  optional: transformed copies of the train clips (load_augmented)
 
 TOKENS is RUN/tokens of a tokenizer run; either that run or the tokens directory itself may be passed. The class
 labels come from the dataset's packed index. `source` describes where a cache came from (the tokenizer run, its
@@ -130,6 +131,42 @@ def load_token_cache(path: Path, split: str) -> TokenCache:
     labels = packed.index["label_ids"]
     return TokenCache(directory, split, tokens, index, np.asarray(labels["shape"], np.int64),
                       np.asarray(labels["family"], np.int64), source)
+
+
+def load_augmented(cache: TokenCache, wanted: list[str]) -> TokenCache:
+    """The augmented copies of `cache`'s train clips (`magvit3d tokenize --augment`, training/tokenize.py) made only
+    with augmentations in `wanted`, labelled like the clips they came from; a one-line error when the cache does
+    not hold them or they are from another tokenizer step or dataset config than the clips."""
+    directory = cache.directory
+    ipath, tpath = directory / "train_augmented.json", directory / "train_augmented.npy"
+    hint = f"run `magvit3d tokenize --run RUN --data DATASET {' '.join('--augment ' + a for a in wanted)}`"
+    if not ipath.is_file() or not tpath.is_file():
+        raise UserError(f"token cache {directory} holds no augmented train clips ({', '.join(wanted)} asked for); "
+                        f"{hint}")
+    index = read_json(ipath, "augmented token index")
+    if (index.get("tokenizer_step") != cache.index.get("tokenizer_step")
+            or index.get("dataset_config_hash") != cache.index.get("dataset_config_hash")):
+        raise UserError(f"{tpath} is stale (another tokenizer step or dataset config than the train tokens); {hint}")
+    missing = [a for a in wanted if a not in index.get("augment", [])]
+    if missing:
+        raise UserError(f"{tpath} holds the augmentations {index.get('augment')}, not {missing}; {hint}")
+    try:
+        tokens = np.load(tpath, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{tpath} is unreadable ({e}); {hint}") from None
+    if list(tokens.shape) != index.get("shape") or tokens.shape[1:] != cache.tokens.shape[1:]:
+        raise UserError(f"{tpath} is {tuple(tokens.shape)}; {ipath.name} says {tuple(index.get('shape', ()))} and "
+                        f"the train tokens are (N, {', '.join(map(str, cache.tokens.shape[1:]))}); {hint}")
+    keep = [i for i, a in enumerate(index["augmentation"]) if set(a.split("+")) <= set(wanted)]
+    position = {sid: i for i, sid in enumerate(cache.sample_ids)}
+    try:
+        source = [position[index["sample_ids"][i]] for i in keep]
+    except KeyError as e:
+        raise UserError(f"{tpath} holds sample {e} that the train split does not; {hint}") from None
+    return TokenCache(directory, "train", tokens[keep],
+                      {**index, "sample_ids": [index["sample_ids"][i] for i in keep],
+                       "augmentation": [index["augmentation"][i] for i in keep]},
+                      cache.shape_ids[source], cache.family_ids[source], cache.source)
 
 
 def check_compatible(expected: dict, found: dict, where: str) -> None:

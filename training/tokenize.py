@@ -4,6 +4,10 @@ reconstructions next to the originals for a visual check.
     RUN/tokens/<split>_tokens.npy     int16 (N, V, t, h, w), in the pack order of the dataset's split
     RUN/tokens/<split>_index.json     sample ids, the dataset's config hash, the tokenizer step, the grid shape,
                                       code_levels (FSQ: id = sum_i digit_i * prod(levels[:i]); [] otherwise)
+    RUN/tokens/train_augmented.npy    with --augment: int16 (M, V, t, h, w), the train clips transformed before
+    RUN/tokens/train_augmented.json   encoding (one copy per non-empty combination of the augmentations asked for);
+                                      per row its sample id and augmentation ("time-reverse+hflip"), the tokenizer
+                                      step and the dataset's config hash (training/token_cache.py reads them)
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from datagen.config import UserError, from_dict
 from datagen.dataset import load_dataset_json, write_json_atomic
 from datagen.pack import load_packed
 from training import checkpoint as ckpt
+from training.configs import check_augmentations
 from training.data import to_model_range, to_uint8
 from training.tokenizer import TokenizerConfig, VideoTokenizer
 
@@ -29,7 +34,8 @@ def load_tokenizer(run: Path, device: torch.device | str = "cpu") -> tuple[Video
     return ckpt.load_model_weights(latest, model).to(device).eval(), saved
 
 
-def _check_dataset(data: Path, saved: dict) -> dict:
+def check_dataset(data: Path, saved: dict) -> dict:
+    """The dataset's info, or a one-line error when its clips are not the size the tokenizer was trained on."""
     info = load_dataset_json(data)
     trained = saved["data"]
     if [*info["image_size"], info["frames"]] != [*trained["image_size"], trained["frames"]]:
@@ -60,18 +66,45 @@ def reconstruct_clips(model: VideoTokenizer, rgb: np.ndarray, device, batch_size
     return np.concatenate(out) if out else np.zeros_like(rgb)
 
 
+AUGMENTED = "train_augmented"   # RUN/tokens/train_augmented.{npy,json}
+
+
+def augmentation_combinations(names: list[str]) -> list[tuple[str, ...]]:
+    """Every non-empty combination of the augmentations, in a fixed order: [a], [b], [a, b], ..."""
+    return [tuple(n for i, n in enumerate(names) if mask >> i & 1) for mask in range(1, 2 ** len(names))]
+
+
+def augment_clip(rgb: np.ndarray, combination: tuple[str, ...]) -> np.ndarray:
+    """(V, T, H, W, 3) -> the clip played backwards (time-reverse) and / or mirrored left-right (hflip)."""
+    if "time-reverse" in combination:
+        rgb = rgb[:, ::-1]
+    if "hflip" in combination:
+        rgb = rgb[:, :, :, ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
 def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8, hysteresis: float = 0.0,
-                     progress: bool = True) -> dict:
+                     augment: list[str] = (), progress: bool = True) -> dict:
     """Encode every packed split of `data` with the run's tokenizer into RUN/tokens (atomically, per file).
-    hysteresis (FSQ): a code sticks across latent frames while its latent stays within 0.5 + hysteresis levels."""
+    hysteresis (FSQ): a code sticks across latent frames while its latent stays within 0.5 + hysteresis levels.
+    augment (AUGMENTATIONS): also encode transformed copies of the train clips into RUN/tokens/train_augmented.*
+    (without it, an earlier run's augmented copies are removed: they would not match the tokens any more)."""
     from tqdm import tqdm
 
     if not 0 <= hysteresis < 1:
         raise UserError(f"--code-hysteresis {hysteresis}: must be in [0, 1) (levels beyond the rounding half-step)")
+    augment = check_augmentations(augment, "--augment")
     model, saved = load_tokenizer(run, device)
     if hysteresis and model.cfg.quantizer != "fsq":
         raise UserError(f"--code-hysteresis needs an FSQ tokenizer; {run} uses {model.cfg.quantizer}")
-    info = _check_dataset(Path(data), saved)
+    info = check_dataset(Path(data), saved)
     K = model.cfg.codebook_size
     if K > np.iinfo(np.int16).max + 1:
         raise UserError(f"codebook_size {K} does not fit the int16 token cache")
@@ -86,10 +119,7 @@ def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8
         for n in tqdm(range(N), desc=f"tokenize {split}", unit="clip", disable=not progress):
             tokens[n] = encode_clips(model, packed.rgb[n], device, batch_size, hysteresis)
         final = out_dir / f"{split}_tokens.npy"
-        tmp = out_dir / f".{split}_tokens.npy.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.save(f, tokens)
-        os.replace(tmp, final)
+        _save_npy(final, tokens)
         write_json_atomic(out_dir / f"{split}_index.json", {
             "split": split, "sample_ids": packed.sample_ids, "dataset": str(data),
             "dataset_config_hash": info["config_hash"], "tokenizer_step": saved["step"],
@@ -98,7 +128,37 @@ def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8
             "code_levels": list(model.cfg.fsq_levels) if model.cfg.quantizer == "fsq" else [],
             "code_hysteresis": hysteresis})
         summary[split] = {"tokens": str(final), "shape": list(tokens.shape)}
+    for suffix in (".json", ".npy"):   # the index goes first: a cache is never left with an index and no tokens
+        (out_dir / f"{AUGMENTED}{suffix}").unlink(missing_ok=True)
+    if augment and "train" in info["splits"]:
+        summary[AUGMENTED] = _tokenize_augmented(model, data, out_dir, augment, saved["step"], info, device,
+                                                 batch_size, hysteresis, progress)
     return summary
+
+
+def _tokenize_augmented(model, data: Path, out_dir: Path, augment: list[str], step: int, info: dict, device,
+                        batch_size: int, hysteresis: float, progress: bool) -> dict:
+    from tqdm import tqdm
+
+    packed = load_packed(data, "train")
+    N, V = packed.rgb.shape[:2]
+    if "hflip" in augment and V > 1:
+        raise UserError(f"--augment hflip mirrors each view on its own, which is not the same scene seen by the same "
+                        f"rig; it is allowed for one-view datasets only ({data} has {V} views)")
+    combos = augmentation_combinations(augment)
+    t, h, w = model.cfg.latent_shape(info["frames"], info["image_size"][1], info["image_size"][0])
+    tokens = np.zeros((len(combos) * N, V, t, h, w), dtype=np.int16)
+    rows = [(c, n) for c in combos for n in range(N)]
+    for i, (combo, n) in enumerate(tqdm(rows, desc="tokenize train (augmented)", unit="clip", disable=not progress)):
+        tokens[i] = encode_clips(model, augment_clip(np.asarray(packed.rgb[n]), combo), device, batch_size,
+                                 hysteresis)
+    path = out_dir / f"{AUGMENTED}.npy"
+    _save_npy(path, tokens)
+    write_json_atomic(out_dir / f"{AUGMENTED}.json", {
+        "split": "train", "augment": augment, "dataset": str(data), "dataset_config_hash": info["config_hash"],
+        "tokenizer_step": step, "shape": list(tokens.shape),
+        "sample_ids": [packed.sample_ids[n] for _, n in rows], "augmentation": ["+".join(c) for c, _ in rows]})
+    return {"tokens": str(path), "shape": list(tokens.shape)}
 
 
 @torch.no_grad()
@@ -109,7 +169,7 @@ def reconstruct_samples(run: Path, data: Path, out: Path, sample_ids: list[int],
     from PIL import Image
 
     model, saved = load_tokenizer(run, device)
-    _check_dataset(Path(data), saved)
+    check_dataset(Path(data), saved)
     packed = load_packed(data, split)
     if not packed.sample_ids:
         raise UserError(f"the {split} split of {data} is empty, so there is nothing to reconstruct; pass --split "

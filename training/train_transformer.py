@@ -6,7 +6,8 @@ Per step: a batch of token clips (N, V, t, h, w) from the cache's train split; e
 mix in [tasks] (COMMIT-style: predict, generate, complete-view, unconditional), which decides the given tokens
 and the condition (training/sampling.py). The masked model then masks a cosine-scheduled fraction of the tokens
 that are not given and is trained with cross-entropy on the masked ones; the autoregressive baseline (arch "ar")
-sees the clip teacher-forced and is trained on every token that is not given. With train.unchanged_weight < 1 the
+sees the clip teacher-forced and is trained on every token that is not given. With train.augment the cache's
+augmented copies of the train clips (tokenize --augment) are trained on as more clips. With train.unchanged_weight < 1 the
 tokens equal to their copy guess (the model's reference token, one latent frame earlier) weigh less. AdamW with linear warm-up and cosine
 decay, gradient clipping, an EMA of the weights, bf16 autocast on CUDA, DDP under torchrun.
 
@@ -30,7 +31,7 @@ from training.data import infinite_loader
 from training.device import autocast_for
 from training.loop import TrainTask, Trainer
 from training.sampling import TASK_ID, condition, given_latent_frames
-from training.token_cache import TokenCache, load_token_cache
+from training.token_cache import TokenCache, load_augmented, load_token_cache
 from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout
 
 load_run_config = load_transformer_config   # (the name every training loop module uses)
@@ -177,6 +178,12 @@ class TransformerTask(TrainTask):
                             f"{train_cache.directory}")
         self.run_config = run_config_for(cfg, train_cache)
         self.train_set, self.val_set = TokenClips(train_cache), TokenClips(val_cache, limit=t.val_clips)
+        if t.augment:   # the augmented copies join the train clips (validation stays on the val clips as they are)
+            extra = TokenClips(load_augmented(train_cache, t.augment))
+            log(f"training on {len(self.train_set)} clips + {len(extra)} augmented copies ({', '.join(t.augment)})")
+            self.train_set.tokens = torch.cat([self.train_set.tokens, extra.tokens])
+            self.train_set.shape = torch.cat([self.train_set.shape, extra.shape])
+            self.train_set.family = torch.cat([self.train_set.family, extra.family])
 
     def build(self, tr: Trainer) -> MaskedVideoTransformer:
         return MaskedVideoTransformer(self.cfg.model, self.layout).to(tr.device)
