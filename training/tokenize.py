@@ -105,6 +105,9 @@ def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8
     if hysteresis and model.cfg.quantizer != "fsq":
         raise UserError(f"--code-hysteresis needs an FSQ tokenizer; {run} uses {model.cfg.quantizer}")
     info = check_dataset(Path(data), saved)
+    if "hflip" in augment and len(info["views"]) > 1:   # refused before anything is written
+        raise UserError(f"--augment hflip mirrors each view on its own, which is not the same scene seen by the same "
+                        f"rig; it is allowed for one-view datasets only ({data} has {len(info['views'])} views)")
     K = model.cfg.codebook_size
     if K > np.iinfo(np.int16).max + 1:
         raise UserError(f"codebook_size {K} does not fit the int16 token cache")
@@ -142,9 +145,6 @@ def _tokenize_augmented(model, data: Path, out_dir: Path, augment: list[str], st
 
     packed = load_packed(data, "train")
     N, V = packed.rgb.shape[:2]
-    if "hflip" in augment and V > 1:
-        raise UserError(f"--augment hflip mirrors each view on its own, which is not the same scene seen by the same "
-                        f"rig; it is allowed for one-view datasets only ({data} has {V} views)")
     combos = augmentation_combinations(augment)
     t, h, w = model.cfg.latent_shape(info["frames"], info["image_size"][1], info["image_size"][0])
     tokens = np.zeros((len(combos) * N, V, t, h, w), dtype=np.int16)
