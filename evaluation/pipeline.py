@@ -305,7 +305,7 @@ def headline(metrics: dict) -> dict:
         help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
              "demo: ~20 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
              "ground (the dataset preset; the other stages use demo's); 2d: squares, discs and triangles moving in a "
-             "plane under one orthographic camera, ~10 min on 2 cores; full: the seed's scale, one GPU.")
+             "plane under one orthographic camera, ~15 min on 2 cores; full: the seed's scale, one GPU.")
 @option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,
         help="Everything goes here: dataset/, tokenizer/, transformer/, probe/, generated/, report/.")
 @click.option("--set", "overrides", multiple=True, metavar="KIND.KEY=VALUE",

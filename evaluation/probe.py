@@ -23,9 +23,10 @@ Frames where the object is not visible (packed index `visibility`) are left out 
 is pushed towards the image size, so their confidence is ~0.
 
 Training: rendered frames from the packed arrays (views and frames folded into the batch) with the 2D centres of
-the packed index, and with train.reconstructions (a tokenizer run) the same frames as that tokenizer decodes them; horizontal flips (u -> W - u), optionally quarter turns, brightness/contrast/colour jitter and mild
-blur/noise so generated clips (softer than renders) are not out of distribution. The refine stage is trained on windows around the true
-centre shifted by up to `crop_jitter` px (what the coarse stage leaves). Loss per stage: L1 on the soft-argmax
+the packed index, and with train.reconstructions (a tokenizer run) the same frames as that tokenizer decodes them;
+horizontal flips (u -> W - u), optionally quarter turns, brightness/contrast/colour jitter and mild blur/noise so
+generated clips (softer than renders) are not out of distribution. The refine stage is trained on windows around the
+true centre shifted by up to `crop_jitter` px (what the coarse stage leaves). Loss per stage: L1 on the soft-argmax
 centre (integral regression) + cross-entropy of the heatmap vs the bilinear target + the sigma term. AdamW,
 warm-up + cosine decay, seeded; metrics to RUN/metrics.jsonl (+ TensorBoard), safetensors checkpoints with a JSON
 config (training.checkpoint), RUN/summary.json with the validation errors in px. The training resolution is
@@ -263,10 +264,9 @@ def reconstructed_frames(tokenizer_run: Path, data: Path, split: str, frames: Pr
         raise UserError(f"train.reconstructions = {str(tokenizer_run)!r}: not a directory (a tokenizer run)")
     model, saved = load_tokenizer(Path(tokenizer_run))
     check_dataset(data, saved)
-    rgb = load_packed(data, split).rgb
+    rgb = np.asarray(load_packed(data, split).rgb)
     N, V, T, H, W, _ = rgb.shape
-    recon = np.concatenate([reconstruct_clips(model, np.asarray(rgb[i:i + 8]).reshape(-1, T, H, W, 3), "cpu")
-                            for i in range(0, N, 8)]) if N else np.zeros((0, T, H, W, 3), np.uint8)
+    recon = reconstruct_clips(model, rgb.reshape(N * V, T, H, W, 3), "cpu")      # view-clips, 8 at a time
     recon = torch.from_numpy(recon.reshape(N * V * T, H, W, 3))
     return ProbeFrames(torch.cat([frames.frames, recon]), torch.cat([frames.uv, frames.uv]),
                        torch.cat([frames.visible, frames.visible]))

@@ -5,6 +5,7 @@ import click
 
 from datagen.cli import DIR, Command, DeviceChoice, FiniteFloat, example
 from datagen.config import check_output_dir
+from training.configs import AUGMENTATIONS, DECODE_ORDERS
 from training.generated import METHOD_TITLES
 
 MAX_STEPS = 1000          # parallel decoding steps: more than the tokens of a clip only repeat work
@@ -58,7 +59,7 @@ def train_tokenizer_cmd(data, out, config, overrides, resume, device, no_progres
               help="FSQ only: a token keeps the previous latent frame's code while its latent stays within 0.5 + "
                    "this many levels of it, so static content stops flickering between neighbouring codes "
                    "(0 = plain rounding; below 1).")
-@click.option("--augment", multiple=True, type=click.Choice(["time-reverse", "hflip"]),
+@click.option("--augment", multiple=True, type=click.Choice(AUGMENTATIONS),
               help="Also encode transformed copies of the train clips (every combination of those given) into "
                    "RUN/tokens/train_augmented.npy, for a transformer with train.augment: time-reverse (played "
                    "backwards), hflip (mirrored; one-view datasets only). Repeatable.")
@@ -148,7 +149,7 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
               help="Sampling temperature (0 = argmax).")
 @click.option("--choice-temperature", default=4.5, show_default=True, type=FiniteFloat(min=0),
               help="Scale of the Gumbel noise on the confidences, annealed to 0 (masked model).")
-@click.option("--order", default="all", show_default=True, type=click.Choice(["all", "frames"]),
+@click.option("--order", default="all", show_default=True, type=click.Choice(DECODE_ORDERS),
               help="Masked model: decode every token at once (all, MaskGIT) or one latent frame after another "
                    "(frames: each frame sees the ones before it complete; --steps steps per frame).")
 @click.option("--top-k", default=0, show_default=True, type=int, help="Sample among the k likeliest (AR; 0 = all).")

@@ -290,6 +290,7 @@ class TaskSection:
                 "unconditional": self.unconditional}
 
 
+DECODE_ORDERS = ("all", "frames")   # masked sampling: every token at once, or one latent frame after another
 AUGMENTATIONS = ("time-reverse", "hflip")   # copies of a train clip the token cache can hold (training/tokenize.py)
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from datagen.config import UserError
+from training.configs import DECODE_ORDERS
 from training.transformer import TASKS, MaskedVideoTransformer, TokenLayout
 
 TASK_ID = {name: i for i, name in enumerate(TASKS)}
@@ -93,9 +94,6 @@ def _draw(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None, 
 def mask_schedule(ratio: float) -> float:
     """Cosine schedule: the fraction of the unknown tokens still masked after a fraction `ratio` of the steps."""
     return math.cos(math.pi / 2 * ratio)
-
-
-DECODE_ORDERS = ("all", "frames")
 
 
 @torch.no_grad()

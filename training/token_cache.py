@@ -23,6 +23,8 @@ from datagen.pack import load_packed
 from training import checkpoint as ckpt
 from training.transformer import TokenLayout
 
+AUGMENTED = "train_augmented"   # TOKENS/train_augmented.{npy,json}: written by training.tokenize, read below
+
 # what must agree between a checkpoint's cache and another cache for its tokens to mean the same
 COMPATIBLE_KEYS = ("codebook_size", "grid", "tokenizer_step", "tokenizer_config_hash", "frames", "image_size",
                    "classes")
@@ -138,7 +140,7 @@ def load_augmented(cache: TokenCache, wanted: list[str]) -> TokenCache:
     with augmentations in `wanted`, labelled like the clips they came from; a one-line error when the cache does
     not hold them or they are from another tokenizer step or dataset config than the clips."""
     directory = cache.directory
-    ipath, tpath = directory / "train_augmented.json", directory / "train_augmented.npy"
+    ipath, tpath = directory / f"{AUGMENTED}.json", directory / f"{AUGMENTED}.npy"
     hint = f"run `magvit3d tokenize --run RUN --data DATASET {' '.join('--augment ' + a for a in wanted)}`"
     if not ipath.is_file() or not tpath.is_file():
         raise UserError(f"token cache {directory} holds no augmented train clips ({', '.join(wanted)} asked for); "

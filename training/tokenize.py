@@ -24,6 +24,7 @@ from datagen.pack import load_packed
 from training import checkpoint as ckpt
 from training.configs import check_augmentations
 from training.data import to_model_range, to_uint8
+from training.token_cache import AUGMENTED
 from training.tokenizer import TokenizerConfig, VideoTokenizer
 
 
@@ -64,9 +65,6 @@ def reconstruct_clips(model: VideoTokenizer, rgb: np.ndarray, device, batch_size
         x = torch.from_numpy(np.array(rgb[i:i + batch_size])).permute(0, 4, 1, 2, 3).to(device)
         out.append(to_uint8(model(to_model_range(x))[0].float()).permute(0, 2, 3, 4, 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros_like(rgb)
-
-
-AUGMENTED = "train_augmented"   # RUN/tokens/train_augmented.{npy,json}
 
 
 def augmentation_combinations(names: list[str]) -> list[tuple[str, ...]]:

@@ -7,9 +7,10 @@ mix in [tasks] (COMMIT-style: predict, generate, complete-view, unconditional), 
 and the condition (training/sampling.py). The masked model then masks a cosine-scheduled fraction of the tokens
 that are not given and is trained with cross-entropy on the masked ones; the autoregressive baseline (arch "ar")
 sees the clip teacher-forced and is trained on every token that is not given. With train.augment the cache's
-augmented copies of the train clips (tokenize --augment) are trained on as more clips. With train.unchanged_weight < 1 the
-tokens equal to their copy guess (the model's reference token, one latent frame earlier) weigh less. AdamW with linear warm-up and cosine
-decay, gradient clipping, an EMA of the weights, bf16 autocast on CUDA, DDP under torchrun.
+augmented copies of the train clips (tokenize --augment) are trained on as more clips. With train.unchanged_weight
+< 1 the tokens equal to their copy guess (the model's reference token, one latent frame earlier) weigh less. AdamW
+with linear warm-up and cosine decay, gradient clipping, an EMA of the weights, bf16 autocast on CUDA, DDP under
+torchrun.
 
 Every `val_every` steps the EMA model is scored on the cache's val split per task (fixed masks): masked-token (or
 next-token) loss and accuracy, into RUN/metrics.jsonl and TensorBoard. Checkpoints (safetensors + JSON config,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -38,12 +40,13 @@ load_run_config = load_transformer_config   # (the name every training loop modu
 
 
 class TokenClips(Dataset):
-    """(tokens int64 (V, t, h, w), shape id, family id) per clip of a cache split, held in memory."""
+    """(tokens int64 (V, t, h, w), shape id, family id) per clip of one or more caches (a split and its augmented
+    copies), one after another, held in memory; `limit`: the first clips only."""
 
-    def __init__(self, cache: TokenCache, limit: int | None = None):
-        self.tokens = torch.from_numpy(cache.tokens[:limit].astype("int64"))
-        self.shape = torch.from_numpy(cache.shape_ids[:limit])
-        self.family = torch.from_numpy(cache.family_ids[:limit])
+    def __init__(self, *caches: TokenCache, limit: int | None = None):
+        self.tokens = torch.from_numpy(np.concatenate([c.tokens for c in caches])[:limit].astype("int64"))
+        self.shape = torch.from_numpy(np.concatenate([c.shape_ids for c in caches])[:limit])
+        self.family = torch.from_numpy(np.concatenate([c.family_ids for c in caches])[:limit])
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -177,13 +180,11 @@ class TransformerTask(TrainTask):
             raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_cache)} training clips of "
                             f"{train_cache.directory}")
         self.run_config = run_config_for(cfg, train_cache)
-        self.train_set, self.val_set = TokenClips(train_cache), TokenClips(val_cache, limit=t.val_clips)
-        if t.augment:   # the augmented copies join the train clips (validation stays on the val clips as they are)
-            extra = TokenClips(load_augmented(train_cache, t.augment))
-            log(f"training on {len(self.train_set)} clips + {len(extra)} augmented copies ({', '.join(t.augment)})")
-            self.train_set.tokens = torch.cat([self.train_set.tokens, extra.tokens])
-            self.train_set.shape = torch.cat([self.train_set.shape, extra.shape])
-            self.train_set.family = torch.cat([self.train_set.family, extra.family])
+        # the augmented copies join the train clips (validation stays on the val clips as they are)
+        extra = [load_augmented(train_cache, t.augment)] if t.augment else []
+        if extra:
+            log(f"training on {len(train_cache)} clips + {len(extra[0])} augmented copies ({', '.join(t.augment)})")
+        self.train_set, self.val_set = TokenClips(train_cache, *extra), TokenClips(val_cache, limit=t.val_clips)
 
     def build(self, tr: Trainer) -> MaskedVideoTransformer:
         return MaskedVideoTransformer(self.cfg.model, self.layout).to(tr.device)
