@@ -122,3 +122,19 @@ def test_baselines_report_moving_pixel_psnr():
     out = tokenizer_baselines(train, val, 2, 4, 8, fit_blocks=1000, iterations=3)
     assert set(out["moving"]) == {"clip_mean", "block_mean", "kmeans"}
     assert out["moving"]["clip_mean"] < out["clip_mean"]              # the constant clip is worst where things move
+
+
+def test_token_motion_is_how_far_a_tokens_pixels_are_from_the_still_clip():
+    from training.metrics import token_motion
+    # one view, 4 frames of 8x8 grey; a white 2x2 square in frames 2 and 3 inside the token (row 0, col 1) of a
+    # tokenizer with 2 frames and 4x4 pixels per token
+    clip = np.full((1, 4, 8, 8, 3), 100, np.uint8)
+    clip[0, 2:, 1:3, 5:7] = 255
+    motion = token_motion(clip, 2, 4)
+    assert motion.shape == (1, 2, 2, 2) and motion.dtype == np.float32
+    # the median of frames (100, 100, 255, 255) per pixel is 177.5: every frame of that patch is 77.5 levels away
+    # on the square's 4 pixels, nothing elsewhere
+    expected = np.zeros((1, 2, 2, 2), np.float32)
+    expected[0, :, 0, 1] = 4 * 77.5 / 255 / 16
+    assert np.allclose(motion, expected, atol=1e-6)
+    assert not token_motion(np.full_like(clip, 9), 2, 4).any()

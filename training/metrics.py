@@ -45,6 +45,17 @@ def moving_mask(clips: np.ndarray, threshold: float = MOVING_THRESHOLD) -> np.nd
     return (np.abs(clips.astype(np.float32) - median).max(-1) / 255.0) > threshold
 
 
+def token_motion(clip: np.ndarray, temporal_factor: int, spatial_factor: int) -> np.ndarray:
+    """uint8 (V, T, H, W, 3) clip -> float32 (V, t, h, w): per token of a tokenizer with these factors, the mean over
+    its patch (temporal_factor frames x spatial_factor^2 pixels) of how far each pixel is from its clip's temporal
+    median (max over RGB, on [0, 1]): ~0 on still background, up to ~0.3 where the object is."""
+    f, s = temporal_factor, spatial_factor
+    V, T, H, W, _ = clip.shape
+    clip = clip.astype(np.float32)
+    away = np.abs(clip - np.median(clip, axis=1, keepdims=True)).max(-1) / 255.0       # (V, T, H, W)
+    return away.reshape(V, T // f, f, H // s, s, W // s, s).mean((2, 4, 6)).astype(np.float32)
+
+
 def moving_psnr(original: np.ndarray, reconstruction: np.ndarray, threshold: float = MOVING_THRESHOLD) -> float | None:
     """PSNR (dB) over the moving pixels of the originals only (moving_mask), pooled per clip then averaged over the
     clips that have any: whole-frame PSNR is mostly still background, which a reconstruction that blurs the moving

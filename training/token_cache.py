@@ -1,9 +1,12 @@
 """Reading the token cache that `magvit3d tokenize` writes (training/tokenize.py is its writer):
 
     TOKENS/<split>_tokens.npy     int16 (N, V, t, h, w), in the pack order of the dataset's split
+    TOKENS/<split>_motion.npy     float32 (N, V, t, h, w): how much each token's pixels move (absent in caches
+                                  written before it; TokenCache.motion is then None)
     TOKENS/<split>_index.json     split, sample_ids, dataset, dataset_config_hash, tokenizer_step, codebook_size,
                                   shape, views, code_levels (FSQ digits; absent in caches written before them)
-    TOKENS/train_augmented.{npy,json}  optional: transformed copies of the train clips (load_augmented)
+    TOKENS/train_augmented.{npy,json}  optional: transformed copies of the train clips (load_augmented), and
+                                  train_augmented_motion.npy their token motion
 
 TOKENS is RUN/tokens of a tokenizer run; either that run or the tokens directory itself may be passed. The class
 labels come from the dataset's packed index. `source` describes where a cache came from (the tokenizer run, its
@@ -65,6 +68,7 @@ class TokenCache:
     shape_ids: np.ndarray         # int64 (N,)
     family_ids: np.ndarray        # int64 (N,)
     source: dict                  # provenance: see load_token_cache
+    motion: np.ndarray | None = None   # float32 (N, V, t, h, w) (metrics.token_motion), or None: not in the cache
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -132,7 +136,22 @@ def load_token_cache(path: Path, split: str) -> TokenCache:
                           "family": list(packed.index["classes"]["family"])}}
     labels = packed.index["label_ids"]
     return TokenCache(directory, split, tokens, index, np.asarray(labels["shape"], np.int64),
-                      np.asarray(labels["family"], np.int64), source)
+                      np.asarray(labels["family"], np.int64), source, _load_motion(directory / f"{split}_motion.npy",
+                                                                                  tokens.shape))
+
+
+def _load_motion(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A cache's per-token motion (written with its tokens), or None when the cache predates it."""
+    if not path.is_file():
+        return None
+    try:
+        motion = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} is unreadable ({e}); run `magvit3d tokenize` again") from None
+    if motion.dtype != np.float32 or motion.shape != tuple(shape):
+        raise UserError(f"{path} is {motion.dtype} {motion.shape}; its tokens are {tuple(shape)}: run `magvit3d "
+                        f"tokenize` again")
+    return motion
 
 
 def load_augmented(cache: TokenCache, wanted: list[str]) -> TokenCache:
@@ -165,10 +184,12 @@ def load_augmented(cache: TokenCache, wanted: list[str]) -> TokenCache:
         source = [position[index["sample_ids"][i]] for i in keep]
     except KeyError as e:
         raise UserError(f"{tpath} holds sample {e} that the train split does not; {hint}") from None
+    motion = _load_motion(directory / f"{AUGMENTED}_motion.npy", tokens.shape)
     return TokenCache(directory, "train", tokens[keep],
                       {**index, "sample_ids": [index["sample_ids"][i] for i in keep],
                        "augmentation": [index["augmentation"][i] for i in keep]},
-                      cache.shape_ids[source], cache.family_ids[source], cache.source)
+                      cache.shape_ids[source], cache.family_ids[source], cache.source,
+                      None if motion is None else motion[keep])
 
 
 def check_compatible(expected: dict, found: dict, where: str) -> None:

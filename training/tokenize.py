@@ -2,9 +2,12 @@
 reconstructions next to the originals for a visual check.
 
     RUN/tokens/<split>_tokens.npy     int16 (N, V, t, h, w), in the pack order of the dataset's split
+    RUN/tokens/<split>_motion.npy     float32 (N, V, t, h, w): how much each token's pixels move (metrics.token_motion;
+                                      the transformer's train.motion_weight)
     RUN/tokens/<split>_index.json     sample ids, the dataset's config hash, the tokenizer step, the grid shape,
                                       code_levels (FSQ: id = sum_i digit_i * prod(levels[:i]); [] otherwise)
     RUN/tokens/train_augmented.npy    with --augment: int16 (M, V, t, h, w), the train clips transformed before
+    RUN/tokens/train_augmented_motion.npy   the copies' token motion
     RUN/tokens/train_augmented.json   encoding (one copy per non-empty combination of the augmentations asked for);
                                       per row its sample id and augmentation ("time-reverse+hflip"), the tokenizer
                                       step and the dataset's config hash (training/token_cache.py reads them)
@@ -24,6 +27,7 @@ from datagen.pack import load_packed
 from training import checkpoint as ckpt
 from training.configs import check_augmentations
 from training.data import to_model_range, to_uint8
+from training.metrics import token_motion
 from training.token_cache import AUGMENTED
 from training.tokenizer import TokenizerConfig, VideoTokenizer
 
@@ -117,9 +121,12 @@ def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8
         N, V = packed.rgb.shape[:2]
         t, h, w = model.cfg.latent_shape(info["frames"], info["image_size"][1], info["image_size"][0])
         tokens = np.zeros((N, V, t, h, w), dtype=np.int16)
+        motion = np.zeros((N, V, t, h, w), dtype=np.float32)
         for n in tqdm(range(N), desc=f"tokenize {split}", unit="clip", disable=not progress):
             tokens[n] = encode_clips(model, packed.rgb[n], device, batch_size, hysteresis)
+            motion[n] = token_motion(np.asarray(packed.rgb[n]), model.cfg.temporal_factor, model.cfg.spatial_factor)
         final = out_dir / f"{split}_tokens.npy"
+        _save_npy(out_dir / f"{split}_motion.npy", motion)   # (before the tokens and the index that vouch for it)
         _save_npy(final, tokens)
         write_json_atomic(out_dir / f"{split}_index.json", {
             "split": split, "sample_ids": packed.sample_ids, "dataset": str(data),
@@ -129,7 +136,7 @@ def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8
             "code_levels": list(model.cfg.fsq_levels) if model.cfg.quantizer == "fsq" else [],
             "code_hysteresis": hysteresis})
         summary[split] = {"tokens": str(final), "shape": list(tokens.shape)}
-    for suffix in (".json", ".npy"):   # the index goes first: a cache is never left with an index and no tokens
+    for suffix in (".json", ".npy", "_motion.npy"):   # the index goes first: never an index without tokens
         (out_dir / f"{AUGMENTED}{suffix}").unlink(missing_ok=True)
     if augment and "train" in info["splits"]:
         summary[AUGMENTED] = _tokenize_augmented(model, data, out_dir, augment, saved["step"], info, device,
@@ -146,11 +153,14 @@ def _tokenize_augmented(model, data: Path, out_dir: Path, augment: list[str], st
     combos = augmentation_combinations(augment)
     t, h, w = model.cfg.latent_shape(info["frames"], info["image_size"][1], info["image_size"][0])
     tokens = np.zeros((len(combos) * N, V, t, h, w), dtype=np.int16)
+    motion = np.zeros((len(combos) * N, V, t, h, w), dtype=np.float32)
     rows = [(c, n) for c in combos for n in range(N)]
     for i, (combo, n) in enumerate(tqdm(rows, desc="tokenize train (augmented)", unit="clip", disable=not progress)):
-        tokens[i] = encode_clips(model, augment_clip(np.asarray(packed.rgb[n]), combo), device, batch_size,
-                                 hysteresis)
+        clip = augment_clip(np.asarray(packed.rgb[n]), combo)
+        tokens[i] = encode_clips(model, clip, device, batch_size, hysteresis)
+        motion[i] = token_motion(clip, model.cfg.temporal_factor, model.cfg.spatial_factor)
     path = out_dir / f"{AUGMENTED}.npy"
+    _save_npy(out_dir / f"{AUGMENTED}_motion.npy", motion)
     _save_npy(path, tokens)
     write_json_atomic(out_dir / f"{AUGMENTED}.json", {
         "split": "train", "augment": augment, "dataset": str(data), "dataset_config_hash": info["config_hash"],
