@@ -247,9 +247,12 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
     runner.run("pack", {}, ["verify"], [P.dataset / "packed"], pack, owned=P.dataset / "packed")
     runner.run("train-tokenizer", to_dict(cfgs["tokenizer"]), ["pack"], [P.tokenizer / "summary.json"], tokenizer,
                owned=P.tokenizer)
-    augment = cfgs["transformer"].train.augment   # (in the key only when set: older workdirs stay up to date)
-    runner.run("tokenize", {"augment": augment} if augment else {}, ["train-tokenizer"], [P.tokenizer / "tokens"],
-               tokenize, owned=P.tokenizer / "tokens")
+    # what the transformer needs from the cache, in the key only when asked for (older workdirs stay up to date):
+    # augmented copies, and token motion (caches written before it lack it)
+    t = cfgs["transformer"].train
+    needs = {**({"augment": t.augment} if t.augment else {}), **({"token_motion": True} if t.motion_weight else {})}
+    runner.run("tokenize", needs, ["train-tokenizer"], [P.tokenizer / "tokens"], tokenize,
+               owned=P.tokenizer / "tokens")
     runner.run("train-transformer", to_dict(cfgs["transformer"]), ["tokenize"], [P.transformer / "summary.json"],
                transformer, owned=P.transformer)
     if not cfgs["probe"].train.reconstructions:   # the probe must find the object in decoded video too

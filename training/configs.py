@@ -141,6 +141,11 @@ class TransformerConfig:
     # ...scaled per token by the network (a zero-initialised linear read of the final hidden state): copy static
     # ground hard, and less where the object is about to move
     copy_gate: bool = False
+    # copy from a neighbourhood (pointer over a (2r+1)^2 window, r = copy_window): each token's distribution mixes
+    # the vocabulary softmax with "the token at offset (dy, dx) one latent frame earlier", offsets weighted by a
+    # per-token softmax. Moving the object is then picking one offset, shared by every code, instead of learning
+    # each code's new place; offset (0, 0) is the copy guess, so it replaces copy_logit. 0 = off
+    copy_window: int = 0
     # FSQ token caches: embed and predict each token also through its per-channel levels ("digits"), so nearby codes
     # share what is learned and a nearly right guess is rewarded (a 1000-way softmax alone gives no partial credit)
     code_digits: bool = True
@@ -155,6 +160,10 @@ class TransformerConfig:
             raise UserError(f"width {self.width} must be a positive multiple of heads {self.heads}, depth >= 1")
         if self.mlp_ratio <= 0 or not 0 <= self.dropout < 1:
             raise UserError("mlp_ratio must be > 0 and dropout in [0, 1)")
+        if self.copy_window < 0:
+            raise UserError(f"copy_window {self.copy_window} must be >= 0 (0: off; r: offsets up to r tokens)")
+        if self.copy_window and self.copy_gate:
+            raise UserError("copy_gate scales the copy logit, which copy_window > 0 replaces: use one of them")
         if self.copy_gate and not self.copy_logit:
             raise UserError("copy_gate = true scales the copy bonus: it needs copy_logit = true")
 
@@ -284,6 +293,9 @@ class TaskSection:
     complete_view: float = 0.2
     unconditional: float = 0.2
     predict_frames: int = 4           # frames given in "predict": a multiple of the tokenizer's temporal factor
+    # the share of predict clips whose every future token is masked (the rest draw the cosine ratio): sampling
+    # starts there, with nothing of the future visible, and must place the object from the given frames alone
+    predict_full_mask: float = 0.0
 
     def weights(self) -> dict[str, float]:
         return {"predict": self.predict, "generate": self.generate, "complete-view": self.complete_view,
@@ -315,6 +327,10 @@ class TransformerTrainSection(TrainSection):
     # loss weight of scored tokens equal to their copy guess (the token one latent frame earlier); 1 = plain mean.
     # Below 1 the loss concentrates on the tokens that change, where the motion is.
     unchanged_weight: float = 1.0
+    # extra loss weight on the tokens whose pixels move: 1 + w * (the token's mean |pixel - the clip's temporal
+    # median|, from the cache's train_motion.npy). The object is a few % of the tokens and the ground's code flicker
+    # outweighs it in a plain mean; 0 = off
+    motion_weight: float = 0.0
     # copies of the train clips the token cache holds besides the clips (`magvit3d tokenize --augment`), trained on
     # as extra clips with the same labels: time-reverse (every family here is a path the object can run backwards),
     # hflip (one-view datasets only). The run refuses a cache without them.
@@ -333,6 +349,8 @@ class TransformerTrainSection(TrainSection):
             raise UserError(f"train.label_smoothing = {self.label_smoothing}: must be in [0, 1)")
         if not 0 < self.unchanged_weight <= 1:
             raise UserError(f"train.unchanged_weight = {self.unchanged_weight}: must be in (0, 1]")
+        if self.motion_weight < 0:
+            raise UserError(f"train.motion_weight = {self.motion_weight}: must be >= 0")
         check_augmentations(self.augment, "train.augment")
 
 
@@ -350,6 +368,8 @@ class TransformerRunConfig:
             raise _model_error(e) from None
         if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
             raise UserError(f"task weights {w} must be >= 0 with a positive sum")
+        if not 0 <= self.tasks.predict_full_mask <= 1:
+            raise UserError(f"tasks.predict_full_mask = {self.tasks.predict_full_mask}: must be in [0, 1]")
         if self.tasks.predict_frames < 1:
             raise UserError(f"tasks.predict_frames = {self.tasks.predict_frames}: must be >= 1")
         self.train.validate()

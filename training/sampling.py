@@ -162,20 +162,15 @@ def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Ten
     x = torch.where(given, seq, torch.zeros_like(seq))
     prefix = int(given.all(0).long().cumprod(0).sum())
     cache = model.new_cache() if use_cache else None
-    frame = model.layout.views * model.layout.h * model.layout.w
-
-    def ref(j):   # position j's copy guess: the token one latent frame earlier (forward() finds it itself)
-        return x[:, j - frame] if j >= frame else None
-
-    if use_cache:
-        logits = model.step(cache, cond=cond, tokens=x[:, :prefix], ref=ref(prefix))
+    if use_cache:   # (a position's copy guesses come from the latent frame before it: decoded by then)
+        logits = model.step(cache, cond=cond, tokens=x[:, :prefix], ref=model.step_references(x, prefix))
     for i in range(prefix, N):
         if not use_cache:
             logits = model(x[:, :i + 1], cond)[:, -1]                 # position i sees cond and x[:, :i] only
         drawn = _draw(logits, temperature, None if noise is None else noise[:, i], top_k)
         x[:, i] = torch.where(given[:, i], seq[:, i], drawn)
         if use_cache and i < N - 1:
-            logits = model.step(cache, tokens=x[:, i:i + 1], ref=ref(i + 1))
+            logits = model.step(cache, tokens=x[:, i:i + 1], ref=model.step_references(x, i + 1))
     return x
 
 

@@ -8,7 +8,9 @@ and the condition (training/sampling.py). The masked model then masks a cosine-s
 that are not given and is trained with cross-entropy on the masked ones; the autoregressive baseline (arch "ar")
 sees the clip teacher-forced and is trained on every token that is not given. With train.augment the cache's
 augmented copies of the train clips (tokenize --augment) are trained on as more clips. With train.unchanged_weight
-< 1 the tokens equal to their copy guess (the model's reference token, one latent frame earlier) weigh less. AdamW
+< 1 the tokens equal to their copy guess (the model's reference token, one latent frame earlier) weigh less; with
+train.motion_weight > 0 the tokens whose pixels move (the cache's token motion) weigh more. tasks.predict_full_mask
+is the share of predict clips with every future token masked (as when sampling starts). AdamW
 with linear warm-up and cosine decay, gradient clipping, an EMA of the weights, bf16 autocast on CUDA, DDP under
 torchrun.
 
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from datagen.config import UserError, to_dict
-from training.configs import TransformerRunConfig, load_transformer_config
+from training.configs import TransformerRunConfig, TransformerTrainSection, load_transformer_config
 from training.data import infinite_loader
 from training.device import autocast_for
 from training.loop import TrainTask, Trainer
@@ -47,12 +49,15 @@ class TokenClips(Dataset):
         self.tokens = torch.from_numpy(np.concatenate([c.tokens for c in caches])[:limit].astype("int64"))
         self.shape = torch.from_numpy(np.concatenate([c.shape_ids for c in caches])[:limit])
         self.family = torch.from_numpy(np.concatenate([c.family_ids for c in caches])[:limit])
+        # how much each token's pixels move (train.motion_weight); zeros for a cache written before it
+        self.motion = torch.from_numpy(np.concatenate([c.motion if c.motion is not None else
+                                                       np.zeros(c.tokens.shape, np.float32) for c in caches])[:limit])
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __getitem__(self, i: int):
-        return self.tokens[i], self.shape[i], self.family[i]
+        return self.tokens[i], self.shape[i], self.family[i], self.motion[i]
 
 
 def draw_tasks(weights: dict[str, float], batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -62,7 +67,7 @@ def draw_tasks(weights: dict[str, float], batch: int, gen: torch.Generator) -> t
 
 
 def make_batch(layout: TokenLayout, tokens: torch.Tensor, shape: torch.Tensor, family: torch.Tensor,
-               tasks: torch.Tensor, latent_frames: int, arch: str, gen: torch.Generator):
+               tasks: torch.Tensor, latent_frames: int, arch: str, gen: torch.Generator, full_mask: float = 0.0):
     """One training (or validation) batch on the CPU: token grids (B, V, t, h, w) and a task id per clip ->
     (inputs (B, N), targets (B, N), loss mask (B, N), condition (B, 3)).
 
@@ -84,10 +89,25 @@ def make_batch(layout: TokenLayout, tokens: torch.Tensor, shape: torch.Tensor, f
         return seq, seq, ~given, cond
     free = (~given).sum(1)
     ratio = torch.cos(math.pi / 2 * torch.rand(B, generator=gen, dtype=torch.float64))
+    if full_mask > 0:   # some predict clips see none of the future (as the sampler's first step does)
+        full = (tasks == TASK_ID["predict"]) & (torch.rand(B, generator=gen, dtype=torch.float64) < full_mask)
+        ratio = torch.where(full, 1.0, ratio)
     n_mask = torch.ceil(ratio * free).long().clamp(min=1).minimum(free)
     scores = torch.rand(B, layout.num_tokens, generator=gen).masked_fill(given, 2.0)  # given ones rank last
     masked = scores.argsort(1).argsort(1) < n_mask[:, None]
     return seq.masked_fill(masked, layout.mask_id), seq, masked, cond
+
+
+def token_weights(unchanged: torch.Tensor, motion: torch.Tensor, t: TransformerTrainSection) -> torch.Tensor | None:
+    """Per scored token, its loss weight: train.unchanged_weight where it equals its copy guess (`unchanged`), times
+    1 + train.motion_weight * how much its pixels move (`motion`, the cache's token motion); None = a plain mean."""
+    weights = None
+    if t.unchanged_weight < 1:   # tokens equal to their copy guess count less: the loss goes where things change
+        weights = torch.where(unchanged, t.unchanged_weight, 1.0)
+    if t.motion_weight > 0:      # the object's tokens count more: the ground's code flicker outweighs it otherwise
+        moving = 1.0 + t.motion_weight * motion
+        weights = moving if weights is None else weights * moving
+    return weights
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -184,6 +204,9 @@ class TransformerTask(TrainTask):
         extra = [load_augmented(train_cache, t.augment)] if t.augment else []
         if extra:
             log(f"training on {len(train_cache)} clips + {len(extra[0])} augmented copies ({', '.join(t.augment)})")
+        if t.motion_weight > 0 and any(c.motion is None for c in (train_cache, *extra)):
+            raise UserError(f"train.motion_weight = {t.motion_weight} needs the token motion that `magvit3d tokenize` "
+                            f"writes now; {train_cache.directory} predates it: run `magvit3d tokenize` again")
         self.train_set, self.val_set = TokenClips(train_cache, *extra), TokenClips(val_cache, limit=t.val_clips)
 
     def build(self, tr: Trainer) -> MaskedVideoTransformer:
@@ -200,17 +223,17 @@ class TransformerTask(TrainTask):
 
     def loss(self, tr: Trainer, step: int) -> tuple[torch.Tensor, dict]:
         t = self.cfg.train
-        tokens, shape, family = next(self.batches)
+        tokens, shape, family, motion = next(self.batches)
         gen = step_generator(t.seed, step, tr.rank)
         tasks = draw_tasks(self.weights_mix, len(tokens), gen)
         inputs, targets, scored, cond = (x.to(tr.device, non_blocking=True) for x in make_batch(
-            self.layout, tokens, shape, family, tasks, self.latent_frames, self.cfg.model.arch, gen))
+            self.layout, tokens, shape, family, tasks, self.latent_frames, self.cfg.model.arch, gen,
+            self.cfg.tasks.predict_full_mask))
         with self.autocast:
             picked = tr.train_model(inputs, cond, scored)   # logits of the scored tokens only
-        wanted, weights = targets[scored], None
-        if t.unchanged_weight < 1:   # tokens equal to their copy guess count less: the loss goes where things move
-            unchanged = tr.model.reference_tokens(inputs)[scored] == wanted
-            weights = torch.where(unchanged, t.unchanged_weight, 1.0)
+        wanted = targets[scored]
+        weights = token_weights(tr.model.reference_tokens(inputs)[scored] == wanted,
+                                self.layout.to_sequence(motion).to(tr.device)[scored], t)
         loss, parts = tr.model.loss(picked, wanted, t.label_smoothing, weights)
         return loss, {"loss": loss.detach(), "acc": parts["acc"], "scored_tokens": scored.sum()}
 

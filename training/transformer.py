@@ -221,7 +221,11 @@ class MaskedVideoTransformer(nn.Module):
             self.register_buffer("code_digit_matrix", one_hot, persistent=False)
             self.digit_embed = nn.Embedding(sum(layout.code_levels), W)
             self.digit_head = nn.Linear(W, sum(layout.code_levels))
-        if cfg.copy_logit:
+        self.window = cfg.copy_window
+        if self.window:
+            self.shift_head = nn.Linear(W, (2 * self.window + 1) ** 2)   # log-weights of the offsets
+            self.pointer_gate = nn.Linear(W, 1)                          # logit of copying vs the vocabulary
+        if cfg.copy_logit and not self.window:
             self.copy_gain = nn.Parameter(torch.tensor(0.5))
         self.copy_gate = nn.Linear(W, 1) if cfg.copy_logit and cfg.copy_gate else None
         for name, index in layout.grid_index().items():
@@ -234,6 +238,12 @@ class MaskedVideoTransformer(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.depth))
+        if self.window:   # starts as the copy guess: offset (0, 0) ~95 % of the pointer, the pointer ~95 %
+            nn.init.zeros_(self.shift_head.weight)
+            nn.init.zeros_(self.shift_head.bias)
+            self.shift_head.bias.data[(2 * self.window + 1) ** 2 // 2] = 3.0 + math.log((2 * self.window + 1) ** 2)
+            nn.init.zeros_(self.pointer_gate.weight)
+            nn.init.constant_(self.pointer_gate.bias, 3.0)
         if self.copy_gate is not None:   # starts as the plain copy bonus
             nn.init.zeros_(self.copy_gate.weight)
             nn.init.zeros_(self.copy_gate.bias)
@@ -274,6 +284,8 @@ class MaskedVideoTransformer(nn.Module):
             parts = self.digit_head(h).float().split(list(self.layout.code_levels), -1)
             log_probs = torch.cat([F.log_softmax(p, -1) for p in parts], -1)           # (..., sum(levels))
             logits = logits.float() + log_probs @ self.code_digit_matrix                # (..., K)
+        if self.window:
+            return self._pointer_mix(h, logits, ref)
         if not self.cfg.copy_logit or ref is None:
             return logits
         gain = self.copy_gain.to(logits.dtype)
@@ -283,6 +295,35 @@ class MaskedVideoTransformer(nn.Module):
         bonus = torch.zeros_like(logits).scatter_(-1, torch.where(valid, ref, 0)[..., None],
                                                   valid[..., None].to(logits.dtype))
         return logits + COPY_SCALE * gain * bonus
+
+    def _pointer_mix(self, h: torch.Tensor, logits: torch.Tensor, refs: torch.Tensor | None) -> torch.Tensor:
+        """copy_window: log of (1 - g) * softmax(logits) + g * sum_d w_d [refs_d == id] per row, refs (..., D) the
+        copy guesses at the window's offsets (MASK: off the grid or unknown, weight 0); rows without any guess keep
+        the vocabulary alone. -> log-probabilities (..., K)."""
+        log_vocab = F.log_softmax(logits.float(), -1)
+        if refs is None:
+            return log_vocab
+        valid = refs != self.layout.mask_id
+        shift = F.softmax(self.shift_head(h).float().masked_fill(~valid, float("-inf")), -1)
+        shift = torch.nan_to_num(shift) * valid                                   # all-MASK rows -> 0
+        pointer = torch.zeros_like(log_vocab).scatter_add_(-1, torch.where(valid, refs, 0), shift)
+        gate = self.pointer_gate(h).float()
+        mixed = torch.logaddexp(F.logsigmoid(-gate) + log_vocab, F.logsigmoid(gate) + pointer.clamp_min(1e-30).log())
+        return torch.where(valid.any(-1, keepdim=True), mixed, log_vocab)
+
+    def window_references(self, ref: torch.Tensor) -> torch.Tensor:
+        """ref (B, n) per position's copy guess (reference_tokens) -> (B, n, D): the copy guesses of the positions
+        at each offset (dy, dx) of the (2r+1)^2 window, same view and latent frame, row-major from (-r, -r); MASK
+        off the grid."""
+        L, r = self.layout, self.window
+        B, n = ref.shape
+        full = ref.new_full((B, L.num_tokens), L.mask_id)
+        full[:, :n] = ref
+        padded = ref.new_full((B, L.t, L.views, L.h + 2 * r, L.w + 2 * r), L.mask_id)
+        padded[..., r:r + L.h, r:r + L.w] = full.view(B, L.t, L.views, L.h, L.w)
+        shifted = [padded[..., r + dy:r + dy + L.h, r + dx:r + dx + L.w]
+                   for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+        return torch.stack(shifted, -1).reshape(B, L.num_tokens, -1)[:, :n]
 
     def forward(self, seq: torch.Tensor, cond: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """seq (B, n <= N) video tokens in sequence order, cond (B, 3) -> logits (B, n, codebook_size), or with
@@ -297,6 +338,8 @@ class MaskedVideoTransformer(nn.Module):
             x = block(x, self.causal, rope=rope)
         x = x[:, NUM_COND - 1 if self.causal else NUM_COND:]
         ref = self.reference_tokens(seq)
+        if self.window:
+            ref = self.window_references(ref)
         if select is not None:
             x, ref = x[select], ref[select]
         return self.output_logits(x, ref)
@@ -329,7 +372,8 @@ class MaskedVideoTransformer(nn.Module):
              ref: torch.Tensor | None = None) -> torch.Tensor:
         """Autoregressive decoding: feed the condition (first call only) and/or the next video tokens (B, n) into
         the KV cache; returns the logits (B, codebook_size) for the video token after the last one fed, with the
-        copy bonus on `ref` (B,), that token's reference (the caller knows it; None before the second latent frame)."""
+        copy bonus on `ref`, that token's copy guess(es) (step_references: (B,), or (B, D) with copy_window; None
+        before the second latent frame)."""
         assert self.causal, "step() is for the autoregressive architecture"
         parts = [] if cond is None else [self.embed_condition(cond)]
         if tokens is not None and tokens.shape[1]:
@@ -340,6 +384,24 @@ class MaskedVideoTransformer(nn.Module):
             x = block(x, True, cache, rope)
         cache.length += x.shape[1]
         return self.output_logits(x[:, -1], ref)
+
+    def step_references(self, x: torch.Tensor, j: int) -> torch.Tensor | None:
+        """Autoregressive decoding: the copy guess(es) of video position j from x (B, >= j) whose positions before j
+        are decoded: (B,) the token one latent frame earlier, or with copy_window (B, D) those of the window's
+        offsets (MASK off the grid), as forward() gives them; None in the first latent frame."""
+        L = self.layout
+        frame = L.views * L.h * L.w
+        if j < frame:
+            return None
+        if not self.window:
+            return x[:, j - frame]
+        r = self.window
+        row, col = int(self.row_index[j]), int(self.col_index[j])
+        out = x.new_full((x.shape[0], (2 * r + 1) ** 2), L.mask_id)
+        for k, (dy, dx) in enumerate((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)):
+            if 0 <= row + dy < L.h and 0 <= col + dx < L.w:
+                out[:, k] = x[:, j - frame + dy * L.w + dx]
+        return out
 
     def rope_for(self, start: int, length: int):
         """(cos, sin) of sequence positions start..start+length-1 (condition tokens first), or None without rope."""
