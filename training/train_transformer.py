@@ -231,9 +231,10 @@ class TransformerTask(TrainTask):
             self.cfg.tasks.predict_full_mask))
         with self.autocast:
             picked = tr.train_model(inputs, cond, scored)   # logits of the scored tokens only
-        wanted = targets[scored]
-        weights = token_weights(tr.model.reference_tokens(inputs)[scored] == wanted,
-                                self.layout.to_sequence(motion).to(tr.device)[scored], t)
+        wanted, weights = targets[scored], None
+        if t.unchanged_weight < 1 or t.motion_weight > 0:   # (a plain mean needs neither input)
+            weights = token_weights(tr.model.reference_tokens(inputs)[scored] == wanted,
+                                    self.layout.to_sequence(motion).to(tr.device)[scored], t)
         loss, parts = tr.model.loss(picked, wanted, t.label_smoothing, weights)
         return loss, {"loss": loss.detach(), "acc": parts["acc"], "scored_tokens": scored.sum()}
 

@@ -221,9 +221,11 @@ class MaskedVideoTransformer(nn.Module):
             self.register_buffer("code_digit_matrix", one_hot, persistent=False)
             self.digit_embed = nn.Embedding(sum(layout.code_levels), W)
             self.digit_head = nn.Linear(W, sum(layout.code_levels))
-        self.window = cfg.copy_window
+        self.window = r = cfg.copy_window
+        # the window's offsets (dy, dx), row-major from (-r, -r): forward() and step_references() list them alike
+        self.offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
         if self.window:
-            self.shift_head = nn.Linear(W, (2 * self.window + 1) ** 2)   # log-weights of the offsets
+            self.shift_head = nn.Linear(W, len(self.offsets))                # log-weights of the offsets
             self.pointer_gate = nn.Linear(W, 1)                          # logit of copying vs the vocabulary
         if cfg.copy_logit and not self.window:
             self.copy_gain = nn.Parameter(torch.tensor(0.5))
@@ -241,7 +243,7 @@ class MaskedVideoTransformer(nn.Module):
         if self.window:   # starts as the copy guess: offset (0, 0) ~95 % of the pointer, the pointer ~95 %
             nn.init.zeros_(self.shift_head.weight)
             nn.init.zeros_(self.shift_head.bias)
-            self.shift_head.bias.data[(2 * self.window + 1) ** 2 // 2] = 3.0 + math.log((2 * self.window + 1) ** 2)
+            self.shift_head.bias.data[self.offsets.index((0, 0))] = 3.0 + math.log(len(self.offsets))
             nn.init.zeros_(self.pointer_gate.weight)
             nn.init.constant_(self.pointer_gate.bias, 3.0)
         if self.copy_gate is not None:   # starts as the plain copy bonus
@@ -321,8 +323,7 @@ class MaskedVideoTransformer(nn.Module):
         full[:, :n] = ref
         padded = ref.new_full((B, L.t, L.views, L.h + 2 * r, L.w + 2 * r), L.mask_id)
         padded[..., r:r + L.h, r:r + L.w] = full.view(B, L.t, L.views, L.h, L.w)
-        shifted = [padded[..., r + dy:r + dy + L.h, r + dx:r + dx + L.w]
-                   for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+        shifted = [padded[..., r + dy:r + dy + L.h, r + dx:r + dx + L.w] for dy, dx in self.offsets]
         return torch.stack(shifted, -1).reshape(B, L.num_tokens, -1)[:, :n]
 
     def forward(self, seq: torch.Tensor, cond: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
@@ -395,10 +396,9 @@ class MaskedVideoTransformer(nn.Module):
             return None
         if not self.window:
             return x[:, j - frame]
-        r = self.window
         row, col = int(self.row_index[j]), int(self.col_index[j])
-        out = x.new_full((x.shape[0], (2 * r + 1) ** 2), L.mask_id)
-        for k, (dy, dx) in enumerate((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)):
+        out = x.new_full((x.shape[0], len(self.offsets)), L.mask_id)
+        for k, (dy, dx) in enumerate(self.offsets):
             if 0 <= row + dy < L.h and 0 <= col + dx < L.w:
                 out[:, k] = x[:, j - frame + dy * L.w + dx]
         return out
