@@ -117,6 +117,21 @@ def test_ar_kv_cache_sampling_equals_uncached_greedy_sampling(task, window):
                        ar_sample(model, seq, given, cond, generators([3, 4]), top_k=k, use_cache=False))
 
 
+@pytest.mark.parametrize("window", [0, 1])
+def test_ar_forward_on_a_prefix_equals_the_whole_clips_forward(window):
+    """AR: logits[:, i] depend on cond and seq[:, :i] only, so any prefix gives the same logits. With the copy window
+    a neighbour later in raster order (right, below) still has its guess one latent frame earlier: a prefix forward
+    once gave those neighbours MASK (the uncached sampler then drew from another distribution than the KV cache)."""
+    model, seq = tiny_model("ar", copy_window=window), random_clips(2)
+    if window:
+        nn.init.normal_(model.shift_head.weight, 0.0, 0.5)
+    cond = condition(LAYOUT, "unconditional", batch=2)
+    with torch.no_grad():
+        whole = model(seq, cond)
+        for n in (1, 12, 13, 17, 24):
+            assert torch.allclose(model(seq[:, :n], cond), whole[:, :n], atol=1e-5), n
+
+
 @pytest.mark.parametrize("switch", ["copy_logit", "copy_gate", "copy_window"])
 def test_ar_step_logits_match_the_full_forward(switch):
     model = tiny_model("ar", **{"copy_gate": {"copy_gate": True}, "copy_window": {"copy_window": 1}}.get(switch, {}))

@@ -338,9 +338,11 @@ class MaskedVideoTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, self.causal, rope=rope)
         x = x[:, NUM_COND - 1 if self.causal else NUM_COND:]
-        ref = self.reference_tokens(seq)
-        if self.window:
-            ref = self.window_references(ref)
+        if self.window:   # a window neighbour later in the sequence than seq reaches still has its copy guess in seq
+            whole = F.pad(seq, (0, self.layout.num_tokens - seq.shape[1]), value=self.layout.mask_id)
+            ref = self.window_references(self.reference_tokens(whole))[:, :seq.shape[1]]
+        else:
+            ref = self.reference_tokens(seq)
         if select is not None:
             x, ref = x[select], ref[select]
         return self.output_logits(x, ref)
