@@ -15,7 +15,8 @@ from datagen.config import UserError, to_dict
 from datagen.pack import pack_dataset
 from fakes import make_fake_dataset
 from training import checkpoint as ckpt
-from training.sampling import TASK_ID, ar_sample, condition, generators, given_mask, maskgit_sample, sample
+from training.sampling import (TASK_ID, ar_sample, condition, generators, given_mask, maskgit_sample, null_condition,
+                               sample)
 from training.train_transformer import draw_tasks, load_run_config, make_batch, train_transformer
 from training.transformer import COPY_SCALE, MaskedVideoTransformer, TokenLayout, TransformerConfig
 
@@ -115,6 +116,47 @@ def test_ar_kv_cache_sampling_equals_uncached_greedy_sampling(task, window):
     k = 0 if window else 5
     assert torch.equal(ar_sample(model, seq, given, cond, generators([3, 4]), top_k=k),
                        ar_sample(model, seq, given, cond, generators([3, 4]), top_k=k, use_cache=False))
+
+
+def test_guidance_mixes_the_labelled_and_the_unconditional_prediction():
+    """Classifier-free guidance s: one greedy MaskGIT step picks argmax(null + s * (labelled - null)) of the
+    log-probabilities; s = 1 is plain sampling, s = 0 samples as the unconditional task does."""
+    model, seq = tiny_model("masked", seed=3), random_clips(2)
+    nothing = torch.zeros_like(seq, dtype=torch.bool)
+    cond = condition(LAYOUT, "generate", torch.tensor([0, 2]), torch.tensor([1, 3]))
+    null = null_condition(cond, LAYOUT)
+    assert null.tolist() == [[TASK_ID["unconditional"], 3, 4]] * 2
+    masked = torch.full_like(seq, LAYOUT.mask_id)
+    with torch.no_grad():
+        labelled, uncond = model(masked, cond).log_softmax(-1), model(masked, null).log_softmax(-1)
+    for s in (0.0, 1.0, 3.0):
+        expected = (uncond + s * (labelled - uncond)).argmax(-1)
+        got = maskgit_sample(model, seq, nothing, cond, generators([0, 1]), steps=1, temperature=0, guidance=s)
+        assert torch.equal(got, expected), s
+    assert not torch.equal((uncond + 3 * (labelled - uncond)).argmax(-1), labelled.argmax(-1))   # s matters here
+    assert torch.equal(maskgit_sample(model, seq, nothing, cond, generators([0, 1]), steps=3, guidance=0.0),
+                       maskgit_sample(model, seq, nothing, null, generators([0, 1]), steps=3))
+
+
+@pytest.mark.parametrize("window", [0, 1])
+def test_ar_guidance_with_the_kv_cache_equals_without_it(window):
+    """The KV cache holds both branches of classifier-free guidance: cached == uncached, greedy and sampled, and
+    s = 0 is the unconditional model's own sample."""
+    model, seq = tiny_model("ar", copy_window=window, seed=2), random_clips(2, seed=1)
+    for table in (model.task, model.shape, model.family):   # labels that sway the untrained model
+        nn.init.normal_(table.weight, 0.0, 3.0)
+    nothing = torch.zeros_like(seq, dtype=torch.bool)
+    cond = condition(LAYOUT, "generate", torch.tensor([1, 0]), torch.tensor([2, 0]))
+    for temperature in (1.0, 0.0):
+        cached = ar_sample(model, seq, nothing, cond, generators([0, 1]), temperature=temperature, guidance=2.5)
+        uncached = ar_sample(model, seq, nothing, cond, generators([0, 1]), temperature=temperature, guidance=2.5,
+                             use_cache=False)
+        assert torch.equal(cached, uncached)
+    greedy = {s: ar_sample(model, seq, nothing, cond, generators([0, 1]), temperature=0.0, guidance=s)
+              for s in (1.0, 10.0)}
+    assert not torch.equal(greedy[1.0], greedy[10.0])   # the guidance is applied
+    assert torch.equal(ar_sample(model, seq, nothing, cond, generators([0, 1]), guidance=0.0),
+                       ar_sample(model, seq, nothing, null_condition(cond, LAYOUT), generators([0, 1])))
 
 
 @pytest.mark.parametrize("window", [0, 1])
@@ -691,6 +733,8 @@ def other_tokenizer_cache(cache: Path, tmp_path: Path) -> Path:
      "(allowed: 2)"),
     (["--task", "predict", "--given-frames", "1"], "--given-frames = 1: must be a multiple"),
     (["--task", "complete-view", "--view", "3"], "--view 3: must be in 0..2"),
+    (["--task", "predict", "--guidance", "2"], "--guidance 2.0 steers towards the class labels, which only --task "
+                                               "generate has"),
     (["--task", "predict", "--tokens", "OTHER"], "comes from a different tokenizer than"),
     (["--task", "complete-view", "--tokens", "OTHER"], "(codebook_size: 128 vs 64)"),
 ])

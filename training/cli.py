@@ -153,6 +153,9 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
               help="Masked model: decode every token at once (all, MaskGIT) or one latent frame after another "
                    "(frames: each frame sees the ones before it complete; --steps steps per frame).")
 @click.option("--top-k", default=0, show_default=True, type=int, help="Sample among the k likeliest (AR; 0 = all).")
+@click.option("--guidance", default=1.0, show_default=True, type=FiniteFloat(min=0),
+              help="generate: classifier-free guidance scale s, logits = null + s * (labelled - null) against the "
+                   "unconditional task's prediction (1 = off; above 1 pushes towards the shape and family).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
               help="Clip i is sampled with seed + i.")
 @click.option("--split", default="test", show_default=True, help="Split of the held-out clips.")
@@ -177,8 +180,8 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
                    "[default: on for predict].")
 @device_option()
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, order, top_k, seed, split,
-                 given_frames, view, shapes, families, tokens, batch_size, method, paste, composite, device,
+def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, order, top_k, guidance, seed,
+                 split, given_frames, view, shapes, families, tokens, batch_size, method, paste, composite, device,
                  no_progress):
     """Sample clips with a trained transformer and decode them with its tokenizer into OUT: generated_rgb.npy,
     target_rgb.npy (predict, complete-view), generated.json (what each clip was generated from) and a PNG + GIF
@@ -193,7 +196,8 @@ def generate_cmd(transformer, task, out, steps, num, temperature, choice_tempera
                                  f"another --seed for more", param_hint="'--num'")
     check_output_dir(out)
     summary = generate(transformer, task, out, steps=steps, num=num, temperature=temperature,
-                       choice_temperature=choice_temperature, order=order, top_k=top_k, seed=seed, split=split,
+                       choice_temperature=choice_temperature, order=order, top_k=top_k, guidance=guidance,
+                       seed=seed, split=split,
                        given_frames=given_frames, view=view, shapes=shapes, families=families, tokens=tokens,
                        device=device, batch_size=batch_size, method=method, paste=paste,
                        composite=task == "predict" if composite is None else composite, progress=not no_progress,

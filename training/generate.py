@@ -57,7 +57,7 @@ COMPOSITE_LOW, COMPOSITE_HIGH = 0.04, 0.12
 
 
 def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int, method: str = "model",
-                composite: bool = False) -> None:
+                composite: bool = False, guidance: float = 1.0) -> None:
     if task not in GENERATE_TASKS:
         raise UserError(f"unknown task {task!r}; allowed: {', '.join(GENERATE_TASKS)}")
     if method not in METHOD_TITLES:
@@ -73,6 +73,11 @@ def _check_args(task: str, steps: int, num: int | None, temperature: float, top_
         raise UserError(f"--steps {steps}: must be >= 1")
     if num is not None and num < 1:
         raise UserError(f"--num {num}: must be >= 1")
+    if guidance != 1.0 and task != "generate":
+        raise UserError(f"--guidance {guidance} steers towards the class labels, which only --task generate has; "
+                        f"use 1 (off) with --task {task}")
+    if not 0 <= guidance <= 100:
+        raise UserError(f"--guidance {guidance}: must be in [0, 100] (1 = off)")
     if temperature < 0 or top_k < 0:
         raise UserError(f"--temperature {temperature} and --top-k {top_k} must be >= 0")
 
@@ -129,17 +134,19 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
              split: str = "test", given_frames: int | None = None, view: int | None = None,
              shapes: tuple[str, ...] = (), families: tuple[str, ...] = (), tokens: Path | None = None,
              device: str = "auto", batch_size: int = 8, method: str = "model", paste: bool = True,
-             composite: bool = False, order: str = "all", progress: bool = True, log=print) -> dict:
+             composite: bool = False, order: str = "all", guidance: float = 1.0, progress: bool = True,
+             log=print) -> dict:
     """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing).
 
     method: model (sample), ceiling (the true tokens decoded) or copy-latent (predict: the last given latent frame
     repeated). paste: the given frames / views come from the renders instead of being re-decoded. composite
     (predict): predicted frames keep the last given frame wherever the decoded clip does not differ from the
     decoded copy-latent clip (`composite_over_last`). order (masked model): "all" tokens at once or latent "frames"
-    one after another (training.sampling.maskgit_sample)."""
+    one after another (training.sampling.maskgit_sample). guidance (generate): classifier-free guidance scale towards
+    the shape and family (1 = off)."""
     from tqdm import tqdm
 
-    _check_args(task, steps, num, temperature, top_k, method, composite)
+    _check_args(task, steps, num, temperature, top_k, method, composite, guidance)
     transformer = Path(transformer)
     _, saved = ckpt.load_run(transformer, "transformer")
     recorded = saved.get("tokens", {})
@@ -194,7 +201,8 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                 with autocast_for(dev):
                     seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
                                  generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
-                                 choice_temperature=choice_temperature, top_k=top_k, order=order)
+                                 choice_temperature=choice_temperature, top_k=top_k, order=order,
+                                 guidance=guidance)
             sampling_seconds += time.perf_counter() - t0
             grids = layout.to_grid(seq)
             copy_grids = layout.to_grid(copies) if composite else None
@@ -213,7 +221,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             "frames": source["frames"], "views": source["views"], "steps": steps if not model.causal else None,
             "temperature": temperature, "choice_temperature": choice_temperature if not model.causal else None,
             "order": order if not model.causal else None,
-            "top_k": top_k if model.causal else None, "seed": seed, "arch": model.cfg.arch,
+            "top_k": top_k if model.causal else None, "guidance": guidance, "seed": seed, "arch": model.cfg.arch,
             "transformer": str(transformer.resolve()), "transformer_step": saved["step"],
             "tokenizer": source["tokenizer_run"], "tokenizer_step": source["tokenizer_step"],
             "tokens": source["tokens"], "method": method, "method_title": METHOD_TITLES[method],

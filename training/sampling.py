@@ -16,6 +16,9 @@ Sampling fills every position that is not given and never changes a given token:
     ar_sample       the autoregressive model: one token at a time in raster order with a KV cache (top-k /
                     temperature); given tokens are fed instead of sampled.
 
+Both take a classifier-free guidance scale s (generate): each step's log-probabilities are null + s * (labelled -
+null), null being the same clip under the unconditional task's condition; s = 1 is plain sampling.
+
 Randomness comes only from the torch.Generators passed in, one per clip, so a clip does not depend on the batch
 it was sampled in.
 """
@@ -91,6 +94,26 @@ def _draw(logits: torch.Tensor, temperature: float, noise: torch.Tensor | None, 
     return (logits / temperature + noise).argmax(-1)
 
 
+def null_condition(cond: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """The unconditional task's condition (no task labels, null shape and family) for every row of cond: the other
+    branch of classifier-free guidance."""
+    return condition(layout, "unconditional", batch=len(cond)).to(cond.device)
+
+
+def _guided_call(model: MaskedVideoTransformer, x: torch.Tensor, cond: torch.Tensor, guidance: float,
+                 cache=None, ref=None) -> torch.Tensor:
+    """The model's logits for x under cond; with guidance s != 1, classifier-free guidance: log p(.|null) +
+    s * (log p(.|cond) - log p(.|null)), both branches in one doubled batch (cond is then (2B, 3): the labelled rows,
+    then their null rows, and x the B clips). With a KV cache (AR), x holds the new tokens only."""
+    if guidance == 1.0:
+        return model(x, cond) if cache is None else model.step(cache, cond=cond, tokens=x, ref=ref)
+    xx = torch.cat([x, x])
+    rr = None if ref is None else torch.cat([ref, ref])
+    both = (model(xx, cond) if cache is None else model.step(cache, cond=cond, tokens=xx, ref=rr)).float()
+    labelled, null = both.log_softmax(-1).chunk(2)
+    return null + guidance * (labelled - null)
+
+
 def mask_schedule(ratio: float) -> float:
     """Cosine schedule: the fraction of the unknown tokens still masked after a fraction `ratio` of the steps."""
     return math.cos(math.pi / 2 * ratio)
@@ -99,8 +122,9 @@ def mask_schedule(ratio: float) -> float:
 @torch.no_grad()
 def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
                    gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0,
-                   choice_temperature: float = 4.5, order: str = "all") -> torch.Tensor:
+                   choice_temperature: float = 4.5, order: str = "all", guidance: float = 1.0) -> torch.Tensor:
     """Fill every non-given position of seq (B, N) in `steps` parallel decoding steps; returns (B, N) ids.
+    guidance s != 1: classifier-free guidance towards cond's labels (against the unconditional task's condition).
     order "all": every unknown token at once (MaskGIT). "frames": one latent frame (all views) after another,
     `steps` steps each, later frames still masked, so each frame is drawn seeing the frames before it complete: a
     small object is then placed once per frame and moves on from where it was, instead of being drawn in several
@@ -110,25 +134,27 @@ def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torc
     mask_id = model.layout.mask_id
     given = given.to(seq.device)
     x = torch.where(given, seq, torch.full_like(seq, mask_id))
+    if guidance != 1.0:
+        cond = torch.cat([cond, null_condition(cond, model.layout)])
     if order == "all":
-        return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature)
+        return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, guidance)
     frame = model.layout.grid_index()["t"].to(seq.device)
     for j in range(model.layout.t):
         todo = ~given & (frame == j)[None]
         if todo.any():
-            x = _maskgit_fill(model, x, todo, cond, gens, steps, temperature, choice_temperature)
+            x = _maskgit_fill(model, x, todo, cond, gens, steps, temperature, choice_temperature, guidance)
     return x
 
 
 def _maskgit_fill(model: MaskedVideoTransformer, x: torch.Tensor, unknown: torch.Tensor, cond: torch.Tensor,
-                  gens: list[torch.Generator], steps: int, temperature: float, choice_temperature: float
-                  ) -> torch.Tensor:
+                  gens: list[torch.Generator], steps: int, temperature: float, choice_temperature: float,
+                  guidance: float = 1.0) -> torch.Tensor:
     """Decode the `unknown` positions of x (B, N) in `steps` steps; every other position keeps its id (MASK
     included, so a later frame can stay masked)."""
     mask_id = model.layout.mask_id
     total = unknown.sum(1)                                            # tokens to generate per clip
     for s in range(steps):
-        logits = model(x, cond).float()
+        logits = _guided_call(model, x, cond, guidance).float()
         noise = _gumbel(gens, logits.shape[1:], logits.device) if temperature > 0 else None
         sampled = torch.where(unknown, _draw(logits, temperature, noise), x)
         picked = torch.where(unknown, sampled, 0)[..., None]          # (a still-masked later frame has no logit)
@@ -151,34 +177,37 @@ def _maskgit_fill(model: MaskedVideoTransformer, x: torch.Tensor, unknown: torch
 @torch.no_grad()
 def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
               gens: list[torch.Generator], *, temperature: float = 1.0, top_k: int = 0,
-              use_cache: bool = True) -> torch.Tensor:
+              use_cache: bool = True, guidance: float = 1.0) -> torch.Tensor:
     """Fill every non-given position of seq (B, N) one token at a time in sequence order. The prefix that is given
     in every clip goes through the model in one pass; after it, a given token is fed in place of a sample.
     use_cache=False recomputes the whole prefix each step (the reference the KV cache must reproduce).
-    The Gumbel noise of every position is drawn up front, so a clip's tokens depend on its generator only."""
+    The Gumbel noise of every position is drawn up front, so a clip's tokens depend on its generator only.
+    guidance s != 1: classifier-free guidance, as maskgit_sample (the KV cache then holds both branches)."""
     given = given.to(seq.device)
     N, K = seq.shape[1], model.layout.codebook_size
     noise = _gumbel(gens, (N, K), seq.device) if temperature > 0 else None
     x = torch.where(given, seq, torch.zeros_like(seq))
     prefix = int(given.all(0).long().cumprod(0).sum())
+    if guidance != 1.0:
+        cond = torch.cat([cond, null_condition(cond, model.layout)])
     cache = model.new_cache() if use_cache else None
     if use_cache:   # (a position's copy guesses come from the latent frame before it: decoded by then)
-        logits = model.step(cache, cond=cond, tokens=x[:, :prefix], ref=model.step_references(x, prefix))
+        logits = _guided_call(model, x[:, :prefix], cond, guidance, cache, model.step_references(x, prefix))
     for i in range(prefix, N):
         if not use_cache:
-            logits = model(x[:, :i + 1], cond)[:, -1]                 # position i sees cond and x[:, :i] only
+            logits = _guided_call(model, x[:, :i + 1], cond, guidance)[:, -1]   # position i sees cond, x[:, :i]
         drawn = _draw(logits, temperature, None if noise is None else noise[:, i], top_k)
         x[:, i] = torch.where(given[:, i], seq[:, i], drawn)
         if use_cache and i < N - 1:
-            logits = model.step(cache, tokens=x[:, i:i + 1], ref=model.step_references(x, i + 1))
+            logits = _guided_call(model, x[:, i:i + 1], None, guidance, cache, model.step_references(x, i + 1))
     return x
 
 
 def sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
            gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0, choice_temperature: float = 4.5,
-           top_k: int = 0, order: str = "all") -> torch.Tensor:
+           top_k: int = 0, order: str = "all", guidance: float = 1.0) -> torch.Tensor:
     """Either sampler, by the model's architecture (steps / choice_temperature / order: masked; top_k: ar)."""
     if model.causal:
-        return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k)
+        return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k, guidance=guidance)
     return maskgit_sample(model, seq, given, cond, gens, steps=steps, temperature=temperature,
-                          choice_temperature=choice_temperature, order=order)
+                          choice_temperature=choice_temperature, order=order, guidance=guidance)
