@@ -154,8 +154,9 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
                    "(frames: each frame sees the ones before it complete; --steps steps per frame).")
 @click.option("--top-k", default=0, show_default=True, type=int, help="Sample among the k likeliest (AR; 0 = all).")
 @click.option("--guidance", default=1.0, show_default=True, type=FiniteFloat(min=0),
-              help="generate: classifier-free guidance scale s, logits = null + s * (labelled - null) against the "
-                   "unconditional task's prediction (1 = off; above 1 pushes towards the shape and family).")
+              help="generate: classifier-free guidance scale s: sample from the log-probabilities null + s * "
+                   "(labelled - null), null being the unconditional task's (1 = off; above 1 pushes towards the "
+                   "shape and family).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
               help="Clip i is sampled with seed + i.")
 @click.option("--split", default="test", show_default=True, help="Split of the held-out clips.")
