@@ -215,7 +215,7 @@ def test_the_copy_window_points_at_the_neighbours_one_latent_frame_earlier():
     model = MaskedVideoTransformer(TransformerConfig(width=16, depth=1, heads=1, copy_window=1), layout).eval()
     M = layout.mask_id
     seq = torch.cat([torch.arange(9), torch.full((9,), M)])[None]
-    refs = model.window_references(model.reference_tokens(seq))
+    refs = model.window_references(seq)
     assert refs[0, 9 + 4].tolist() == list(range(9))                       # the centre sees the whole frame
     assert refs[0, 9 + 0].tolist() == [M, M, M, M, 0, 1, M, 3, 4]          # the corner: off the grid is MASK
     assert (refs[0, :9] == M).all()                                        # the first latent frame has no guess

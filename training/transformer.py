@@ -222,7 +222,7 @@ class MaskedVideoTransformer(nn.Module):
             self.digit_embed = nn.Embedding(sum(layout.code_levels), W)
             self.digit_head = nn.Linear(W, sum(layout.code_levels))
         self.window = r = cfg.copy_window
-        # the window's offsets (dy, dx), row-major from (-r, -r): forward() and step_references() list them alike
+        # the window's offsets (dy, dx), row-major from (-r, -r); window_index (below) maps them to positions
         self.offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
         if self.window:
             self.shift_head = nn.Linear(W, len(self.offsets))                # log-weights of the offsets
@@ -232,6 +232,12 @@ class MaskedVideoTransformer(nn.Module):
         self.copy_gate = nn.Linear(W, 1) if cfg.copy_logit and cfg.copy_gate else None
         for name, index in layout.grid_index().items():
             self.register_buffer(f"{name}_index", index, persistent=False)
+        if self.window:   # (N, D): the position of each offset's neighbour, same view and latent frame; -1 off the grid
+            dy, dx = (torch.tensor(d) for d in zip(*self.offsets))
+            row, col = self.row_index[:, None] + dy, self.col_index[:, None] + dx
+            on_grid = (row >= 0) & (row < layout.h) & (col >= 0) & (col < layout.w)
+            neighbour = torch.arange(layout.num_tokens)[:, None] + dy * layout.w + dx
+            self.register_buffer("window_index", torch.where(on_grid, neighbour, -1), persistent=False)
         if cfg.rope:
             angles = rope_angles(layout, W // cfg.heads)
             self.register_buffer("rope_cos", angles.cos(), persistent=False)
@@ -313,18 +319,14 @@ class MaskedVideoTransformer(nn.Module):
         mixed = torch.logaddexp(F.logsigmoid(-gate) + log_vocab, F.logsigmoid(gate) + pointer.clamp_min(1e-30).log())
         return torch.where(valid.any(-1, keepdim=True), mixed, log_vocab)
 
-    def window_references(self, ref: torch.Tensor) -> torch.Tensor:
-        """ref (B, n) per position's copy guess (reference_tokens) -> (B, n, D): the copy guesses of the positions
-        at each offset (dy, dx) of the (2r+1)^2 window, same view and latent frame, row-major from (-r, -r); MASK
-        off the grid."""
-        L, r = self.layout, self.window
-        B, n = ref.shape
-        full = ref.new_full((B, L.num_tokens), L.mask_id)
-        full[:, :n] = ref
-        padded = ref.new_full((B, L.t, L.views, L.h + 2 * r, L.w + 2 * r), L.mask_id)
-        padded[..., r:r + L.h, r:r + L.w] = full.view(B, L.t, L.views, L.h, L.w)
-        shifted = [padded[..., r + dy:r + dy + L.h, r + dx:r + dx + L.w] for dy, dx in self.offsets]
-        return torch.stack(shifted, -1).reshape(B, L.num_tokens, -1)[:, :n]
+    def window_references(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, n <= N) in sequence order -> (B, n, D): per position the copy guesses (reference_tokens) of the
+        positions at each offset (dy, dx) of the (2r+1)^2 window, same view and latent frame, row-major from (-r, -r);
+        MASK off the grid. A neighbour later in the sequence than seq reaches has its guess in seq all the same."""
+        L, n = self.layout, seq.shape[1]
+        ref = self.reference_tokens(F.pad(seq, (0, L.num_tokens - n), value=L.mask_id))
+        index = self.window_index[:n]
+        return torch.where(index >= 0, ref[:, index.clamp_min(0)], L.mask_id)
 
     def forward(self, seq: torch.Tensor, cond: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """seq (B, n <= N) video tokens in sequence order, cond (B, 3) -> logits (B, n, codebook_size), or with
@@ -338,11 +340,7 @@ class MaskedVideoTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, self.causal, rope=rope)
         x = x[:, NUM_COND - 1 if self.causal else NUM_COND:]
-        if self.window:   # a window neighbour later in the sequence than seq reaches still has its copy guess in seq
-            whole = F.pad(seq, (0, self.layout.num_tokens - seq.shape[1]), value=self.layout.mask_id)
-            ref = self.window_references(self.reference_tokens(whole))[:, :seq.shape[1]]
-        else:
-            ref = self.reference_tokens(seq)
+        ref = self.window_references(seq) if self.window else self.reference_tokens(seq)
         if select is not None:
             x, ref = x[select], ref[select]
         return self.output_logits(x, ref)
@@ -398,12 +396,8 @@ class MaskedVideoTransformer(nn.Module):
             return None
         if not self.window:
             return x[:, j - frame]
-        row, col = int(self.row_index[j]), int(self.col_index[j])
-        out = x.new_full((x.shape[0], len(self.offsets)), L.mask_id)
-        for k, (dy, dx) in enumerate(self.offsets):
-            if 0 <= row + dy < L.h and 0 <= col + dx < L.w:
-                out[:, k] = x[:, j - frame + dy * L.w + dx]
-        return out
+        index = self.window_index[j]   # a neighbour's guess is the token one latent frame before it, decoded by now
+        return torch.where(index >= 0, x[:, (index - frame).clamp_min(0)], L.mask_id)
 
     def rope_for(self, start: int, length: int):
         """(cos, sin) of sequence positions start..start+length-1 (condition tokens first), or None without rope."""
