@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from datagen.config import UserError, to_dict
 from datagen.pack import pack_dataset
@@ -434,6 +435,109 @@ def test_the_model_uses_the_given_frames_to_extrapolate_motion(levels):
     assert shuffled <= 0.3, shuffled
 
 
+def test_object_cells_are_the_token_cell_of_the_mean_visible_centre():
+    """Per latent frame (here 2 frames each, 4x4 tokens of 4 px on a 16x16 image): the cell of the mean of the
+    frames' visible centres; -1 where the object is visible in neither frame or the mean lies off the image."""
+    from training.token_cache import augment_cells, object_cells
+
+    centres = np.array([[[[1.0, 1.0], [3.0, 5.0],        # mean (2, 3): row 0, col 0
+                          [15.0, 2.0], [99.0, 99.0],     # the second frame hidden: (15, 2) -> row 0, col 3
+                          [5.0, 14.0], [7.0, 14.0],      # (6, 14): row 3, col 1
+                          [-3.0, 8.0], [-1.0, 8.0]]]])   # (-2, 8): left of the image
+    visible = np.array([[[True, True, True, False, True, True, True, True]]])
+    cells = object_cells(centres, visible, (4, 4, 4), [16, 16])
+    assert cells.dtype == np.int64 and cells.tolist() == [[[0, 3, 13, -1]]]
+    assert object_cells(centres, np.zeros_like(visible), (4, 4, 4), [16, 16]).tolist() == [[[-1] * 4]]
+    # the cells of a clip's augmented copies: latent frames played backwards, columns mirrored
+    assert augment_cells(cells[0], "time-reverse", 4).tolist() == [[-1, 13, 3, 0]]
+    assert augment_cells(cells[0], "hflip", 4).tolist() == [[3, 0, 14, -1]]
+    assert augment_cells(cells[0], "time-reverse+hflip", 4).tolist() == [[-1, 14, 0, 3]]
+
+
+def test_pointer_targets_point_back_to_where_the_object_was():
+    """One view, 3 latent frames of 4x4 tokens, copy window 1: the object moves from cell (1, 1) to (1, 2) to
+    (2, 3). Frame 2's tokens around (2, 3) copy from frame 1, which lies one row up and one column left: offset
+    (-1, -1); frame 1's around (1, 2) from frame 0: (0, -1). With frame 1 masked, frame 2 copies from frame 0: two
+    columns left, outside the window: no target."""
+    from training.train_transformer import pointer_targets
+
+    layout = TokenLayout(codebook_size=8, views=1, t=3, h=4, w=4, num_shapes=1, num_families=1)
+    model = MaskedVideoTransformer(TransformerConfig(width=16, depth=1, heads=2, copy_window=1), layout)
+    cells = torch.tensor([[[5, 6, 11]]])                              # row * 4 + col
+    seq = torch.zeros(1, layout.num_tokens, dtype=torch.long)
+    target = pointer_targets(model, seq, cells).reshape(3, 4, 4)
+    up_left, left = model.offsets.index((-1, -1)), model.offsets.index((0, -1))
+    assert (target[0] == -1).all()                                    # nothing earlier to copy from
+    expected1 = torch.full((4, 4), -1)
+    expected1[0:3, 1:4] = left                                        # within one cell of (1, 2)
+    assert torch.equal(target[1], expected1)
+    expected2 = torch.full((4, 4), -1)
+    expected2[1:4, 2:4] = up_left                                     # within one cell of (2, 3), on the grid
+    assert torch.equal(target[2], expected2)
+    hidden = seq.clone()
+    hidden[:, 16:32] = layout.mask_id                                 # frame 1 masked: frame 2 copies from frame 0
+    assert model.reference_lags(hidden).reshape(3, 4, 4)[2].eq(2).all()
+    assert (pointer_targets(model, hidden, cells).reshape(3, 4, 4)[2] == -1).all()
+    cells[0, 0, 0] = -1                                               # not visible in frame 0: no target in frame 1
+    assert (pointer_targets(model, seq, cells).reshape(3, 4, 4)[1] == -1).all()
+
+
+def test_the_window_motion_loss_teaches_the_window_the_objects_offset():
+    """Token clips of one object moving 1 or 2 cells a latent frame along a row (a random code each latent frame,
+    so copying is never exactly right and the code loss alone leaves the window at offset 0): with the motion loss
+    the window's most likely offset on the predicted object is the one it moved by."""
+    from training.train_transformer import pointer_targets
+
+    layout = TokenLayout(codebook_size=6, views=1, t=4, h=1, w=8, num_shapes=1, num_families=1)
+
+    def batch(n, seed):
+        clips, cell = moving_token_clips(n, layout, seed)
+        g = torch.Generator().manual_seed(seed)
+        clips = clips * torch.randint(1, 6, (n, 1, layout.t, 1, 1), generator=g)   # the object's code changes
+        return clips, cell[:, None]
+
+    def offset_accuracy(model, weight):
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        labels = torch.zeros(32, dtype=torch.long)
+        for step in range(400):
+            clips, cells = batch(32, step)
+            inputs, targets, scored, cond = make_batch(layout, clips, labels, labels, labels, 2, "masked",
+                                                       torch.Generator().manual_seed(step), full_mask=1.0)
+            logits, extras = model(inputs, cond, scored, pointer=True)
+            loss = model.loss(logits, targets[scored])[0]
+            loss = loss + weight * model.pointer_loss(extras, pointer_targets(model, inputs, cells)[scored])[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        clips, cells = batch(200, 10_000)
+        seq = layout.to_sequence(clips)
+        inputs = seq.masked_fill(~given_mask(layout, "predict", 200, latent_frames=2), layout.mask_id)
+        with torch.no_grad():
+            _, extras = model.eval()(inputs, condition(layout, "predict", batch=200), pointer=True)
+        offset = pointer_targets(model, inputs, cells)
+        known = offset >= 0
+        return (extras["shift"].argmax(-1) == offset)[known].float().mean()
+
+    def fresh():
+        torch.manual_seed(0)
+        return MaskedVideoTransformer(TransformerConfig(width=32, depth=2, heads=2, copy_window=2), layout).train()
+
+    with_loss, without = offset_accuracy(fresh(), 1.0), offset_accuracy(fresh(), 0.0)
+    assert with_loss >= 0.65 and without <= 0.4, (with_loss, without)   # measured: 0.76 and 0.27
+
+
+def test_the_pointer_loss_trains_the_offset_and_the_gate_on_the_rows_with_a_target():
+    model = MaskedVideoTransformer(TransformerConfig(width=16, depth=1, heads=2, copy_window=1), LAYOUT)
+    shift = torch.zeros(3, 9)
+    shift[0, 4] = 2.0
+    shift[1, 2] = float("-inf")                                       # no copy guess at offset 2
+    extras = {"shift": shift, "gate": torch.tensor([0.0, 1.0, -1.0])}
+    loss, parts = model.pointer_loss(extras, torch.tensor([4, 2, -1]))   # row 1's target has no guess: skipped
+    expected = -torch.log_softmax(shift[0], 0)[4] + F.softplus(torch.tensor(-0.0))
+    assert torch.isclose(loss, expected) and parts["offset_acc"] == 1.0
+    assert model.pointer_loss(extras, torch.tensor([-1, -1, -1]))[0] == 0
+
+
 # --- the loop, generate and the CLI on a real (untrained) tokenizer's token cache -------------------------------
 
 @pytest.fixture(scope="module")
@@ -598,6 +702,30 @@ def test_a_run_with_the_motion_switches_trains_and_generates(cache, tmp_path, ar
     assert rgb.shape == target.shape and np.array_equal(rgb[:, :, :given], target[:, :, :given])
 
 
+@pytest.mark.parametrize("arch", ["masked", "ar"])
+def test_a_run_with_the_window_motion_loss_trains_the_offsets(cache, tmp_path, arch):
+    """train.pointer_weight: the step logs the token and the window's losses apart and they add up, validation
+    scores the window's offsets per task, and the run generates; a weight without a copy window, or a negative
+    one, is a one-line error. (That the loss teaches the offsets: the test below.)"""
+    from training.generate import generate
+
+    run = tmp_path / "r"
+    train_transformer(config(**{"model.arch": f'"{arch}"', "model.copy_window": 1, "train.pointer_weight": 1.0,
+                                "train.steps": 40, "train.lr": 5e-3, "train.val_every": 40}), cache, run, **QUIET)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("split") != "val"]
+    assert all(np.isclose(r["loss"], r["token_loss"] + r["pointer_loss"], atol=1e-4) for r in steps)
+    assert all(r["pointer_loss"] > 0 for r in steps)
+    val = [r for r in rows if r.get("split") == "val"][-1]
+    assert 0 <= val["offset_acc_predict"] <= 1
+    generate(run, "predict", tmp_path / "gen", num=2, steps=2, progress=False)
+    assert np.load(tmp_path / "gen" / "generated_rgb.npy").shape[0] == 2
+    with pytest.raises(UserError, match="train.pointer_weight = 1.0 trains the copy window: set model.copy_window"):
+        config(**{"train.pointer_weight": 1.0})
+    with pytest.raises(UserError, match="train.pointer_weight = -1.0: must be >= 0"):
+        config(**{"model.copy_window": 1, "train.pointer_weight": -1})
+
+
 @pytest.fixture(scope="module")
 def trained(cache, tmp_path_factory):
     runs = {}
@@ -671,6 +799,38 @@ def test_generate_ceiling_and_copy_latent(cache, trained, tmp_path):
         generate(trained["masked"], "complete-view", tmp_path / "x", composite=True, **QUIET)
     with pytest.raises(UserError, match="--method ceiling needs the true tokens"):
         generate(trained["masked"], "generate", tmp_path / "x", method="ceiling", **QUIET)
+
+    generate(trained["masked"], "predict", tmp_path / "warp", method="object-warp", composite=True, **QUIET)
+    out = load_generated(tmp_path / "warp")
+    assert out.info["method"] == "object-warp" and out.rgb.shape == test.rgb.shape
+    assert np.array_equal(out.rgb[:, :, :2], test.rgb[:, :, :2])
+    with pytest.raises(UserError, match="--method object-warp builds on the last given latent frame; it needs "
+                                        "--task predict"):
+        generate(trained["masked"], "complete-view", tmp_path / "x", method="object-warp", **QUIET)
+
+
+def test_object_warp_moves_the_objects_tokens_to_its_true_cell():
+    """The last given latent frame repeated, with the 3x3 tokens around the object's cell moved to its cell in each
+    predicted frame and their old place filled with the frame's most common token; a view whose object is not
+    visible stays a copy. generate --method object-warp decodes it; it needs --task predict."""
+    from training.generate import generate, object_warp
+    from training.generated import load_generated
+
+    layout = TokenLayout(codebook_size=8, views=2, t=4, h=4, w=4, num_shapes=1, num_families=1)
+    grid = torch.zeros(1, 2, 4, 4, 4, dtype=torch.long)
+    grid[0, :, 1, 0, 0], grid[0, :, 1, 1, 0] = 3, 5                  # the object's tokens around cell (0, 0)
+    grid[0, :, 1, 3, 3] = 7                                           # something else, far from it
+    cells = torch.tensor([[[-1, 0, 5, 15], [-1, -1, 5, 15]]])       # view 1: not visible in the last given frame
+    out = layout.to_grid(object_warp(layout, layout.to_sequence(grid), cells, 2))
+    assert torch.equal(out[0, :, :2], grid[0, :, :2])                 # given frames untouched
+    expected = torch.zeros(4, 4, dtype=torch.long)
+    expected[3, 3] = 7
+    expected[1, 1], expected[2, 1] = 3, 5                             # moved to around (1, 1)
+    assert torch.equal(out[0, 0, 2], expected)
+    expected = torch.zeros(4, 4, dtype=torch.long)
+    expected[3, 3] = 3                                                # to (3, 3): only the part that stays on the grid
+    assert torch.equal(out[0, 0, 3], expected)
+    assert torch.equal(out[0, 1, 2:], grid[0, 1, 1:2].expand(2, 4, 4))   # view 1 copied
 
 
 def test_composite_keeps_the_last_frame_where_the_prediction_matches_the_copy():

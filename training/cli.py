@@ -172,7 +172,8 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
 @click.option("--method", default="model", show_default=True, type=click.Choice(list(METHOD_TITLES)),
               help="model: the transformer samples; ceiling: the held-out clips' true tokens decoded (the best any "
                    "transformer can do with this tokenizer); copy-latent (predict): the last given latent frame "
-                   "repeated, decoded.")
+                   "repeated, decoded; object-warp (predict): the same with the object's tokens moved by its true "
+                   "displacement, to whole token cells (what a copy window with perfect offsets would make).")
 @click.option("--paste/--no-paste", default=True, show_default=True,
               help="The given frames / views of the output are the renders (paste) or their tokens decoded.")
 @click.option("--composite/--no-composite", default=None,

@@ -331,6 +331,10 @@ class TransformerTrainSection(TrainSection):
     # median|, from the cache's train_motion.npy). The object is a few % of the tokens and the ground's code flicker
     # outweighs it in a plain mean; 0 = off
     motion_weight: float = 0.0
+    # weight of the copy window's motion loss (model.copy_window > 0): on the tokens around the object, the window's
+    # offset weights are trained towards the object's displacement (from the dataset's positions) and its gate
+    # towards copying; 0 = off
+    pointer_weight: float = 0.0
     # copies of the train clips the token cache holds besides the clips (`magvit3d tokenize --augment`), trained on
     # as extra clips with the same labels: time-reverse (every family here is a path the object can run backwards),
     # hflip (one-view datasets only). The run refuses a cache without them.
@@ -351,6 +355,8 @@ class TransformerTrainSection(TrainSection):
             raise UserError(f"train.unchanged_weight = {self.unchanged_weight}: must be in (0, 1]")
         if self.motion_weight < 0:
             raise UserError(f"train.motion_weight = {self.motion_weight}: must be >= 0")
+        if self.pointer_weight < 0:
+            raise UserError(f"train.pointer_weight = {self.pointer_weight}: must be >= 0")
         check_augmentations(self.augment, "train.augment")
 
 
@@ -373,6 +379,9 @@ class TransformerRunConfig:
         if self.tasks.predict_frames < 1:
             raise UserError(f"tasks.predict_frames = {self.tasks.predict_frames}: must be >= 1")
         self.train.validate()
+        if self.train.pointer_weight > 0 and not self.model.copy_window:
+            raise UserError(f"train.pointer_weight = {self.train.pointer_weight} trains the copy window: set "
+                            f"model.copy_window >= 1 (or train.pointer_weight = 0)")
 
 
 def load_transformer_config(source, overrides=None) -> TransformerRunConfig:

@@ -65,8 +65,8 @@ def _check_args(task: str, steps: int, num: int | None, temperature: float, top_
     if method != "model" and task == "generate":
         raise UserError(f"--method {method} needs the true tokens of held-out clips; use it with --task predict "
                         f"or complete-view")
-    if method == "copy-latent" and task != "predict":
-        raise UserError("--method copy-latent repeats the last given latent frame; it needs --task predict")
+    if method in ("copy-latent", "object-warp") and task != "predict":
+        raise UserError(f"--method {method} builds on the last given latent frame; it needs --task predict")
     if composite and task != "predict":
         raise UserError(f"--composite applies to --task predict (over the last given frame), not {task}")
     if steps < 1:
@@ -197,6 +197,8 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                 seq = seqs[i:j].to(dev)
             elif method == "copy-latent":
                 seq = copies
+            elif method == "object-warp":
+                seq = object_warp(layout, seqs[i:j], torch.from_numpy(cache.cells[i:j]), latent_frames).to(dev)
             else:
                 with autocast_for(dev):
                     seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
@@ -239,6 +241,35 @@ def copy_latent(layout: TokenLayout, seq: torch.Tensor, latent_frames: int) -> t
     (the token-space "nothing moves" prediction)."""
     grid = layout.to_grid(seq).clone()
     grid[:, :, latent_frames:] = grid[:, :, latent_frames - 1:latent_frames]
+    return layout.to_sequence(grid)
+
+
+def object_warp(layout: TokenLayout, seq: torch.Tensor, cells: torch.Tensor, latent_frames: int) -> torch.Tensor:
+    """(B, N) token clips and the object's cells (B, V, t) (TokenCache.cells) -> the copy-latent clips with, in every
+    predicted latent frame of every view, the 3x3 tokens around the object's cell in the last given frame moved to
+    its true cell there, and their old place filled with that frame's most common token (the ground). What a copy
+    window that always picks the object's offset would predict, to whole cells: a reference, like the ceiling.
+    A view where the object is not visible in the frames involved stays copied."""
+    grid = layout.to_grid(copy_latent(layout, seq, latent_frames)).clone()
+    last = latent_frames - 1
+    near = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    for b, v in itertools.product(range(grid.shape[0]), range(layout.views)):
+        if cells[b, v, last] < 0:
+            continue
+        source = grid[b, v, last].clone()
+        values, counts = source.unique(return_counts=True)
+        r0, c0 = divmod(int(cells[b, v, last]), layout.w)
+        inside = [(dy, dx) for dy, dx in near if 0 <= r0 + dy < layout.h and 0 <= c0 + dx < layout.w]
+        for t in range(latent_frames, layout.t):
+            if cells[b, v, t] < 0:
+                continue
+            r1, c1 = divmod(int(cells[b, v, t]), layout.w)
+            frame = grid[b, v, t]
+            for dy, dx in inside:
+                frame[r0 + dy, c0 + dx] = values[counts.argmax()]
+            for dy, dx in inside:
+                if 0 <= r1 + dy < layout.h and 0 <= c1 + dx < layout.w:
+                    frame[r1 + dy, c1 + dx] = source[r0 + dy, c0 + dx]
     return layout.to_sequence(grid)
 
 

@@ -29,7 +29,8 @@ KIND = "magvit3d-generated"
 TASKS = ("predict", "generate", "complete-view")
 # info["method"]: what made the clips (the transformer, or the held-out clips' tokens); the report shows the title
 METHOD_TITLES = {"model": "model (transformer samples)", "ceiling": "tokenizer ceiling (true tokens decoded)",
-                 "copy-latent": "copy last latent frame (its tokens repeated, decoded)"}
+                 "copy-latent": "copy last latent frame (its tokens repeated, decoded)",
+                 "object-warp": "object warp (last latent frame, the object's tokens moved by its true displacement)"}
 
 
 @dataclass

@@ -69,6 +69,9 @@ class TokenCache:
     family_ids: np.ndarray        # int64 (N,)
     source: dict                  # provenance: see load_token_cache
     motion: np.ndarray | None = None   # float32 (N, V, t, h, w) (metrics.token_motion), or None: not in the cache
+    # int64 (N, V, t): the token cell (row * w + col) holding the object's centre per latent frame, -1 where it is
+    # not visible (object_cells; from the dataset's packed index, so every cache has it)
+    cells: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -135,9 +138,38 @@ def load_token_cache(path: Path, split: str) -> TokenCache:
               "classes": {"shape": list(packed.index["classes"]["shape"]),
                           "family": list(packed.index["classes"]["family"])}}
     labels = packed.index["label_ids"]
+    cells = object_cells(packed.array("centers_2d"), packed.array("visibility", bool), tokens.shape[2:],
+                         info["image_size"]) if len(tokens) else np.zeros(tokens.shape[:3], np.int64)
     return TokenCache(directory, split, tokens, index, np.asarray(labels["shape"], np.int64),
                       np.asarray(labels["family"], np.int64), source, _load_motion(directory / f"{split}_motion.npy",
-                                                                                  tokens.shape))
+                                                                                  tokens.shape), cells)
+
+
+def object_cells(centres: np.ndarray, visible: np.ndarray, grid: tuple[int, int, int], image_size) -> np.ndarray:
+    """Where the object is, in token cells: centres (N, V, T, 2) px (x, y) and visibility (N, V, T) of the packed
+    index, the token grid (t, h, w) and the image's [W, H] -> int64 (N, V, t): per latent frame the cell
+    (row * w + col) holding the mean of its T / t frames' visible centres; -1 where the object is visible in none of
+    them or that mean lies off the image."""
+    t, h, w = grid
+    N, V, T = visible.shape
+    W, H = image_size
+    xy = np.where(visible[..., None], centres, 0.0).reshape(N, V, t, T // t, 2).sum(3)
+    seen = visible.reshape(N, V, t, T // t).sum(3)
+    xy = xy / np.maximum(seen, 1)[..., None]
+    col, row = np.floor(xy[..., 0] * w / W).astype(np.int64), np.floor(xy[..., 1] * h / H).astype(np.int64)
+    inside = (seen > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    return np.where(inside, row * w + col, -1)
+
+
+def augment_cells(cells: np.ndarray, combination: str, w: int) -> np.ndarray:
+    """One clip's object cells (V, t) -> those of its augmented copy ("time-reverse", "hflip" or both, "+"-joined,
+    as training/tokenize.py makes it): time-reverse plays the latent frames backwards, hflip mirrors the columns."""
+    names = combination.split("+")
+    if "time-reverse" in names:
+        cells = cells[:, ::-1]
+    if "hflip" in names:
+        cells = np.where(cells >= 0, (cells // w) * w + (w - 1 - cells % w), -1)
+    return cells
 
 
 def _load_motion(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -185,11 +217,14 @@ def load_augmented(cache: TokenCache, wanted: list[str]) -> TokenCache:
     except KeyError as e:
         raise UserError(f"{tpath} holds sample {e} that the train split does not; {hint}") from None
     motion = _load_motion(directory / f"{AUGMENTED}_motion.npy", tokens.shape)
+    w = cache.tokens.shape[-1]
+    cells = np.stack([augment_cells(cache.cells[s], index["augmentation"][i], w) for i, s in zip(keep, source)]) \
+        if keep else np.zeros((0, *cache.cells.shape[1:]), np.int64)
     return TokenCache(directory, "train", tokens[keep],
                       {**index, "sample_ids": [index["sample_ids"][i] for i in keep],
                        "augmentation": [index["augmentation"][i] for i in keep]},
                       cache.shape_ids[source], cache.family_ids[source], cache.source,
-                      None if motion is None else motion[keep])
+                      None if motion is None else motion[keep], cells)
 
 
 def check_compatible(expected: dict, found: dict, where: str) -> None:

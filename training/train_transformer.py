@@ -52,12 +52,14 @@ class TokenClips(Dataset):
         # how much each token's pixels move (train.motion_weight); zeros for a cache written before it
         self.motion = torch.from_numpy(np.concatenate([c.motion if c.motion is not None else
                                                        np.zeros(c.tokens.shape, np.float32) for c in caches])[:limit])
+        # the token cell of the object's centre per view and latent frame (-1: not visible): pointer_targets
+        self.cells = torch.from_numpy(np.concatenate([c.cells for c in caches])[:limit])
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __getitem__(self, i: int):
-        return self.tokens[i], self.shape[i], self.family[i], self.motion[i]
+        return self.tokens[i], self.shape[i], self.family[i], self.motion[i], self.cells[i]
 
 
 def draw_tasks(weights: dict[str, float], batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -110,6 +112,24 @@ def token_weights(unchanged: torch.Tensor, motion: torch.Tensor, t: TransformerT
     return weights
 
 
+def pointer_targets(model: MaskedVideoTransformer, inputs: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> the copy window's offset index (into model.offsets) that moves the object, per token: for a token
+    within one cell of the object's cell in its latent frame, the object's displacement from its copy guess's frame
+    to this one, reversed (the token copies from where that part of the object was); -1 elsewhere, where the
+    object is not visible in either frame, or the displacement leaves the window."""
+    L, r = model.layout, model.window
+    B, N = inputs.shape
+    index = {k: v.to(inputs.device) for k, v in L.grid_index().items()}
+    lag = model.reference_lags(inputs)
+    flat = cells.reshape(B, L.views * L.t)
+    now = flat[:, index["view"] * L.t + index["t"]]
+    then = flat.gather(1, index["view"] * L.t + (index["t"] - lag).clamp_min(0))
+    near = ((index["row"] - now // L.w).abs() <= 1) & ((index["col"] - now % L.w).abs() <= 1)
+    dy, dx = then // L.w - now // L.w, then % L.w - now % L.w
+    ok = (lag > 0) & (now >= 0) & (then >= 0) & near & (dy.abs() <= r) & (dx.abs() <= r)
+    return torch.where(ok, (dy + r) * (2 * r + 1) + dx + r, -1)
+
+
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """Task and mask randomness of one step: a function of (seed, step, rank) only, so resume needs no state."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
@@ -127,6 +147,8 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
             continue
         gen = torch.Generator().manual_seed(seed)
         loss_sum, correct, count, changed, changed_correct = 0.0, 0, 0, 0, 0
+        offsets_right, offsets_known = 0, 0
+        pointer = bool(model.window)
         for i in range(0, len(data), batch_size):
             rows = slice(i, i + batch_size)
             tokens, shape, family = data.tokens[rows], data.shape[rows], data.family[rows]
@@ -135,7 +157,14 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
                                                        model.cfg.arch, gen)
             inputs, scored = inputs.to(device), scored.to(device)
             with autocast_for(device):
-                picked = model(inputs, cond.to(device), scored).float()
+                picked = model(inputs, cond.to(device), scored, pointer=pointer)
+            if pointer:   # how often the window's most likely offset is the one the object moved by
+                picked, extras = picked
+                offset = pointer_targets(model, inputs, data.cells[rows].to(device))[scored]
+                known = offset >= 0
+                offsets_right += (extras["shift"].argmax(-1) == offset)[known].sum().item()
+                offsets_known += known.sum().item()
+            picked = picked.float()
             wanted = targets.to(device)[scored]
             hit = picked.argmax(-1) == wanted
             moved = model.reference_tokens(inputs)[scored] != wanted
@@ -148,6 +177,8 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
         out[f"loss_{key}"], out[f"acc_{key}"] = loss_sum / max(count, 1), correct / max(count, 1)
         # accuracy on the tokens that differ from their copy guess: copying scores 0 here
         out[f"acc_changed_{key}"] = changed_correct / changed if changed else None
+        if pointer:
+            out[f"offset_acc_{key}"] = offsets_right / offsets_known if offsets_known else None
     model.train()
     names = [k[len("loss_"):] for k in out if k.startswith("loss_")]
     out["loss"] = sum(out[f"loss_{n}"] for n in names) / len(names)
@@ -223,20 +254,29 @@ class TransformerTask(TrainTask):
 
     def loss(self, tr: Trainer, step: int) -> tuple[torch.Tensor, dict]:
         t = self.cfg.train
-        tokens, shape, family, motion = next(self.batches)
+        tokens, shape, family, motion, cells = next(self.batches)
         gen = step_generator(t.seed, step, tr.rank)
         tasks = draw_tasks(self.weights_mix, len(tokens), gen)
         inputs, targets, scored, cond = (x.to(tr.device, non_blocking=True) for x in make_batch(
             self.layout, tokens, shape, family, tasks, self.latent_frames, self.cfg.model.arch, gen,
             self.cfg.tasks.predict_full_mask))
-        with self.autocast:
-            picked = tr.train_model(inputs, cond, scored)   # logits of the scored tokens only
+        pointer = t.pointer_weight > 0
+        with self.autocast:   # logits of the scored tokens only (and the copy window's offsets and gate)
+            picked = tr.train_model(inputs, cond, scored, pointer=pointer)
+        if pointer:
+            picked, extras = picked
         wanted, weights = targets[scored], None
         if t.unchanged_weight < 1 or t.motion_weight > 0:   # (a plain mean needs neither input)
             weights = token_weights(tr.model.reference_tokens(inputs)[scored] == wanted,
                                     self.layout.to_sequence(motion).to(tr.device)[scored], t)
         loss, parts = tr.model.loss(picked, wanted, t.label_smoothing, weights)
-        return loss, {"loss": loss.detach(), "acc": parts["acc"], "scored_tokens": scored.sum()}
+        row = {"loss": loss.detach(), "acc": parts["acc"], "scored_tokens": scored.sum()}
+        if pointer:
+            moved, found = tr.model.pointer_loss(extras, pointer_targets(tr.model, inputs, cells.to(tr.device))[scored])
+            loss = loss + t.pointer_weight * moved
+            row.update(token_loss=row["loss"], pointer_loss=moved.detach(), **found)
+        row["loss"] = loss.detach()
+        return loss, row
 
     def validate(self, tr: Trainer, model: MaskedVideoTransformer) -> dict:
         t = self.cfg.train
@@ -245,7 +285,9 @@ class TransformerTask(TrainTask):
     def validation_line(self, val: dict) -> str:
         return (f"step {val['step']}: {val['split']} loss {val['loss']:.3f}, token accuracy {val['acc']:.1%}"
                 + (f" (predict {val['acc_predict']:.1%}, on changed tokens {val['acc_changed_predict']:.1%})"
-                   if val.get("acc_changed_predict") is not None else ""))
+                   if val.get("acc_changed_predict") is not None else "")
+                + (f", window offset right on {val['offset_acc_predict']:.1%} of the object's"
+                   if val.get("offset_acc_predict") is not None else ""))
 
     def postfix(self, row: dict) -> dict:
         return {"loss": f"{row['loss']:.3f}", "acc": f"{row['acc']:.2f}"}

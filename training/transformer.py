@@ -30,6 +30,11 @@ Code digits (`TransformerConfig.code_digits`, FSQ caches): an FSQ id is the mixe
 (`TokenLayout.code_levels`). Each token is also embedded as the sum of its levels' embeddings, and its logit gets the
 log-probability of its levels under one softmax per channel, so codes that differ in one level share what is learned.
 
+Copy window motion loss (`train.pointer_weight`, `pointer_loss`): the window's offset weights can be trained on
+the tokens around the object towards the offset the object moved by (from the dataset's positions, read through
+the token cache), and its gate towards copying there. Trained on the code ids alone, the window stays unused where
+the object moves: a copied code is never exactly the code drawn at the new place.
+
 Blocks are pre-LN with torch's scaled_dot_product_attention; weights are initialised as in GPT-2.
 """
 from __future__ import annotations
@@ -328,9 +333,12 @@ class MaskedVideoTransformer(nn.Module):
         index = self.window_index[:n]
         return torch.where(index >= 0, ref[:, index.clamp_min(0)], L.mask_id)
 
-    def forward(self, seq: torch.Tensor, cond: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, seq: torch.Tensor, cond: torch.Tensor, select: torch.Tensor | None = None,
+                pointer: bool = False):
         """seq (B, n <= N) video tokens in sequence order, cond (B, 3) -> logits (B, n, codebook_size), or with
-        `select` (B, n) bool only those positions' logits (M, codebook_size) (training scores a subset).
+        `select` (B, n) bool only those positions' logits (M, codebook_size) (training scores a subset). With
+        `pointer` (copy_window): (logits, extras) with extras["shift"] the window offsets' logits (rows x offsets;
+        -inf where the copy guess is MASK) and extras["gate"] the pointer gate's logit per row, for pointer_loss.
 
         masked: seq holds MASK where unknown; logits[:, i] predicts x_i from everything visible.
         ar:     logits[:, i] predicts x_i from cond and seq[:, :i] (seq[:, -1] is not read)."""
@@ -343,7 +351,43 @@ class MaskedVideoTransformer(nn.Module):
         ref = self.window_references(seq) if self.window else self.reference_tokens(seq)
         if select is not None:
             x, ref = x[select], ref[select]
-        return self.output_logits(x, ref)
+        logits = self.output_logits(x, ref)
+        if not pointer:
+            return logits
+        if not self.window:
+            raise ValueError("pointer extras need the copy window (model.copy_window >= 1)")
+        h = self.ln_f(x)
+        return logits, {"shift": self.shift_head(h).float().masked_fill(ref == self.layout.mask_id, float("-inf")),
+                        "gate": self.pointer_gate(h).float().squeeze(-1)}
+
+    def pointer_loss(self, extras: dict, offset: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Teach the copy window to move the object: on the rows whose target `offset` (an index into
+        self.offsets, -1: none) is known and has a copy guess, cross-entropy of the window's offset weights against
+        it plus the gate's log-loss towards the pointer -> (loss, {"offset_acc"}). No such row: loss 0."""
+        shift, gate = extras["shift"], extras["gate"]
+        keep = offset >= 0
+        keep = keep & torch.isfinite(shift.gather(-1, offset.clamp_min(0)[:, None]).squeeze(-1))
+        if not keep.any():
+            zero = shift.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0 + gate.sum() * 0.0
+            return zero, {"offset_acc": zero.detach()}
+        target = offset[keep]
+        loss = F.cross_entropy(shift[keep], target) + F.binary_cross_entropy_with_logits(
+            gate[keep], torch.ones_like(gate[keep]))
+        return loss, {"offset_acc": (shift[keep].detach().argmax(-1) == target).float().mean()}
+
+    def reference_lags(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, n) -> (B, n): per position how many latent frames back its copy guess (reference_tokens) lies; 0
+        where there is none."""
+        frame = self.layout.views * self.layout.h * self.layout.w
+        mask_id = self.layout.mask_id
+        lag = torch.zeros_like(seq)
+        for k in range(1, self.layout.t):
+            if k * frame >= seq.shape[1]:
+                break
+            seen = torch.zeros_like(seq, dtype=torch.bool)
+            seen[:, k * frame:] = seq[:, :-k * frame] != mask_id
+            lag = torch.where((lag == 0) & seen, k, lag)
+        return lag
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
