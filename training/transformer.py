@@ -454,15 +454,9 @@ class MaskedVideoTransformer(nn.Module):
         and column in the latest earlier latent frame where it is not MASK; MASK where there is none. Any prefix
         length n works (a latent frame is a contiguous block of V*h*w positions in the t-major order)."""
         frame = self.layout.views * self.layout.h * self.layout.w
-        mask_id = self.layout.mask_id
-        ref = torch.full_like(seq, mask_id)
-        for lag in range(1, self.layout.t):
-            if lag * frame >= seq.shape[1]:
-                break
-            earlier = torch.full_like(seq, mask_id)
-            earlier[:, lag * frame:] = seq[:, :-lag * frame]
-            ref = torch.where(ref == mask_id, earlier, ref)
-        return ref
+        lag = self.reference_lags(seq)
+        earlier = torch.arange(seq.shape[1], device=seq.device) - lag * frame
+        return torch.where(lag > 0, seq.gather(1, earlier.clamp_min(0)), self.layout.mask_id)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
