@@ -13,6 +13,7 @@ from datagen.config import UserError
 from datagen.pack import load_packed, pack_dataset
 from evaluation.probe import (ProbeNet, ProbeTrainSection, augment, bilinear_target, crop_at, error_stats,
                               load_probe, load_run_config, predict_frames, soft_argmax, train_probe)
+from conftest import torchrun_failure
 from fakes import make_fake_dataset
 
 
@@ -145,7 +146,7 @@ def test_probe_ddp_under_torchrun_on_cpu(dataset, tmp_path):
            "--set", "train.ckpt_every=2", "--set", "train.log_every=1", "--set", "train.val_frames=16"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, torchrun_failure(out.stderr)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 4 and summary["finished"] and summary["last_validation"]["n"] > 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -10,6 +10,7 @@ import pytest
 
 from datagen.config import UserError
 from datagen.pack import pack_dataset, rgb_path
+from conftest import torchrun_failure
 from fakes import make_fake_dataset
 from training.train_tokenizer import load_run_config, lr_at, train_tokenizer
 
@@ -262,7 +263,7 @@ def test_ddp_under_torchrun_on_cpu(packed, tmp_path):
            "--set", "train.ckpt_every=2", "--set", "train.log_every=1", "--set", "model.channels=8", "--set", "model.norm_groups=4"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, torchrun_failure(out.stderr)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 4 and summary["step"] == 4
     assert sorted(losses(run)) == [1, 2, 3, 4]
