@@ -258,6 +258,7 @@ def object_warp(layout: TokenLayout, seq: torch.Tensor, cells: torch.Tensor, lat
             continue
         source = grid[b, v, last].clone()
         values, counts = source.unique(return_counts=True)
+        ground = values[counts.argmax()]
         r0, c0 = divmod(int(cells[b, v, last]), layout.w)
         inside = [(dy, dx) for dy, dx in near if 0 <= r0 + dy < layout.h and 0 <= c0 + dx < layout.w]
         for t in range(latent_frames, layout.t):
@@ -266,7 +267,7 @@ def object_warp(layout: TokenLayout, seq: torch.Tensor, cells: torch.Tensor, lat
             r1, c1 = divmod(int(cells[b, v, t]), layout.w)
             frame = grid[b, v, t]
             for dy, dx in inside:
-                frame[r0 + dy, c0 + dx] = values[counts.argmax()]
+                frame[r0 + dy, c0 + dx] = ground
             for dy, dx in inside:
                 if 0 <= r1 + dy < layout.h and 0 <= c1 + dx < layout.w:
                     frame[r1 + dy, c1 + dx] = source[r0 + dy, c0 + dx]

@@ -118,13 +118,12 @@ def pointer_targets(model: MaskedVideoTransformer, inputs: torch.Tensor, cells: 
     to this one, reversed (the token copies from where that part of the object was); -1 elsewhere, where the
     object is not visible in either frame, or the displacement leaves the window."""
     L, r = model.layout, model.window
-    B, N = inputs.shape
-    index = {k: v.to(inputs.device) for k, v in L.grid_index().items()}
+    view, t, row, col = model.view_index, model.t_index, model.row_index, model.col_index   # (N,) buffers
     lag = model.reference_lags(inputs)
-    flat = cells.reshape(B, L.views * L.t)
-    now = flat[:, index["view"] * L.t + index["t"]]
-    then = flat.gather(1, index["view"] * L.t + (index["t"] - lag).clamp_min(0))
-    near = ((index["row"] - now // L.w).abs() <= 1) & ((index["col"] - now % L.w).abs() <= 1)
+    flat = cells.reshape(len(inputs), L.views * L.t)
+    now = flat[:, view * L.t + t]
+    then = flat.gather(1, view * L.t + (t - lag).clamp_min(0))
+    near = ((row - now // L.w).abs() <= 1) & ((col - now % L.w).abs() <= 1)
     dy, dx = then // L.w - now // L.w, then % L.w - now % L.w
     ok = (lag > 0) & (now >= 0) & (then >= 0) & near & (dy.abs() <= r) & (dx.abs() <= r)
     return torch.where(ok, (dy + r) * (2 * r + 1) + dx + r, -1)

@@ -317,12 +317,18 @@ class MaskedVideoTransformer(nn.Module):
         if refs is None:
             return log_vocab
         valid = refs != self.layout.mask_id
-        shift = F.softmax(self.shift_head(h).float().masked_fill(~valid, float("-inf")), -1)
-        shift = torch.nan_to_num(shift) * valid                                   # all-MASK rows -> 0
+        shift, gate = self.window_logits(h, refs)
+        shift = torch.nan_to_num(F.softmax(shift, -1)) * valid                    # all-MASK rows -> 0
         pointer = torch.zeros_like(log_vocab).scatter_add_(-1, torch.where(valid, refs, 0), shift)
-        gate = self.pointer_gate(h).float()
+        gate = gate[..., None]
         mixed = torch.logaddexp(F.logsigmoid(-gate) + log_vocab, F.logsigmoid(gate) + pointer.clamp_min(1e-30).log())
         return torch.where(valid.any(-1, keepdim=True), mixed, log_vocab)
+
+    def window_logits(self, h: torch.Tensor, refs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised final hidden states (..., W) and the window's copy guesses (..., D) -> the offsets' logits
+        (..., D), -inf where the guess is MASK, and the pointer gate's logit (...,)."""
+        shift = self.shift_head(h).float().masked_fill(refs == self.layout.mask_id, float("-inf"))
+        return shift, self.pointer_gate(h).float().squeeze(-1)
 
     def window_references(self, seq: torch.Tensor) -> torch.Tensor:
         """seq (B, n <= N) in sequence order -> (B, n, D): per position the copy guesses (reference_tokens) of the
@@ -356,9 +362,8 @@ class MaskedVideoTransformer(nn.Module):
             return logits
         if not self.window:
             raise ValueError("pointer extras need the copy window (model.copy_window >= 1)")
-        h = self.ln_f(x)
-        return logits, {"shift": self.shift_head(h).float().masked_fill(ref == self.layout.mask_id, float("-inf")),
-                        "gate": self.pointer_gate(h).float().squeeze(-1)}
+        shift, gate = self.window_logits(self.ln_f(x), ref)
+        return logits, {"shift": shift, "gate": gate}
 
     def pointer_loss(self, extras: dict, offset: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Teach the copy window to move the object: on the rows whose target `offset` (an index into
@@ -367,8 +372,8 @@ class MaskedVideoTransformer(nn.Module):
         shift, gate = extras["shift"], extras["gate"]
         keep = offset >= 0
         keep = keep & torch.isfinite(shift.gather(-1, offset.clamp_min(0)[:, None]).squeeze(-1))
-        if not keep.any():
-            zero = shift.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0 + gate.sum() * 0.0
+        if not keep.any():   # (a zero that stays in the graph)
+            zero = gate.sum() * 0.0
             return zero, {"offset_acc": zero.detach()}
         target = offset[keep]
         loss = F.cross_entropy(shift[keep], target) + F.binary_cross_entropy_with_logits(
