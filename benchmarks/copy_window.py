@@ -51,7 +51,7 @@ def window_statistics(run: Path, tokens: Path, split: str) -> dict:
     gates, right, expected, true = [], [], [], []
     offsets = torch.tensor(model.offsets, dtype=torch.float32)          # (D, 2): dy, dx
     for i in range(0, len(seq), 16):
-        _, extras = model(inputs[i:i + 16], cond[i:i + 16], pointer=True)
+        _, extras = model(inputs[i:i + 16], cond[i:i + 16], extras=True)
         target = pointer_targets(model, inputs[i:i + 16], torch.from_numpy(cache.cells[i:i + 16]))
         known = target >= 0
         shift = torch.softmax(extras["shift"][known], -1)

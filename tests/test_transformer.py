@@ -63,7 +63,7 @@ def test_maskgit_decodes_on_the_cosine_schedule():
     model, seq = tiny_model("masked"), random_clips(1)
     seen = []
     original = model.forward
-    model.forward = lambda x, c: (seen.append(int((x == LAYOUT.mask_id).sum())), original(x, c))[1]
+    model.forward = lambda x, c, **kw: (seen.append(int((x == LAYOUT.mask_id).sum())), original(x, c, **kw))[1]
     out = maskgit_sample(model, seq, torch.zeros_like(seq, dtype=torch.bool), condition(LAYOUT, "unconditional", batch=1),
                          generators([0]), steps=5)
     assert seen == [24, 22, 19, 14, 7]  # 24 * cos(pi/2 * k/5) for k = 1..4, floored
@@ -80,9 +80,9 @@ def test_frame_order_decodes_one_latent_frame_after_another():
     seen = []
     original = model.forward
 
-    def spy(x, c):
+    def spy(x, c, **kw):
         seen.append([int((x[0, frame == j] == LAYOUT.mask_id).sum()) for j in range(LAYOUT.t)])
-        return original(x, c)
+        return original(x, c, **kw)
 
     model.forward = spy
     out = maskgit_sample(model, seq, given, cond, generators([0]), steps=3, order="frames")
@@ -435,6 +435,97 @@ def test_the_model_uses_the_given_frames_to_extrapolate_motion(levels):
     assert shuffled <= 0.3, shuffled
 
 
+def test_the_model_reads_the_given_track_for_what_the_tokens_do_not_show():
+    """One given latent frame (two frames) shows where the object is but not where it goes; model.track_frames = 2
+    gives its position in those two frames. Trained with the token and the motion module's losses, greedy
+    prediction puts it where that motion leads; the same model given no track cannot tell the direction or speed."""
+    layout = TokenLayout(codebook_size=4, views=1, t=3, h=1, w=8, num_shapes=1, num_families=1)
+
+    def batch(n, seed):
+        clips, cell = moving_token_clips(n, layout, seed)
+        velocity = (cell[:, 1] - cell[:, 0]).float()
+        # 2 frames a latent frame: frame f at cell0 + v (f - 1/2) / 2, so each latent frame's mean is its cell
+        x = cell[:, :1] + velocity[:, None] * (torch.arange(6) - 0.5) / 2                 # (n, 6) in cells
+        track = torch.stack([(x + 0.5) / layout.w, torch.full_like(x, 0.5), torch.ones_like(x)], -1)
+        return clips, cell, track[:, None]                                      # track (n, 1 view, 6 frames, 3)
+
+    torch.manual_seed(0)
+    model = MaskedVideoTransformer(TransformerConfig(width=48, depth=2, heads=2, track_frames=2), layout).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    labels = torch.zeros(64, dtype=torch.long)
+    for step in range(300):
+        clips, _, track = batch(64, step)
+        inputs, targets, scored, cond = make_batch(layout, clips, labels, labels, labels, 1, "masked",
+                                                   torch.Generator().manual_seed(step), full_mask=1.0)
+        logits, extras = model(inputs, cond, scored, extras=True, track=track[:, :, :2])
+        loss = model.loss(logits, targets[scored])[0] + model.track_loss(extras["centres"], track, 1)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    clips, cell, track = batch(200, 10_000)
+    seq, given = layout.to_sequence(clips), given_mask(layout, "predict", 200, latent_frames=1)
+    cond = condition(layout, "predict", batch=200)
+    with torch.no_grad():
+        err = model.track_loss(model.predict_track(track[:, :, :2]), track, 1)[1]["track_err_cells"]
+
+    def right(track):
+        out = layout.to_grid(sample(model, seq, given, cond, generators(range(200)), steps=3, temperature=0,
+                                    track=track))
+        return (out[:, 0, 1:, 0].argmax(-1) == cell[:, 1:]).all(1).float().mean()
+
+    with_track, without = right(track[:, :, :2]), right(None)
+    assert err < 0.3, err
+    assert with_track >= 0.8 and without <= 0.4, (with_track, without)
+
+
+def test_track_features_are_the_objects_offset_from_each_token_in_cells():
+    """Per given frame: (x * w - col - 1/2, y * h - row - 1/2) / TRACK_CELLS and the visibility, the token's own
+    view's track; an invisible frame gives zeros. The embedding starts at zero, so an untrained model predicts the
+    same with or without a track; a track of the wrong shape is an error that names the expected one."""
+    from training.token_cache import augment_track, object_track
+    from training.transformer import TRACK_CELLS
+
+    centres = np.array([[[[8.0, 4.0], [12.0, 12.0], [0.0, 0.0]]]])        # 1 clip, 1 view, 3 frames, 16x16 px
+    track = object_track(centres, np.array([[[True, True, False]]]), [16, 16])
+    assert track.dtype == np.float32 and track.tolist() == [[[[0.5, 0.25, 1.0], [0.75, 0.75, 1.0], [0, 0, 0]]]]
+    assert augment_track(track[0], "time-reverse").tolist() == [[[0, 0, 0], [0.75, 0.75, 1], [0.5, 0.25, 1]]]
+    assert augment_track(track[0], "hflip").tolist() == [[[0.5, 0.25, 1], [0.25, 0.75, 1], [0, 0, 0]]]
+
+    model = tiny_model("masked", track_frames=2)                       # LAYOUT: 3 views, 2 x 2 x 2 tokens each
+    clip_track = torch.zeros(1, 3, 2, 3)
+    clip_track[0, 1] = torch.tensor([[0.5, 0.25, 1.0], [0.0, 0.0, 0.0]])  # view 1: frame 0 seen at (1, 0.5) cells
+    centres = torch.zeros(1, 3, 2, 2)
+    centres[0, 1, 0] = torch.tensor([0.25, 0.75])                       # predicted in view 1, latent frame 0: (0.5, 1.5)
+    features = model.track_features(clip_track, slice(0, LAYOUT.num_tokens), centres)    # (1, N, 3 * 2 + 3)
+    view, row, col, t = model.view_index, model.row_index, model.col_index, model.t_index
+    first = ((view == 1) & (row == 0) & (col == 0) & (t == 0)).nonzero()[0, 0]   # view 1's token (0, 0), frame 0
+    dx, dy = (1.0 - 0.5) / TRACK_CELLS, (0.5 - 0.5) / TRACK_CELLS
+    near = float(np.exp(-0.5 * (0.0 ** 2 + 1.0 ** 2)))                  # one cell from the predicted centre
+    assert torch.allclose(features[0, first], torch.tensor([dx, 0.0, dy, 0.0, 1.0, 0.0, 0.0, 1.0 / TRACK_CELLS,
+                                                            near]))
+    assert (features[0, view != 1] == 0).all()                          # the other views' objects were not seen
+    assert model.predict_track(clip_track)[0, [0, 2]].eq(0).all()       # ... so nothing is predicted there
+    seq, cond = random_clips(1), condition(LAYOUT, "predict", batch=1)
+    with torch.no_grad():
+        assert torch.equal(model(seq, cond, track=clip_track), model(seq, cond))
+    with pytest.raises(ValueError, match=r"track \(1, 3, 3, 3\): expected \(B, 3, 2, 3\)"):
+        model(seq, cond, track=torch.zeros(1, 3, 3, 3))
+
+
+@pytest.mark.parametrize("task", ["predict", "unconditional"])
+def test_ar_kv_cache_with_a_track_equals_uncached(task):
+    model, seq = tiny_model("ar", track_frames=2, seed=1, copy_logit=False), random_clips(2, seed=1)
+    nn.init.normal_(model.track_embed[-1].weight, 0.0, 1.0)             # a track that sways the untrained model
+    track = torch.rand(2, 3, 2, 3)
+    given = given_mask(LAYOUT, task, 2, latent_frames=1)
+    cond = condition(LAYOUT, task, batch=2)
+    cached = ar_sample(model, seq, given, cond, generators([0, 1]), temperature=0, track=track)
+    assert torch.equal(cached, ar_sample(model, seq, given, cond, generators([0, 1]), temperature=0, track=track,
+                                         use_cache=False))
+    assert not torch.equal(cached, ar_sample(model, seq, given, cond, generators([0, 1]), temperature=0))
+
+
 def test_object_cells_are_the_token_cell_of_the_mean_visible_centre():
     """Per latent frame (here 2 frames each, 4x4 tokens of 4 px on a 16x16 image): the cell of the mean of the
     frames' visible centres; -1 where the object is visible in neither frame or the mean lies off the image."""
@@ -503,7 +594,7 @@ def test_the_window_motion_loss_teaches_the_window_the_objects_offset():
             clips, cells = batch(32, step)
             inputs, targets, scored, cond = make_batch(layout, clips, labels, labels, labels, 2, "masked",
                                                        torch.Generator().manual_seed(step), full_mask=1.0)
-            logits, extras = model(inputs, cond, scored, pointer=True)
+            logits, extras = model(inputs, cond, scored, extras=True)
             loss = model.loss(logits, targets[scored])[0]
             loss = loss + weight * model.pointer_loss(extras, pointer_targets(model, inputs, cells)[scored])[0]
             opt.zero_grad()
@@ -513,7 +604,7 @@ def test_the_window_motion_loss_teaches_the_window_the_objects_offset():
         seq = layout.to_sequence(clips)
         inputs = seq.masked_fill(~given_mask(layout, "predict", 200, latent_frames=2), layout.mask_id)
         with torch.no_grad():
-            _, extras = model.eval()(inputs, condition(layout, "predict", batch=200), pointer=True)
+            _, extras = model.eval()(inputs, condition(layout, "predict", batch=200), extras=True)
         offset = pointer_targets(model, inputs, cells)
         known = offset >= 0
         return (extras["shift"].argmax(-1) == offset)[known].float().mean()
@@ -724,6 +815,31 @@ def test_a_run_with_the_window_motion_loss_trains_the_offsets(cache, tmp_path, a
         config(**{"train.pointer_weight": 1.0})
     with pytest.raises(UserError, match="train.pointer_weight = -1.0: must be >= 0"):
         config(**{"model.copy_window": 1, "train.pointer_weight": -1})
+
+
+@pytest.mark.parametrize("arch", ["masked", "ar"])
+def test_a_run_given_the_track_trains_its_motion_module_and_generates(cache, tmp_path, arch):
+    """model.track_frames: the step logs the token and the motion module's losses apart and they add up, validation
+    reports how far the module's centres are off, the run generates from the cache's tracks; a track_frames other
+    than tasks.predict_frames and a negative track_weight are one-line errors."""
+    from training.generate import generate
+
+    run = tmp_path / "r"
+    train_transformer(config(**{"model.arch": f'"{arch}"', "model.track_frames": 2, "train.steps": 40,
+                                "train.lr": 5e-3, "train.val_every": 40}), cache, run, **QUIET)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("split") != "val" and "track_loss" in r]
+    assert steps and all(np.isclose(r["loss"], r["token_loss"] + r["track_loss"], atol=1e-4) for r in steps)
+    assert all(r["track_err_cells"] >= 0 for r in steps)
+    val = [r for r in rows if r.get("split") == "val"][-1]
+    assert 0 <= val["track_err_cells"] < 10
+    generate(run, "predict", tmp_path / "gen", num=2, steps=2, progress=False)
+    assert np.load(tmp_path / "gen" / "generated_rgb.npy").shape[0] == 2
+    with pytest.raises(UserError, match="model.track_frames = 3: the track is that of the given frames, so it must "
+                                        "equal tasks.predict_frames = 2"):
+        config(**{"model.track_frames": 3})
+    with pytest.raises(UserError, match="train.track_weight = -1.0: must be >= 0"):
+        config(**{"model.track_frames": 2, "train.track_weight": -1})
 
 
 @pytest.fixture(scope="module")

@@ -152,6 +152,11 @@ class TransformerConfig:
     # rotary position embedding over (t, row, col) in every attention layer: attention sees relative offsets such as
     # "one latent frame earlier, one column left" directly, which is what extrapolating motion needs
     rope: bool = True
+    # the predict task also gives the object's 2D track in the given frames (the dataset's centres in training, the
+    # probe's on the given renders when generating), to every token as its offset from the object in each given
+    # frame: where the object will be is then a smooth function of what each token reads, not something to decode
+    # from code ids. The number of given frames (= tasks.predict_frames); 0 = off
+    track_frames: int = 0
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
@@ -166,6 +171,8 @@ class TransformerConfig:
             raise UserError("copy_gate scales the copy logit, which copy_window > 0 replaces: use one of them")
         if self.copy_gate and not self.copy_logit:
             raise UserError("copy_gate = true scales the copy bonus: it needs copy_logit = true")
+        if self.track_frames < 0:
+            raise UserError(f"track_frames {self.track_frames} must be >= 0 (0: off; else tasks.predict_frames)")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -335,6 +342,9 @@ class TransformerTrainSection(TrainSection):
     # offset weights are trained towards the object's displacement (from the dataset's positions) and its gate
     # towards copying; 0 = off
     pointer_weight: float = 0.0
+    # weight of the motion module's loss (model.track_frames > 0): its predicted centre of the object in each latent
+    # frame to fill in, against the dataset's (smooth L1 in token cells)
+    track_weight: float = 1.0
     # copies of the train clips the token cache holds besides the clips (`magvit3d tokenize --augment`), trained on
     # as extra clips with the same labels: time-reverse (every family here is a path the object can run backwards),
     # hflip (one-view datasets only). The run refuses a cache without them.
@@ -357,6 +367,8 @@ class TransformerTrainSection(TrainSection):
             raise UserError(f"train.motion_weight = {self.motion_weight}: must be >= 0")
         if self.pointer_weight < 0:
             raise UserError(f"train.pointer_weight = {self.pointer_weight}: must be >= 0")
+        if self.track_weight < 0:
+            raise UserError(f"train.track_weight = {self.track_weight}: must be >= 0")
         check_augmentations(self.augment, "train.augment")
 
 
@@ -379,6 +391,9 @@ class TransformerRunConfig:
         if self.tasks.predict_frames < 1:
             raise UserError(f"tasks.predict_frames = {self.tasks.predict_frames}: must be >= 1")
         self.train.validate()
+        if self.model.track_frames not in (0, self.tasks.predict_frames):
+            raise UserError(f"model.track_frames = {self.model.track_frames}: the track is that of the given frames, "
+                            f"so it must equal tasks.predict_frames = {self.tasks.predict_frames} (or 0: off)")
         if self.train.pointer_weight > 0 and not self.model.copy_window:
             raise UserError(f"train.pointer_weight = {self.train.pointer_weight} trains the copy window: set "
                             f"model.copy_window >= 1 (or train.pointer_weight = 0)")

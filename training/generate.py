@@ -138,6 +138,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
              log=print) -> dict:
     """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing).
 
+    A model with track_frames is given the object's track in the given frames (predict), from the token cache.
     method: model (sample), ceiling (the true tokens decoded) or copy-latent (predict: the last given latent frame
     repeated). paste: the given frames / views come from the renders instead of being re-decoded. composite
     (predict): predicted frames keep the last given frame wherever the decoded clip does not differ from the
@@ -155,6 +156,10 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     if task == "predict":
         k = saved["tasks"]["predict_frames"] if given_frames is None else given_frames
         latent_frames = given_latent_frames(k, recorded)
+    track_frames = saved["model"].get("track_frames", 0)
+    if task == "predict" and track_frames and latent_frames * (recorded["frames"] // layout.t) != track_frames:
+        raise UserError(f"--given-frames {given_frames}: {transformer} reads the object's track in the {track_frames} "
+                        f"frames it was trained to be given (model.track_frames); use --given-frames {track_frames}")
     if task == "complete-view" and layout.views < 2:   # "all views but one given" would give nothing
         raise UserError(f"--task complete-view needs at least 2 views; {transformer} was trained on a token cache "
                         f"with 1")
@@ -200,11 +205,13 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             elif method == "object-warp":
                 seq = object_warp(layout, seqs[i:j], torch.from_numpy(cache.cells[i:j]), latent_frames).to(dev)
             else:
+                track = (torch.from_numpy(cache.track[i:j, :, :model.cfg.track_frames]).to(dev)
+                         if model.cfg.track_frames and task == "predict" else None)
                 with autocast_for(dev):
                     seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
                                  generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
                                  choice_temperature=choice_temperature, top_k=top_k, order=order,
-                                 guidance=guidance)
+                                 guidance=guidance, track=track)
             sampling_seconds += time.perf_counter() - t0
             grids = layout.to_grid(seq)
             copy_grids = layout.to_grid(copies) if composite else None

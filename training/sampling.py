@@ -101,15 +101,19 @@ def null_condition(cond: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
 
 
 def _guided_call(model: MaskedVideoTransformer, x: torch.Tensor, cond: torch.Tensor, guidance: float,
-                 cache=None, ref=None) -> torch.Tensor:
+                 cache=None, ref=None, track=None) -> torch.Tensor:
     """The model's logits for x under cond; with guidance s != 1, classifier-free guidance: log p(.|null) +
     s * (log p(.|cond) - log p(.|null)), both branches in one doubled batch (cond is then (2B, 3): the labelled rows,
-    then their null rows, and x the B clips). With a KV cache (AR), x holds the new tokens only."""
+    then their null rows, and x the B clips). With a KV cache (AR), x holds the new tokens only. track: the given
+    frames' object track (B, V, K, 3) for a model with track_frames, or None."""
     if guidance == 1.0:
-        return model(x, cond) if cache is None else model.step(cache, cond=cond, tokens=x, ref=ref)
+        return (model(x, cond, track=track) if cache is None
+                else model.step(cache, cond=cond, tokens=x, ref=ref, track=track))
     xx = torch.cat([x, x])
     rr = None if ref is None else torch.cat([ref, ref])
-    both = (model(xx, cond) if cache is None else model.step(cache, cond=cond, tokens=xx, ref=rr)).float()
+    tt = None if track is None else torch.cat([track, track])
+    both = (model(xx, cond, track=tt) if cache is None
+            else model.step(cache, cond=cond, tokens=xx, ref=rr, track=tt)).float()
     labelled, null = both.log_softmax(-1).chunk(2)
     return null + guidance * (labelled - null)
 
@@ -122,7 +126,8 @@ def mask_schedule(ratio: float) -> float:
 @torch.no_grad()
 def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
                    gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0,
-                   choice_temperature: float = 4.5, order: str = "all", guidance: float = 1.0) -> torch.Tensor:
+                   choice_temperature: float = 4.5, order: str = "all", guidance: float = 1.0,
+                   track: torch.Tensor | None = None) -> torch.Tensor:
     """Fill every non-given position of seq (B, N) in `steps` parallel decoding steps; returns (B, N) ids.
     guidance s != 1: classifier-free guidance towards cond's labels (against the unconditional task's condition).
     order "all": every unknown token at once (MaskGIT). "frames": one latent frame (all views) after another,
@@ -137,24 +142,24 @@ def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torc
     if guidance != 1.0:
         cond = torch.cat([cond, null_condition(cond, model.layout)])
     if order == "all":
-        return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, guidance)
+        return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, guidance, track)
     frame = model.layout.grid_index()["t"].to(seq.device)
     for j in range(model.layout.t):
         todo = ~given & (frame == j)[None]
         if todo.any():
-            x = _maskgit_fill(model, x, todo, cond, gens, steps, temperature, choice_temperature, guidance)
+            x = _maskgit_fill(model, x, todo, cond, gens, steps, temperature, choice_temperature, guidance, track)
     return x
 
 
 def _maskgit_fill(model: MaskedVideoTransformer, x: torch.Tensor, unknown: torch.Tensor, cond: torch.Tensor,
                   gens: list[torch.Generator], steps: int, temperature: float, choice_temperature: float,
-                  guidance: float = 1.0) -> torch.Tensor:
+                  guidance: float = 1.0, track: torch.Tensor | None = None) -> torch.Tensor:
     """Decode the `unknown` positions of x (B, N) in `steps` steps; every other position keeps its id (MASK
     included, so a later frame can stay masked)."""
     mask_id = model.layout.mask_id
     total = unknown.sum(1)                                            # tokens to generate per clip
     for s in range(steps):
-        logits = _guided_call(model, x, cond, guidance).float()
+        logits = _guided_call(model, x, cond, guidance, track=track).float()
         noise = _gumbel(gens, logits.shape[1:], logits.device) if temperature > 0 else None
         sampled = torch.where(unknown, _draw(logits, temperature, noise), x)
         picked = torch.where(unknown, sampled, 0)[..., None]          # (a still-masked later frame has no logit)
@@ -177,7 +182,7 @@ def _maskgit_fill(model: MaskedVideoTransformer, x: torch.Tensor, unknown: torch
 @torch.no_grad()
 def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
               gens: list[torch.Generator], *, temperature: float = 1.0, top_k: int = 0,
-              use_cache: bool = True, guidance: float = 1.0) -> torch.Tensor:
+              use_cache: bool = True, guidance: float = 1.0, track: torch.Tensor | None = None) -> torch.Tensor:
     """Fill every non-given position of seq (B, N) one token at a time in sequence order. The prefix that is given
     in every clip goes through the model in one pass; after it, a given token is fed in place of a sample.
     use_cache=False recomputes the whole prefix each step (the reference the KV cache must reproduce).
@@ -192,22 +197,26 @@ def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Ten
         cond = torch.cat([cond, null_condition(cond, model.layout)])
     cache = model.new_cache() if use_cache else None
     if use_cache:   # (a position's copy guesses come from the latent frame before it: decoded by then)
-        logits = _guided_call(model, x[:, :prefix], cond, guidance, cache, model.step_references(x, prefix))
+        logits = _guided_call(model, x[:, :prefix], cond, guidance, cache, model.step_references(x, prefix),
+                              track)
     for i in range(prefix, N):
         if not use_cache:
-            logits = _guided_call(model, x[:, :i + 1], cond, guidance)[:, -1]   # position i sees cond, x[:, :i]
+            logits = _guided_call(model, x[:, :i + 1], cond, guidance, track=track)[:, -1]   # sees cond, x[:, :i]
         drawn = _draw(logits, temperature, None if noise is None else noise[:, i], top_k)
         x[:, i] = torch.where(given[:, i], seq[:, i], drawn)
         if use_cache and i < N - 1:
-            logits = _guided_call(model, x[:, i:i + 1], None, guidance, cache, model.step_references(x, i + 1))
+            logits = _guided_call(model, x[:, i:i + 1], None, guidance, cache, model.step_references(x, i + 1),
+                                  track)
     return x
 
 
 def sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
            gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0, choice_temperature: float = 4.5,
-           top_k: int = 0, order: str = "all", guidance: float = 1.0) -> torch.Tensor:
-    """Either sampler, by the model's architecture (steps / choice_temperature / order: masked; top_k: ar)."""
+           top_k: int = 0, order: str = "all", guidance: float = 1.0, track: torch.Tensor | None = None) -> torch.Tensor:
+    """Either sampler, by the model's architecture (steps / choice_temperature / order: masked; top_k: ar). track:
+    the given frames' object track (B, V, K, 3) for a model with track_frames (the predict task), else None."""
     if model.causal:
-        return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k, guidance=guidance)
+        return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k, guidance=guidance,
+                         track=track)
     return maskgit_sample(model, seq, given, cond, gens, steps=steps, temperature=temperature,
-                          choice_temperature=choice_temperature, order=order, guidance=guidance)
+                          choice_temperature=choice_temperature, order=order, guidance=guidance, track=track)

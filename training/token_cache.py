@@ -72,6 +72,9 @@ class TokenCache:
     # int64 (N, V, t): the token cell (row * w + col) holding the object's centre per latent frame, -1 where it is
     # not visible (object_cells; from the dataset's packed index, so every cache has it)
     cells: np.ndarray | None = None
+    # float32 (N, V, T, 3): per frame the object's centre as a fraction of the image (x / W, y / H) and whether it
+    # is visible (object_track; from the packed index): the given frames' track that model.track_frames reads
+    track: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -140,9 +143,11 @@ def load_token_cache(path: Path, split: str) -> TokenCache:
     labels = packed.index["label_ids"]
     cells = object_cells(packed.array("centers_2d"), packed.array("visibility", bool), tokens.shape[2:],
                          info["image_size"]) if len(tokens) else np.zeros(tokens.shape[:3], np.int64)
+    track = object_track(packed.array("centers_2d"), packed.array("visibility", bool), info["image_size"]) \
+        if len(tokens) else np.zeros((0, tokens.shape[1], T, 3), np.float32)
     return TokenCache(directory, split, tokens, index, np.asarray(labels["shape"], np.int64),
                       np.asarray(labels["family"], np.int64), source, _load_motion(directory / f"{split}_motion.npy",
-                                                                                  tokens.shape), cells)
+                                                                                  tokens.shape), cells, track)
 
 
 def object_cells(centres: np.ndarray, visible: np.ndarray, grid: tuple[int, int, int], image_size) -> np.ndarray:
@@ -159,6 +164,25 @@ def object_cells(centres: np.ndarray, visible: np.ndarray, grid: tuple[int, int,
     col, row = np.floor(xy[..., 0] * w / W).astype(np.int64), np.floor(xy[..., 1] * h / H).astype(np.int64)
     inside = (seen > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
     return np.where(inside, row * w + col, -1)
+
+
+def object_track(centres: np.ndarray, visible: np.ndarray, image_size) -> np.ndarray:
+    """centres (N, V, T, 2) px (x, y) and visibility (N, V, T) of the packed index, the image's [W, H] -> float32
+    (N, V, T, 3): x / W, y / H and visibility (1 / 0) per frame; 0, 0, 0 where the object is not visible."""
+    W, H = image_size
+    xy = centres / np.array([W, H], np.float64)
+    return np.concatenate([np.where(visible[..., None], xy, 0.0), visible[..., None]], -1).astype(np.float32)
+
+
+def augment_track(track: np.ndarray, combination: str) -> np.ndarray:
+    """One clip's object track (V, T, 3) (object_track) -> that of its augmented copy, as augment_cells."""
+    names = combination.split("+")
+    if "time-reverse" in names:
+        track = track[:, ::-1]
+    if "hflip" in names:
+        track = track.copy()
+        track[..., 0] = np.where(track[..., 2] > 0, 1.0 - track[..., 0], 0.0)
+    return np.ascontiguousarray(track)
 
 
 def augment_cells(cells: np.ndarray, combination: str, w: int) -> np.ndarray:
@@ -220,11 +244,13 @@ def load_augmented(cache: TokenCache, wanted: list[str]) -> TokenCache:
     w = cache.tokens.shape[-1]
     cells = np.stack([augment_cells(cache.cells[s], index["augmentation"][i], w) for i, s in zip(keep, source)]) \
         if keep else np.zeros((0, *cache.cells.shape[1:]), np.int64)
+    track = np.stack([augment_track(cache.track[s], index["augmentation"][i]) for i, s in zip(keep, source)]) \
+        if keep else np.zeros((0, *cache.track.shape[1:]), np.float32)
     return TokenCache(directory, "train", tokens[keep],
                       {**index, "sample_ids": [index["sample_ids"][i] for i in keep],
                        "augmentation": [index["augmentation"][i] for i in keep]},
                       cache.shape_ids[source], cache.family_ids[source], cache.source,
-                      None if motion is None else motion[keep], cells)
+                      None if motion is None else motion[keep], cells, track)
 
 
 def check_compatible(expected: dict, found: dict, where: str) -> None:

@@ -54,12 +54,23 @@ class TokenClips(Dataset):
                                                        np.zeros(c.tokens.shape, np.float32) for c in caches])[:limit])
         # the token cell of the object's centre per view and latent frame (-1: not visible): pointer_targets
         self.cells = torch.from_numpy(np.concatenate([c.cells for c in caches])[:limit])
+        # the object's centre and visibility per view and frame (model.track_frames reads the given frames')
+        self.track = torch.from_numpy(np.concatenate([c.track for c in caches])[:limit])
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __getitem__(self, i: int):
-        return self.tokens[i], self.shape[i], self.family[i], self.motion[i], self.cells[i]
+        return self.tokens[i], self.shape[i], self.family[i], self.motion[i], self.cells[i], self.track[i]
+
+
+def given_track(model: MaskedVideoTransformer, track: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor | None:
+    """The clips' object tracks (B, V, T, 3) -> what a model with track_frames K is given: the first K frames'
+    (B, V, K, 3) in predict clips, nothing (zeros) in the other tasks; None for a model without it."""
+    K = model.cfg.track_frames
+    if not K:
+        return None
+    return track[:, :, :K] * (tasks == TASK_ID["predict"]).to(track.dtype)[:, None, None, None]
 
 
 def draw_tasks(weights: dict[str, float], batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -146,7 +157,7 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
             continue
         gen = torch.Generator().manual_seed(seed)
         loss_sum, correct, count, changed, changed_correct = 0.0, 0, 0, 0, 0
-        offsets_right, offsets_known = 0, 0
+        offsets_right, offsets_known, track_err, track_n = 0, 0, 0.0, 0
         pointer = bool(model.window)
         for i in range(0, len(data), batch_size):
             rows = slice(i, i + batch_size)
@@ -155,10 +166,15 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
             inputs, targets, scored, cond = make_batch(model.layout, tokens, shape, family, tasks, latent_frames,
                                                        model.cfg.arch, gen)
             inputs, scored = inputs.to(device), scored.to(device)
+            track = given_track(model, data.track[rows], tasks)
             with autocast_for(device):
-                picked = model(inputs, cond.to(device), scored, pointer=pointer)
+                picked, extras = model(inputs, cond.to(device), scored, extras=True,
+                                       track=None if track is None else track.to(device))
+            if "centres" in extras and name == "predict":   # how far the motion module's centres are off
+                _, found = model.track_loss(extras["centres"], data.track[rows].to(device), latent_frames)
+                track_err += found["track_err_cells"].item() * len(tokens)
+                track_n += len(tokens)
             if pointer:   # how often the window's most likely offset is the one the object moved by
-                picked, extras = picked
                 offset = pointer_targets(model, inputs, data.cells[rows].to(device))[scored]
                 known = offset >= 0
                 offsets_right += (extras["shift"].argmax(-1) == offset)[known].sum().item()
@@ -178,6 +194,8 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
         out[f"acc_changed_{key}"] = changed_correct / changed if changed else None
         if pointer:
             out[f"offset_acc_{key}"] = offsets_right / offsets_known if offsets_known else None
+        if track_n:
+            out["track_err_cells"] = track_err / track_n
     model.train()
     names = [k[len("loss_"):] for k in out if k.startswith("loss_")]
     out["loss"] = sum(out[f"loss_{n}"] for n in names) / len(names)
@@ -253,17 +271,17 @@ class TransformerTask(TrainTask):
 
     def loss(self, tr: Trainer, step: int) -> tuple[torch.Tensor, dict]:
         t = self.cfg.train
-        tokens, shape, family, motion, cells = next(self.batches)
+        tokens, shape, family, motion, cells, track = next(self.batches)
         gen = step_generator(t.seed, step, tr.rank)
         tasks = draw_tasks(self.weights_mix, len(tokens), gen)
         inputs, targets, scored, cond = (x.to(tr.device, non_blocking=True) for x in make_batch(
             self.layout, tokens, shape, family, tasks, self.latent_frames, self.cfg.model.arch, gen,
             self.cfg.tasks.predict_full_mask))
         pointer = t.pointer_weight > 0
+        given = given_track(tr.model, track, tasks)
         with self.autocast:   # logits of the scored tokens only (and the copy window's offsets and gate)
-            picked = tr.train_model(inputs, cond, scored, pointer=pointer)
-        if pointer:
-            picked, extras = picked
+            picked, extras = tr.train_model(inputs, cond, scored, extras=True,
+                                            track=None if given is None else given.to(tr.device))
         wanted, weights = targets[scored], None
         if t.unchanged_weight < 1 or t.motion_weight > 0:   # (a plain mean needs neither input)
             weights = token_weights(tr.model.reference_tokens(inputs)[scored] == wanted,
@@ -274,6 +292,12 @@ class TransformerTask(TrainTask):
             moved, found = tr.model.pointer_loss(extras, pointer_targets(tr.model, inputs, cells.to(tr.device))[scored])
             loss = loss + t.pointer_weight * moved
             row.update(token_loss=row["loss"], pointer_loss=moved.detach(), **found)
+        if "centres" in extras and t.track_weight > 0:   # the motion module, on the predict clips
+            predict = (tasks == TASK_ID["predict"]).to(tr.device)
+            moved, found = tr.model.track_loss(extras["centres"][predict], track.to(tr.device)[predict],
+                                               self.latent_frames)
+            loss = loss + t.track_weight * moved
+            row.update(token_loss=row.get("token_loss", row["loss"]), track_loss=moved.detach(), **found)
         row["loss"] = loss.detach()
         return loss, row
 
@@ -286,7 +310,9 @@ class TransformerTask(TrainTask):
                 + (f" (predict {val['acc_predict']:.1%}, on changed tokens {val['acc_changed_predict']:.1%})"
                    if val.get("acc_changed_predict") is not None else "")
                 + (f", window offset right on {val['offset_acc_predict']:.1%} of the object's"
-                   if val.get("offset_acc_predict") is not None else ""))
+                   if val.get("offset_acc_predict") is not None else "")
+                + (f", motion module off by {val['track_err_cells']:.2f} cells"
+                   if val.get("track_err_cells") is not None else ""))
 
     def postfix(self, row: dict) -> dict:
         return {"loss": f"{row['loss']:.3f}", "acc": f"{row['acc']:.2f}"}

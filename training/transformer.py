@@ -35,6 +35,10 @@ the tokens around the object towards the offset the object moved by (from the da
 the token cache), and its gate towards copying there. Trained on the code ids alone, the window stays unused where
 the object moves: a copied code is never exactly the code drawn at the new place.
 
+Given track (`TransformerConfig.track_frames`): in the predict task each token also embeds the object's position in
+every given frame of its view, as its offset from the token's centre (`track_features`, through a small MLP). The
+motion is then in what each token reads, instead of in which code ids the object's tokens had.
+
 Blocks are pre-LN with torch's scaled_dot_product_attention; weights are initialised as in GPT-2.
 """
 from __future__ import annotations
@@ -54,6 +58,11 @@ NUM_COND = 3  # task, shape, family
 # The copy bonus is COPY_SCALE * a parameter initialised to 0.5: the scale lets AdamW move it as fast as a logit
 # (a few units in a few hundred steps) and the start (+5) already makes copying the most likely guess.
 COPY_SCALE = 10.0
+# track_frames: a token's offset from the object is fed in units of this many token cells (offsets of a few cells
+# then give inputs of order 1)
+TRACK_CELLS = 4.0
+# the motion module reads the track relative to the last seen centre, in units of 1 / TRACK_SCALE of the image
+TRACK_SCALE = 8.0
 
 
 @dataclass
@@ -243,6 +252,14 @@ class MaskedVideoTransformer(nn.Module):
             on_grid = (row >= 0) & (row < layout.h) & (col >= 0) & (col < layout.w)
             neighbour = torch.arange(layout.num_tokens)[:, None] + dy * layout.w + dx
             self.register_buffer("window_index", torch.where(on_grid, neighbour, -1), persistent=False)
+        self.track_embed = self.track_motion = None
+        if cfg.track_frames:
+            K = cfg.track_frames
+            # the motion module: a view's given track -> the object's mean centre in each latent frame (track_loss)
+            self.track_motion = nn.Sequential(nn.Linear(3 * K, 4 * W), nn.GELU(), nn.Linear(4 * W, 2 * layout.t))
+            # per token: its offset from the object in each given frame (3 numbers each) and from the predicted
+            # centre in its own latent frame (2), and how close that is (1)
+            self.track_embed = nn.Sequential(nn.Linear(3 * K + 3, W), nn.GELU(), nn.Linear(W, W))
         if cfg.rope:
             angles = rope_angles(layout, W // cfg.heads)
             self.register_buffer("rope_cos", angles.cos(), persistent=False)
@@ -260,6 +277,8 @@ class MaskedVideoTransformer(nn.Module):
         if self.copy_gate is not None:   # starts as the plain copy bonus
             nn.init.zeros_(self.copy_gate.weight)
             nn.init.zeros_(self.copy_gate.bias)
+        if self.track_embed is not None:   # starts as the model without the track
+            nn.init.zeros_(self.track_embed[-1].weight)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -276,8 +295,11 @@ class MaskedVideoTransformer(nn.Module):
         """cond (B, 3) = [task id, shape id, family id] (null ids: num_shapes, num_families) -> (B, 3, W)."""
         return torch.stack([self.task(cond[:, 0]), self.shape(cond[:, 1]), self.family(cond[:, 2])], 1)
 
-    def embed_video(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """tokens (B, n) at sequence positions start..start+n-1 -> (B, n, W)."""
+    def embed_video(self, tokens: torch.Tensor, start: int = 0, track: torch.Tensor | None = None,
+                    centres: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, n) at sequence positions start..start+n-1 -> (B, n, W); with track_frames, + the embedding of
+        `track` (B, V, K, 3) as each token sees it (track_features; None: no track, as in every task but predict),
+        with the predicted `centres` when computed already."""
         pos = slice(start, start + tokens.shape[1])
         x = (self.token(tokens) + self.view(self.view_index[pos]) + self.time(self.t_index[pos])
              + self.row(self.row_index[pos]) + self.col(self.col_index[pos]))
@@ -285,7 +307,66 @@ class MaskedVideoTransformer(nn.Module):
             known = (tokens != self.layout.mask_id)[..., None]
             digits = self.code_digit_index[tokens.clamp_max(self.layout.codebook_size - 1)]
             x = x + self.digit_embed(digits).sum(-2) * known
+        if self.track_embed is not None:
+            if track is None:
+                track = torch.zeros(len(tokens), self.layout.views, self.cfg.track_frames, 3, device=tokens.device)
+            x = x + self.track_embed(self.track_features(track, pos, centres).to(x.dtype))
         return x
+
+    def predict_track(self, track: torch.Tensor) -> torch.Tensor:
+        """The motion module: track (B, V, K, 3), per view and given frame the object's centre (x / W, y / H) and
+        visibility -> (B, V, t, 2): the object's predicted mean centre in every latent frame (image fractions),
+        read from the track relative to the last frame it was seen in. Views it was never seen in: zeros."""
+        L, K = self.layout, self.cfg.track_frames
+        if track.shape[1:] != (L.views, K, 3):
+            raise ValueError(f"track {tuple(track.shape)}: expected (B, {L.views}, {K}, 3)")
+        seen = track[..., 2:]                                                   # (B, V, K, 1)
+        last = (seen[..., 0] * torch.arange(1, K + 1, device=track.device)).argmax(-1)   # last frame seen
+        anchor = track[..., :2].gather(2, last[..., None, None].expand(-1, -1, 1, 2))    # (B, V, 1, 2)
+        rel = (track[..., :2] - anchor) * seen * TRACK_SCALE
+        out = self.track_motion(torch.cat([rel, seen], -1).flatten(2)).view(*track.shape[:2], L.t, 2)
+        return (anchor + out / TRACK_SCALE) * seen.amax(2, keepdim=True)
+
+    def track_features(self, track: torch.Tensor, pos: slice, centres: torch.Tensor | None = None) -> torch.Tensor:
+        """track (B, V, K, 3) -> (B, n, 3K + 3) for the positions in `pos`: per given frame the object's offset from
+        the token's centre in its view, in units of TRACK_CELLS token cells (0 where not visible), and the
+        visibility; then the offset from the predicted centre in the token's latent frame (predict_track, or
+        `centres` (B, V, t, 2) when already computed) and exp(-d^2 / 2), d its length in cells (1 on the object's
+        predicted cell, ~0 two cells away). All zero in a view where the object was never seen."""
+        L = self.layout
+        if centres is None:
+            centres = self.predict_track(track)
+        view, t = self.view_index[pos], self.t_index[pos]
+        row, col = (self.row_index[pos] + 0.5)[None, :, None], (self.col_index[pos] + 0.5)[None, :, None]
+        seen = track[:, view, :, 2]                                             # (B, n, K)
+        xy = track[:, view, :, :2]
+        given = torch.cat([(xy[..., 0] * L.w - col) / TRACK_CELLS * seen, (xy[..., 1] * L.h - row) / TRACK_CELLS
+                           * seen, seen], -1)
+        here = centres[:, view, t]                                              # (B, n, 2)
+        d = torch.stack([here[..., 0] * L.w - col[..., 0], here[..., 1] * L.h - row[..., 0]], -1)
+        near = torch.exp(-0.5 * d.square().sum(-1, keepdim=True))
+        return torch.cat([given, torch.cat([d / TRACK_CELLS, near], -1) * seen.amax(-1, keepdim=True)], -1)
+
+    def track_loss(self, centres: torch.Tensor, track: torch.Tensor, latent_frames: int) -> tuple[torch.Tensor, dict]:
+        """The motion module's loss: predicted centres (B, V, t, 2) (predict_track) against the clips' whole tracks
+        (B, V, T, 3), on the latent frames from `latent_frames` on where the object was seen in the given frames
+        and in that latent frame: smooth L1 in token cells of the mean visible centre -> (loss, {"track_err_cells":
+        the mean distance in cells}). No such frame: loss 0."""
+        L = self.layout
+        B, V, T, _ = track.shape
+        frames = track.view(B, V, L.t, T // L.t, 3)
+        count = frames[..., 2].sum(-1)
+        mean = (frames[..., :2] * frames[..., 2:]).sum(-2) / count.clamp_min(1)[..., None]   # (B, V, t, 2)
+        given_seen = track[:, :, :self.cfg.track_frames, 2].amax(-1)           # (B, V)
+        keep = (count > 0) & (given_seen[..., None] > 0)
+        keep[:, :, :latent_frames] = False
+        if not keep.any():
+            zero = centres.sum() * 0.0
+            return zero, {"track_err_cells": zero.detach()}
+        scale = torch.tensor([L.w, L.h], dtype=centres.dtype, device=centres.device)
+        err = (centres - mean) * scale                                          # in cells
+        loss = F.smooth_l1_loss(err[keep], torch.zeros_like(err[keep]))
+        return loss, {"track_err_cells": err[keep].detach().norm(dim=-1).mean()}
 
     def output_logits(self, h: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
         """Final hidden states (..., W) -> logits (..., codebook_size). With code digits: the id's own logit plus
@@ -340,15 +421,19 @@ class MaskedVideoTransformer(nn.Module):
         return torch.where(index >= 0, ref[:, index.clamp_min(0)], L.mask_id)
 
     def forward(self, seq: torch.Tensor, cond: torch.Tensor, select: torch.Tensor | None = None,
-                pointer: bool = False):
+                extras: bool = False, track: torch.Tensor | None = None):
         """seq (B, n <= N) video tokens in sequence order, cond (B, 3) -> logits (B, n, codebook_size), or with
-        `select` (B, n) bool only those positions' logits (M, codebook_size) (training scores a subset). With
-        `pointer` (copy_window): (logits, extras) with extras["shift"] the window offsets' logits (rows x offsets;
-        -inf where the copy guess is MASK) and extras["gate"] the pointer gate's logit per row, for pointer_loss.
+        `select` (B, n) bool only those positions' logits (M, codebook_size) (training scores a subset).
+        track (B, V, K, 3) (track_frames): the object's track in the given frames (embed_video).
+        With `extras`: (logits, extras), for the losses beside the token loss: with copy_window, extras["shift"]
+        the window offsets' logits (rows x offsets; -inf where the copy guess is MASK) and extras["gate"] the
+        pointer gate's logit per row (pointer_loss); with a track, extras["centres"] the motion module's predicted
+        centres (B, V, t, 2) (track_loss).
 
         masked: seq holds MASK where unknown; logits[:, i] predicts x_i from everything visible.
         ar:     logits[:, i] predicts x_i from cond and seq[:, :i] (seq[:, -1] is not read)."""
-        video = self.embed_video(seq if not self.causal else seq[:, :-1])
+        centres = None if track is None or self.track_motion is None else self.predict_track(track)
+        video = self.embed_video(seq if not self.causal else seq[:, :-1], track=track, centres=centres)
         x = self.drop(torch.cat([self.embed_condition(cond), video], 1))
         rope = self.rope_for(0, x.shape[1])
         for block in self.blocks:
@@ -358,12 +443,14 @@ class MaskedVideoTransformer(nn.Module):
         if select is not None:
             x, ref = x[select], ref[select]
         logits = self.output_logits(x, ref)
-        if not pointer:
+        if not extras:
             return logits
-        if not self.window:
-            raise ValueError("pointer extras need the copy window (model.copy_window >= 1)")
-        shift, gate = self.window_logits(self.ln_f(x), ref)
-        return logits, {"shift": shift, "gate": gate}
+        out = {}
+        if self.window:
+            out["shift"], out["gate"] = self.window_logits(self.ln_f(x), ref)
+        if centres is not None:
+            out["centres"] = centres
+        return logits, out
 
     def pointer_loss(self, extras: dict, offset: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Teach the copy window to move the object: on the rows whose target `offset` (an index into
@@ -419,15 +506,16 @@ class MaskedVideoTransformer(nn.Module):
         return KVCache(self.cfg.depth, NUM_COND + self.layout.num_tokens)
 
     def step(self, cache: KVCache, cond: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
-             ref: torch.Tensor | None = None) -> torch.Tensor:
+             ref: torch.Tensor | None = None, track: torch.Tensor | None = None) -> torch.Tensor:
         """Autoregressive decoding: feed the condition (first call only) and/or the next video tokens (B, n) into
         the KV cache; returns the logits (B, codebook_size) for the video token after the last one fed, with the
         copy bonus on `ref`, that token's copy guess(es) (step_references: (B,), or (B, D) with copy_window; None
-        before the second latent frame)."""
+        before the second latent frame), and the given frames' track as forward() takes it."""
         assert self.causal, "step() is for the autoregressive architecture"
         parts = [] if cond is None else [self.embed_condition(cond)]
         if tokens is not None and tokens.shape[1]:
-            parts.append(self.embed_video(tokens, start=0 if cond is not None else cache.length - NUM_COND))
+            parts.append(self.embed_video(tokens, start=0 if cond is not None else cache.length - NUM_COND,
+                                          track=track))
         x = torch.cat(parts, 1)
         rope = self.rope_for(cache.length, x.shape[1])
         for block in self.blocks:
