@@ -152,10 +152,11 @@ class TransformerConfig:
     # rotary position embedding over (t, row, col) in every attention layer: attention sees relative offsets such as
     # "one latent frame earlier, one column left" directly, which is what extrapolating motion needs
     rope: bool = True
-    # the predict task also gives the object's 2D track in the given frames (the dataset's centres in training, the
-    # probe's on the given renders when generating), to every token as its offset from the object in each given
-    # frame: where the object will be is then a smooth function of what each token reads, not something to decode
-    # from code ids. The number of given frames (= tasks.predict_frames); 0 = off
+    # the predict task also gives the object's 2D track in the given frames (the dataset's centres, read with the
+    # token cache, in training and in `generate`); a motion module predicts from it the object's centre in every
+    # latent frame, and every token embeds its offset from the object in each given frame and from that prediction:
+    # where the object goes is then read from the track, not decoded from code ids. The number of given frames
+    # (= tasks.predict_frames); 0 = off
     track_frames: int = 0
 
     def validate(self) -> None:

@@ -35,9 +35,11 @@ the tokens around the object towards the offset the object moved by (from the da
 the token cache), and its gate towards copying there. Trained on the code ids alone, the window stays unused where
 the object moves: a copied code is never exactly the code drawn at the new place.
 
-Given track (`TransformerConfig.track_frames`): in the predict task each token also embeds the object's position in
-every given frame of its view, as its offset from the token's centre (`track_features`, through a small MLP). The
-motion is then in what each token reads, instead of in which code ids the object's tokens had.
+Given track (`TransformerConfig.track_frames`): in the predict task the model also gets the object's 2D centre in
+every given frame of every view. A motion module (`predict_track`, an MLP per view, trained by `track_loss`)
+predicts from it the object's centre in every latent frame, and each token embeds its offset from the object in
+every given frame and from the predicted centre in its own latent frame (`track_features`, through a small MLP).
+Where the object goes is then in what each token reads, instead of in which code ids the object's tokens had.
 
 Blocks are pre-LN with torch's scaled_dot_product_attention; weights are initialised as in GPT-2.
 """
