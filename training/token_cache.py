@@ -141,10 +141,12 @@ def load_token_cache(path: Path, split: str) -> TokenCache:
               "classes": {"shape": list(packed.index["classes"]["shape"]),
                           "family": list(packed.index["classes"]["family"])}}
     labels = packed.index["label_ids"]
-    cells = object_cells(packed.array("centers_2d"), packed.array("visibility", bool), tokens.shape[2:],
-                         info["image_size"]) if len(tokens) else np.zeros(tokens.shape[:3], np.int64)
-    track = object_track(packed.array("centers_2d"), packed.array("visibility", bool), info["image_size"]) \
-        if len(tokens) else np.zeros((0, tokens.shape[1], T, 3), np.float32)
+    if len(tokens):
+        centres, visible = packed.array("centers_2d"), packed.array("visibility", bool)
+        cells = object_cells(centres, visible, tokens.shape[2:], info["image_size"])
+        track = object_track(centres, visible, info["image_size"])
+    else:
+        cells, track = np.zeros(tokens.shape[:3], np.int64), np.zeros((0, tokens.shape[1], T, 3), np.float32)
     return TokenCache(directory, split, tokens, index, np.asarray(labels["shape"], np.int64),
                       np.asarray(labels["family"], np.int64), source, _load_motion(directory / f"{split}_motion.npy",
                                                                                   tokens.shape), cells, track)

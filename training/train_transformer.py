@@ -279,9 +279,11 @@ class TransformerTask(TrainTask):
             self.cfg.tasks.predict_full_mask))
         pointer = t.pointer_weight > 0
         given = given_track(tr.model, track, tasks)
-        with self.autocast:   # logits of the scored tokens only (and the copy window's offsets and gate)
-            picked, extras = tr.train_model(inputs, cond, scored, extras=True,
-                                            track=None if given is None else given.to(tr.device))
+        moving = given is not None and t.track_weight > 0
+        with self.autocast:   # logits of the scored tokens only (and what the extra losses read)
+            picked = tr.train_model(inputs, cond, scored, extras=pointer or moving,
+                                    track=None if given is None else given.to(tr.device))
+        picked, extras = picked if pointer or moving else (picked, {})
         wanted, weights = targets[scored], None
         if t.unchanged_weight < 1 or t.motion_weight > 0:   # (a plain mean needs neither input)
             weights = token_weights(tr.model.reference_tokens(inputs)[scored] == wanted,
@@ -292,7 +294,7 @@ class TransformerTask(TrainTask):
             moved, found = tr.model.pointer_loss(extras, pointer_targets(tr.model, inputs, cells.to(tr.device))[scored])
             loss = loss + t.pointer_weight * moved
             row.update(token_loss=row["loss"], pointer_loss=moved.detach(), **found)
-        if "centres" in extras and t.track_weight > 0:   # the motion module, on the predict clips
+        if moving:   # the motion module, on the predict clips
             predict = (tasks == TASK_ID["predict"]).to(tr.device)
             moved, found = tr.model.track_loss(extras["centres"][predict], track.to(tr.device)[predict],
                                                self.latent_frames)

@@ -339,15 +339,14 @@ class MaskedVideoTransformer(nn.Module):
         if centres is None:
             centres = self.predict_track(track)
         view, t = self.view_index[pos], self.t_index[pos]
-        row, col = (self.row_index[pos] + 0.5)[None, :, None], (self.col_index[pos] + 0.5)[None, :, None]
-        seen = track[:, view, :, 2]                                             # (B, n, K)
-        xy = track[:, view, :, :2]
-        given = torch.cat([(xy[..., 0] * L.w - col) / TRACK_CELLS * seen, (xy[..., 1] * L.h - row) / TRACK_CELLS
-                           * seen, seen], -1)
-        here = centres[:, view, t]                                              # (B, n, 2)
-        d = torch.stack([here[..., 0] * L.w - col[..., 0], here[..., 1] * L.h - row[..., 0]], -1)
+        cells = torch.tensor([L.w, L.h], dtype=track.dtype, device=track.device)
+        centre = torch.stack([self.col_index[pos], self.row_index[pos]], -1) + 0.5       # (n, 2): x, y in cells
+        seen = track[:, view, :, 2]                                                        # (B, n, K)
+        given = (track[:, view, :, :2] * cells - centre[:, None]) / TRACK_CELLS * seen[..., None]   # (B, n, K, 2)
+        d = centres[:, view, t] * cells - centre                                           # (B, n, 2)
         near = torch.exp(-0.5 * d.square().sum(-1, keepdim=True))
-        return torch.cat([given, torch.cat([d / TRACK_CELLS, near], -1) * seen.amax(-1, keepdim=True)], -1)
+        return torch.cat([given[..., 0], given[..., 1], seen,
+                          torch.cat([d / TRACK_CELLS, near], -1) * seen.amax(-1, keepdim=True)], -1)
 
     def track_loss(self, centres: torch.Tensor, track: torch.Tensor, latent_frames: int) -> tuple[torch.Tensor, dict]:
         """The motion module's loss: predicted centres (B, V, t, 2) (predict_track) against the clips' whole tracks
