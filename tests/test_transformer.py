@@ -435,10 +435,13 @@ def test_the_model_uses_the_given_frames_to_extrapolate_motion(levels):
     assert shuffled <= 0.3, shuffled
 
 
-def test_the_model_reads_the_given_track_for_what_the_tokens_do_not_show():
-    """One given latent frame (two frames) shows where the object is but not where it goes; model.track_frames = 2
-    gives its position in those two frames. Trained with the token and the motion module's losses, greedy
-    prediction puts it where that motion leads; the same model given no track cannot tell the direction or speed."""
+@pytest.mark.parametrize("task", ["predict", "generate"])
+def test_the_model_reads_the_given_track_for_what_the_tokens_do_not_show(task):
+    """predict: one given latent frame (two frames) shows where the object is but not where it goes;
+    model.track_frames = 2 gives its position in those two frames. Trained with the token and the motion module's
+    losses, greedy prediction puts it where that motion leads; the same model given no track cannot tell the
+    direction or speed. generate (tasks.generate_track): no token is given, and the track alone says where the
+    object starts and goes; without it the model cannot know."""
     layout = TokenLayout(codebook_size=4, views=1, t=3, h=1, w=8, num_shapes=1, num_families=1)
 
     def batch(n, seed):
@@ -455,8 +458,8 @@ def test_the_model_reads_the_given_track_for_what_the_tokens_do_not_show():
     labels = torch.zeros(64, dtype=torch.long)
     for step in range(300):
         clips, _, track = batch(64, step)
-        inputs, targets, scored, cond = make_batch(layout, clips, labels, labels, labels, 1, "masked",
-                                                   torch.Generator().manual_seed(step), full_mask=1.0)
+        inputs, targets, scored, cond = make_batch(layout, clips, labels, labels, torch.full_like(labels, TASK_ID[task]),
+                                                   1, "masked", torch.Generator().manual_seed(step), full_mask=1.0)
         logits, extras = model(inputs, cond, scored, extras=True, track=track[:, :, :2])
         loss = model.loss(logits, targets[scored])[0] + model.track_loss(extras["centres"], track, 1)[0]
         opt.zero_grad()
@@ -464,15 +467,17 @@ def test_the_model_reads_the_given_track_for_what_the_tokens_do_not_show():
         opt.step()
     model.eval()
     clips, cell, track = batch(200, 10_000)
-    seq, given = layout.to_sequence(clips), given_mask(layout, "predict", 200, latent_frames=1)
-    cond = condition(layout, "predict", batch=200)
+    seq, given = layout.to_sequence(clips), given_mask(layout, task, 200, latent_frames=1)
+    labels = torch.zeros(200, dtype=torch.long)
+    cond = condition(layout, task, *((labels, labels) if task == "generate" else ()), batch=200)
     with torch.no_grad():
         err = model.track_loss(model.predict_track(track[:, :, :2]), track, 1)[1]["track_err_cells"]
+    first = 1 if task == "predict" else 0    # the latent frames to draw
 
     def right(track):
         out = layout.to_grid(sample(model, seq, given, cond, generators(range(200)), steps=3, temperature=0,
                                     track=track))
-        return (out[:, 0, 1:, 0].argmax(-1) == cell[:, 1:]).all(1).float().mean()
+        return (out[:, 0, first:, 0].argmax(-1) == cell[:, first:]).all(1).float().mean()
 
     with_track, without = right(track[:, :, :2]), right(None)
     assert err < 0.3, err
@@ -840,6 +845,70 @@ def test_a_run_given_the_track_trains_its_motion_module_and_generates(cache, tmp
         config(**{"model.track_frames": 3})
     with pytest.raises(UserError, match="train.track_weight = -1.0: must be >= 0"):
         config(**{"model.track_frames": 2, "train.track_weight": -1})
+
+
+def test_the_track_prior_draws_a_clip_of_the_shape_and_family():
+    """track_prior: among the clips of the requested shape and family (of the family when none has both), drawn by
+    the clip's seed; a family with no clip is a one-line error that names it."""
+    from types import SimpleNamespace
+
+    from training.generate import track_prior
+
+    track = np.arange(5 * 1 * 4 * 3, dtype=np.float32).reshape(5, 1, 4, 3)
+    train = SimpleNamespace(shape_ids=np.array([0, 1, 0, 1, 0]), family_ids=np.array([0, 0, 1, 1, 1]), track=track,
+                            sample_ids=np.array([10, 11, 12, 13, 14]), source={"tokens": "T"})
+    names = ["linear", "circular", "parabolic"]
+    tracks, drawn = track_prior(train, [1] * 20, [1] * 20, list(range(20)), 2, names)
+    assert set(drawn) == {13} and torch.equal(tracks[0], torch.from_numpy(track[3, :, :2]))
+    assert set(track_prior(train, [0] * 40, [1] * 40, list(range(40)), 2, names)[1]) == {12, 14}
+    assert track_prior(train, [2] * 40, [0] * 40, list(range(40)), 2, names)[1] == \
+        track_prior(train, [2] * 40, [0] * 40, list(range(40)), 2, names)[1]          # no shape 2: family 0's
+    assert set(track_prior(train, [2] * 40, [0] * 40, list(range(40)), 2, names)[1]) == {10, 11}
+    with pytest.raises(UserError, match="family 'parabolic': the train split of T has no clip of it to draw a track "
+                                        "from; generate the families it has"):
+        track_prior(train, [0], [2], [0], 2, names)
+
+
+def test_class_conditional_generation_follows_a_training_clips_track(cache, tmp_path, monkeypatch):
+    """tasks.generate_track: the run trains the motion module on the generate clips too (validation and steps log
+    it); `generate --task generate` gives each clip the first frames' track of a training clip of its shape and
+    family (of its family when no clip has both), names that clip in the record, and passes exactly that track to
+    the sampler. A family the train split lacks, and generate_track without a track, are one-line errors."""
+    import training.generate as gen_module
+    from training.generate import generate, track_prior
+    from training.token_cache import load_token_cache
+
+    run = tmp_path / "r"
+    train_transformer(config(**{"model.track_frames": 2, "tasks.generate_track": "true", "tasks.predict": 0,
+                                "tasks.complete_view": 0, "tasks.unconditional": 0, "train.steps": 12}),
+                      cache, run, **QUIET)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("track_loss", 0) > 0 for r in rows if r.get("split") != "val")   # generate clips only
+    seen = []
+
+    def spy(model, seq, given, cond, gens, **kw):
+        seen.append(kw["track"].clone())
+        return seq
+    monkeypatch.setattr(gen_module, "sample", spy)
+    train = load_token_cache(cache / "tokens", "train")
+    classes = train.source["classes"]
+    families = sorted({classes["family"][f] for f in train.family_ids})
+    generate(run, "generate", tmp_path / "gen", num=2, shapes=("cube",), families=tuple(families), progress=False)
+    info = json.loads((tmp_path / "gen" / "generated.json").read_text())
+    assert info["track_prior"] == "train split" and len(info["clips"]) == 2 * len(families)
+    from evaluation.evaluate import run_label   # the report says where the tracks came from
+    assert "follows the object track of a train split clip of its shape and family" in run_label(info)["details"]
+    track = torch.cat(seen)
+    for i, clip in enumerate(info["clips"]):
+        k = list(train.sample_ids).index(clip["track_from"])
+        assert classes["family"][train.family_ids[k]] == clip["family"]
+        has_both = any(classes["shape"][s] == "cube" and classes["family"][f] == clip["family"]
+                       for s, f in zip(train.shape_ids, train.family_ids))
+        assert (classes["shape"][train.shape_ids[k]] == "cube") == has_both
+        assert torch.equal(track[i], torch.from_numpy(train.track[k, :, :2]))
+    with pytest.raises(UserError, match="tasks.generate_track = true gives the generate task the object's track: set "
+                                        "model.track_frames"):
+        config(**{"tasks.generate_track": "true"})
 
 
 @pytest.fixture(scope="module")

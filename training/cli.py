@@ -138,7 +138,8 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
 @click.option("--transformer", required=True, type=DIR, help="A transformer run (magvit3d train-transformer).")
 @click.option("--task", required=True, type=click.Choice(["predict", "generate", "complete-view"]),
               help="predict: continue held-out clips from their first frames; complete-view: generate one view "
-                   "from the others; generate: class-conditional clips per shape x family.")
+                   "from the others; generate: class-conditional clips per shape x family (a model trained "
+                   "with tasks.generate_track follows the object track of a training clip of each).")
 @click.option("--out", required=True, type=DIR, help="Output directory.")
 @click.option("--steps", default=12, show_default=True, type=int,
               help=f"Parallel decoding steps (masked model), 1..{MAX_STEPS}.")
@@ -167,7 +168,7 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
 @click.option("--family", "families", multiple=True, help="generate: trajectory family(ies) [default: all]. Repeatable.")
 @click.option("--tokens", type=DIR,
               help="Token cache to condition on [default: the one the transformer was trained on]; must come from "
-                   "the same tokenizer.")
+                   "the same tokenizer. generate with a track prior draws the tracks from its train split.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Clips sampled at once.")
 @click.option("--method", default="model", show_default=True, type=click.Choice(list(METHOD_TITLES)),
               help="model: the transformer samples; ceiling: the held-out clips' true tokens decoded (the best any "

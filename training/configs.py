@@ -304,6 +304,10 @@ class TaskSection:
     # the share of predict clips whose every future token is masked (the rest draw the cosine ratio): sampling
     # starts there, with nothing of the future visible, and must place the object from the given frames alone
     predict_full_mask: float = 0.0
+    # the generate task is given an object track too (model.track_frames frames per view): in training the clip's
+    # own, in `magvit3d generate` that of a training clip of the requested shape and family (the track prior). The
+    # labels alone left the family at chance: the model drew where the object goes from nothing
+    generate_track: bool = False
 
     def weights(self) -> dict[str, float]:
         return {"predict": self.predict, "generate": self.generate, "complete-view": self.complete_view,
@@ -395,6 +399,9 @@ class TransformerRunConfig:
         if self.model.track_frames not in (0, self.tasks.predict_frames):
             raise UserError(f"model.track_frames = {self.model.track_frames}: the track is that of the given frames, "
                             f"so it must equal tasks.predict_frames = {self.tasks.predict_frames} (or 0: off)")
+        if self.tasks.generate_track and not self.model.track_frames:
+            raise UserError("tasks.generate_track = true gives the generate task the object's track: set "
+                            "model.track_frames = tasks.predict_frames (or tasks.generate_track = false)")
         if self.train.pointer_weight > 0 and not self.model.copy_window:
             raise UserError(f"train.pointer_weight = {self.train.pointer_weight} trains the copy window: set "
                             f"model.copy_window >= 1 (or train.pointer_weight = 0)")

@@ -2,7 +2,9 @@
 
     predict         held-out clips (--split, default test): the first --given-frames frames of every view are given
     complete-view   held-out clips: every view but one is given (--view, default: view i % V for the i-th clip)
-    generate        class-conditional: --num clips for each requested (default: every) shape x family
+    generate        class-conditional: --num clips for each requested (default: every) shape x family; a model
+                    trained with tasks.generate_track also follows the object track of a training clip of that
+                    shape and family (the track prior), which the motion module continues
 
 The output directory is written only through training/generated.py (the contract with `magvit3d evaluate`):
 decoded clips, the rendered clips they are compared with (predict / complete-view), generated.json listing what
@@ -104,6 +106,26 @@ def _class_conditional(layout: TokenLayout, classes: dict, shapes, families, num
     return seqs, given, cond, records, None
 
 
+def track_prior(cache, shapes: list[int], families: list[int], seeds: list[int], frames: int,
+                names: list[str]) -> tuple[torch.Tensor, list[int]]:
+    """The track prior of class-conditional generation (tasks.generate_track): per requested shape and family id,
+    the first `frames` frames' object track (V, frames, 3) of a clip of the token cache `cache` (the train split),
+    drawn with the clip's seed among those of that shape and family, or of that family when no clip has both.
+    -> (tracks (B, V, frames, 3), the drawn clips' sample ids). names: the family names, for the error."""
+    tracks, drawn = [], []
+    for shape, family, seed in zip(shapes, families, seeds):
+        pool = np.flatnonzero((cache.family_ids == family) & (cache.shape_ids == shape))
+        if not len(pool):
+            pool = np.flatnonzero(cache.family_ids == family)
+        if not len(pool):
+            raise UserError(f"family {names[family]!r}: the train split of {cache.source['tokens']} has no clip of "
+                            f"it to draw a track from; generate the families it has (--family)")
+        pick = int(pool[np.random.default_rng(seed).integers(len(pool))])
+        tracks.append(torch.from_numpy(np.ascontiguousarray(cache.track[pick, :, :frames])))
+        drawn.append(int(cache.sample_ids[pick]))
+    return torch.stack(tracks), drawn
+
+
 def _from_cache(cache, layout: TokenLayout, classes: dict, task: str, split: str, num: int | None,
                 view: int | None, latent_frames: int, seed: int, log):
     """`predict` / `complete-view`: the first --num clips of the cache's split, part of each given -> (seqs, given,
@@ -138,7 +160,9 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
              log=print) -> dict:
     """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing).
 
-    A model with track_frames is given the object's track in the given frames (predict), from the token cache.
+    A model with track_frames is given the object's track in the given frames (predict), from the token cache;
+    one trained with tasks.generate_track gets, in generate, that of a training clip of the requested shape and
+    family (`track_prior`; ClipRecord.track_from names the clip).
     method: model (sample), ceiling (the true tokens decoded) or copy-latent (predict: the last given latent frame
     repeated). paste: the given frames / views come from the renders instead of being re-decoded. composite
     (predict): predicted frames keep the last given frame wherever the decoded clip does not differ from the
@@ -183,8 +207,16 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     classes = source["classes"]
 
     # what to generate: conditioning tokens, given masks, labels, per-clip records
+    tracks = None
     if task == "generate":
         seqs, given, cond, records, target = _class_conditional(layout, classes, shapes, families, num, seed)
+        if saved["tasks"].get("generate_track"):   # the model draws the object along a training clip's track
+            prior = load_token_cache(tokens if tokens is not None else recorded["tokens"], "train")
+            check_compatible(recorded, prior.source, str(transformer))
+            tracks, drawn = track_prior(prior, cond[:, 1].tolist(), cond[:, 2].tolist(), [r.seed for r in records],
+                                        track_frames, classes["family"])
+            for r, sid in zip(records, drawn):
+                r.track_from = sid
     else:
         seqs, given, cond, records, target = _from_cache(cache, layout, classes, task, split, num, view,
                                                          latent_frames, seed, log)
@@ -205,8 +237,11 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             elif method == "object-warp":
                 seq = object_warp(layout, seqs[i:j], torch.from_numpy(cache.cells[i:j]), latent_frames).to(dev)
             else:
-                track = (torch.from_numpy(cache.track[i:j, :, :model.cfg.track_frames]).to(dev)
-                         if model.cfg.track_frames and task == "predict" else None)
+                track = None
+                if model.cfg.track_frames and task == "predict":
+                    track = torch.from_numpy(cache.track[i:j, :, :model.cfg.track_frames]).to(dev)
+                elif tracks is not None:
+                    track = tracks[i:j].to(dev)
                 with autocast_for(dev):
                     seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
                                  generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
@@ -235,11 +270,13 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             "tokenizer": source["tokenizer_run"], "tokenizer_step": source["tokenizer_step"],
             "tokens": source["tokens"], "method": method, "method_title": METHOD_TITLES[method],
             "given_frames": "pasted" if paste and target is not None else "re-decoded", "composite": composite,
+            "track_prior": "train split" if tracks is not None else None,
             "sampling_seconds": round(sampling_seconds, 3),
             "sampling_seconds_per_clip": round(sampling_seconds / n, 4), "device": str(dev)}
     write_generated(out, rgb, records, info, target,
                     extra_files=lambda tmp: write_clip_visuals(Path(tmp) / "clips", rgb, target, records))
     return {"out": str(out), "clips": n, "task": task, "arch": model.cfg.arch, "method": method, "composite": composite,
+            "track_prior": "train split" if tracks is not None else None,
             "sampling_seconds": round(sampling_seconds, 3), "sampling_seconds_per_clip": round(sampling_seconds / n, 4)}
 
 

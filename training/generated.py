@@ -43,6 +43,7 @@ class ClipRecord:
     seed: int                        # the sampling seed of this clip
     given_frames: int = 0            # frames 0..given_frames-1 of every view were given (predict)
     given_views: list[int] = field(default_factory=list)  # views given whole (complete-view)
+    track_from: int | None = None    # generate with a track prior: the training sample whose track it was given
 
 
 @dataclass

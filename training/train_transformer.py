@@ -64,13 +64,21 @@ class TokenClips(Dataset):
         return self.tokens[i], self.shape[i], self.family[i], self.motion[i], self.cells[i], self.track[i]
 
 
-def given_track(model: MaskedVideoTransformer, track: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor | None:
+def tracked(tasks: torch.Tensor, generate_track: bool) -> torch.Tensor:
+    """(B,) task ids -> (B,) bool: the clips given the object's track (predict; generate too with
+    tasks.generate_track)."""
+    keep = tasks == TASK_ID["predict"]
+    return keep | (tasks == TASK_ID["generate"]) if generate_track else keep
+
+
+def given_track(model: MaskedVideoTransformer, track: torch.Tensor, tasks: torch.Tensor,
+                generate_track: bool = False) -> torch.Tensor | None:
     """The clips' object tracks (B, V, T, 3) -> what a model with track_frames K is given: the first K frames'
-    (B, V, K, 3) in predict clips, nothing (zeros) in the other tasks; None for a model without it."""
+    (B, V, K, 3) in the `tracked` clips, nothing (zeros) in the others; None for a model without it."""
     K = model.cfg.track_frames
     if not K:
         return None
-    return track[:, :, :K] * (tasks == TASK_ID["predict"]).to(track.dtype)[:, None, None, None]
+    return track[:, :, :K] * tracked(tasks, generate_track).to(track.dtype)[:, None, None, None]
 
 
 def draw_tasks(weights: dict[str, float], batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -147,9 +155,10 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 @torch.no_grad()
 def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str, float], latent_frames: int,
-             device: torch.device, batch_size: int, seed: int) -> dict:
+             device: torch.device, batch_size: int, seed: int, generate_track: bool = False) -> dict:
     """Per task with weight > 0: loss and accuracy on the scored tokens of `data`, with masks drawn from a fixed
-    generator (the same every validation); "loss" / "acc" average the tasks."""
+    generator (the same every validation); "loss" / "acc" average the tasks. generate_track: the generate task
+    is given the track (tasks.generate_track)."""
     model.eval()
     out = {}
     for name in TASKS:
@@ -166,7 +175,7 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
             inputs, targets, scored, cond = make_batch(model.layout, tokens, shape, family, tasks, latent_frames,
                                                        model.cfg.arch, gen)
             inputs, scored = inputs.to(device), scored.to(device)
-            track = given_track(model, data.track[rows], tasks)
+            track = given_track(model, data.track[rows], tasks, generate_track)
             with autocast_for(device):
                 picked, extras = model(inputs, cond.to(device), scored, extras=True,
                                        track=None if track is None else track.to(device))
@@ -278,7 +287,7 @@ class TransformerTask(TrainTask):
             self.layout, tokens, shape, family, tasks, self.latent_frames, self.cfg.model.arch, gen,
             self.cfg.tasks.predict_full_mask))
         pointer = t.pointer_weight > 0
-        given = given_track(tr.model, track, tasks)
+        given = given_track(tr.model, track, tasks, self.cfg.tasks.generate_track)
         moving = given is not None and t.track_weight > 0
         with self.autocast:   # logits of the scored tokens only (and what the extra losses read)
             picked = tr.train_model(inputs, cond, scored, extras=pointer or moving,
@@ -294,9 +303,9 @@ class TransformerTask(TrainTask):
             moved, found = tr.model.pointer_loss(extras, pointer_targets(tr.model, inputs, cells.to(tr.device))[scored])
             loss = loss + t.pointer_weight * moved
             row.update(token_loss=row["loss"], pointer_loss=moved.detach(), **found)
-        if moving:   # the motion module, on the predict clips
-            predict = (tasks == TASK_ID["predict"]).to(tr.device)
-            moved, found = tr.model.track_loss(extras["centres"][predict], track.to(tr.device)[predict],
+        if moving:   # the motion module, on the clips given a track
+            keep = tracked(tasks, self.cfg.tasks.generate_track).to(tr.device)
+            moved, found = tr.model.track_loss(extras["centres"][keep], track.to(tr.device)[keep],
                                                self.latent_frames)
             loss = loss + t.track_weight * moved
             row.update(token_loss=row.get("token_loss", row["loss"]), track_loss=moved.detach(), **found)
@@ -305,7 +314,8 @@ class TransformerTask(TrainTask):
 
     def validate(self, tr: Trainer, model: MaskedVideoTransformer) -> dict:
         t = self.cfg.train
-        return validate(model, self.val_set, self.weights_mix, self.latent_frames, tr.device, t.batch_size, t.seed)
+        return validate(model, self.val_set, self.weights_mix, self.latent_frames, tr.device, t.batch_size, t.seed,
+                        self.cfg.tasks.generate_track)
 
     def validation_line(self, val: dict) -> str:
         return (f"step {val['step']}: {val['split']} loss {val['loss']:.3f}, token accuracy {val['acc']:.1%}"
