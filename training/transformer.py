@@ -120,6 +120,7 @@ class KVCache:
         self.depth, self.max_len = depth, max_len
         self.k = self.v = None
         self.length = 0  # positions (condition + video) already in the cache
+        self.centres = None  # the motion module's centres for the clips' track (track_frames): computed once
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this layer's new keys/values (B, heads, n, d) after the cached ones; return all of them."""
@@ -511,12 +512,17 @@ class MaskedVideoTransformer(nn.Module):
         """Autoregressive decoding: feed the condition (first call only) and/or the next video tokens (B, n) into
         the KV cache; returns the logits (B, codebook_size) for the video token after the last one fed, with the
         copy bonus on `ref`, that token's copy guess(es) (step_references: (B,), or (B, D) with copy_window; None
-        before the second latent frame), and the given frames' track as forward() takes it."""
+        before the second latent frame), and the given frames' track as forward() takes it (the motion module's
+        centres are computed on the first call and kept in the cache)."""
         assert self.causal, "step() is for the autoregressive architecture"
         parts = [] if cond is None else [self.embed_condition(cond)]
         if tokens is not None and tokens.shape[1]:
+            if self.track_motion is not None and cache.centres is None:   # the same at every step of a clip
+                given = track if track is not None else torch.zeros(
+                    len(tokens), self.layout.views, self.cfg.track_frames, 3, device=tokens.device)
+                cache.centres = self.predict_track(given)
             parts.append(self.embed_video(tokens, start=0 if cond is not None else cache.length - NUM_COND,
-                                          track=track))
+                                          track=track, centres=cache.centres))
         x = torch.cat(parts, 1)
         rope = self.rope_for(cache.length, x.shape[1])
         for block in self.blocks:
