@@ -306,7 +306,7 @@ def headline(metrics: dict) -> dict:
     "magvit3d demo --out demo_out -n 64 --set tokenizer.train.steps=300"))
 @option("--config", "-c", "preset", old=["--preset"], default="demo", show_default=True, type=click.Choice(PRESETS),
         help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
-             "demo: ~20 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
+             "demo: 20-25 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
              "ground (the dataset preset; the other stages use demo's); 2d: squares, discs and triangles moving in a "
              "plane under one orthographic camera, ~15 min on 2 cores; full: the seed's scale, one GPU.")
 @option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,
