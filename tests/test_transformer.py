@@ -458,8 +458,9 @@ def test_the_model_reads_the_given_track_for_what_the_tokens_do_not_show(task):
     labels = torch.zeros(64, dtype=torch.long)
     for step in range(300):
         clips, _, track = batch(64, step)
-        inputs, targets, scored, cond = make_batch(layout, clips, labels, labels, torch.full_like(labels, TASK_ID[task]),
-                                                   1, "masked", torch.Generator().manual_seed(step), full_mask=1.0)
+        tasks = torch.full_like(labels, TASK_ID[task])
+        inputs, targets, scored, cond = make_batch(layout, clips, labels, labels, tasks, 1, "masked",
+                                                   torch.Generator().manual_seed(step), full_mask=1.0)
         logits, extras = model(inputs, cond, scored, extras=True, track=track[:, :, :2])
         loss = model.loss(logits, targets[scored])[0] + model.track_loss(extras["centres"], track, 1)[0]
         opt.zero_grad()
@@ -873,7 +874,7 @@ def test_class_conditional_generation_follows_a_training_clips_track(cache, tmp_
     """tasks.generate_track: the run trains the motion module on the generate clips too (validation and steps log
     it); `generate --task generate` gives each clip the first frames' track of a training clip of its shape and
     family (of its family when no clip has both), names that clip in the record, and passes exactly that track to
-    the sampler. A family the train split lacks, and generate_track without a track, are one-line errors."""
+    the sampler; generate_track without model.track_frames is a one-line error."""
     import training.generate as gen_module
     from training.generate import generate, track_prior
     from training.token_cache import load_token_cache
