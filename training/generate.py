@@ -207,7 +207,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     classes = source["classes"]
 
     # what to generate: conditioning tokens, given masks, labels, per-clip records
-    tracks = None
+    tracks, prior_split = None, None   # the object tracks the model is given (B, V, K, 3); where generate's come from
     if task == "generate":
         seqs, given, cond, records, target = _class_conditional(layout, classes, shapes, families, num, seed)
         if saved["tasks"].get("generate_track"):   # the model draws the object along a training clip's track
@@ -217,9 +217,12 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                                         track_frames, classes["family"])
             for r, sid in zip(records, drawn):
                 r.track_from = sid
+            prior_split = "train split"
     else:
         seqs, given, cond, records, target = _from_cache(cache, layout, classes, task, split, num, view,
                                                          latent_frames, seed, log)
+        if track_frames and task == "predict":   # the given frames' track, from the same cache
+            tracks = torch.from_numpy(np.ascontiguousarray(cache.track[:len(records), :, :track_frames]))
     n = len(records)
 
     rgb = np.zeros((n, layout.views, source["frames"], source["image_size"][1], source["image_size"][0], 3), np.uint8)
@@ -237,11 +240,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             elif method == "object-warp":
                 seq = object_warp(layout, seqs[i:j], torch.from_numpy(cache.cells[i:j]), latent_frames).to(dev)
             else:
-                track = None
-                if model.cfg.track_frames and task == "predict":
-                    track = torch.from_numpy(cache.track[i:j, :, :model.cfg.track_frames]).to(dev)
-                elif tracks is not None:
-                    track = tracks[i:j].to(dev)
+                track = None if tracks is None else tracks[i:j].to(dev)
                 with autocast_for(dev):
                     seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
                                  generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
@@ -270,13 +269,12 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             "tokenizer": source["tokenizer_run"], "tokenizer_step": source["tokenizer_step"],
             "tokens": source["tokens"], "method": method, "method_title": METHOD_TITLES[method],
             "given_frames": "pasted" if paste and target is not None else "re-decoded", "composite": composite,
-            "track_prior": "train split" if tracks is not None else None,
-            "sampling_seconds": round(sampling_seconds, 3),
+            "track_prior": prior_split, "sampling_seconds": round(sampling_seconds, 3),
             "sampling_seconds_per_clip": round(sampling_seconds / n, 4), "device": str(dev)}
     write_generated(out, rgb, records, info, target,
                     extra_files=lambda tmp: write_clip_visuals(Path(tmp) / "clips", rgb, target, records))
     return {"out": str(out), "clips": n, "task": task, "arch": model.cfg.arch, "method": method, "composite": composite,
-            "track_prior": "train split" if tracks is not None else None,
+            "track_prior": prior_split,
             "sampling_seconds": round(sampling_seconds, 3), "sampling_seconds_per_clip": round(sampling_seconds / n, 4)}
 
 

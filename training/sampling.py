@@ -214,7 +214,8 @@ def sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor
            gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0, choice_temperature: float = 4.5,
            top_k: int = 0, order: str = "all", guidance: float = 1.0, track: torch.Tensor | None = None) -> torch.Tensor:
     """Either sampler, by the model's architecture (steps / choice_temperature / order: masked; top_k: ar). track:
-    the given frames' object track (B, V, K, 3) for a model with track_frames (the predict task), else None."""
+    the object track (B, V, K, 3) a model with track_frames is given (predict; generate with tasks.generate_track),
+    else None."""
     if model.causal:
         return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k, guidance=guidance,
                          track=track)

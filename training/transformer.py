@@ -311,10 +311,16 @@ class MaskedVideoTransformer(nn.Module):
             digits = self.code_digit_index[tokens.clamp_max(self.layout.codebook_size - 1)]
             x = x + self.digit_embed(digits).sum(-2) * known
         if self.track_embed is not None:
-            if track is None:
-                track = torch.zeros(len(tokens), self.layout.views, self.cfg.track_frames, 3, device=tokens.device)
+            track = self.track_or_unseen(track, len(tokens), tokens.device)
             x = x + self.track_embed(self.track_features(track, pos, centres).to(x.dtype))
         return x
+
+    def track_or_unseen(self, track: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """The given track (B, V, K, 3), or for None one where the object is seen nowhere (all zeros): what a model
+        with track_frames reads in a task without a track."""
+        if track is not None:
+            return track
+        return torch.zeros(batch, self.layout.views, self.cfg.track_frames, 3, device=device)
 
     def predict_track(self, track: torch.Tensor) -> torch.Tensor:
         """The motion module: track (B, V, K, 3), per view and given frame the object's centre (x / W, y / H) and
@@ -518,9 +524,7 @@ class MaskedVideoTransformer(nn.Module):
         parts = [] if cond is None else [self.embed_condition(cond)]
         if tokens is not None and tokens.shape[1]:
             if self.track_motion is not None and cache.centres is None:   # the same at every step of a clip
-                given = track if track is not None else torch.zeros(
-                    len(tokens), self.layout.views, self.cfg.track_frames, 3, device=tokens.device)
-                cache.centres = self.predict_track(given)
+                cache.centres = self.predict_track(self.track_or_unseen(track, len(tokens), tokens.device))
             parts.append(self.embed_video(tokens, start=0 if cond is not None else cache.length - NUM_COND,
                                           track=track, centres=cache.centres))
         x = torch.cat(parts, 1)
