@@ -555,15 +555,18 @@ GIVEN_LABELS = {"re-decoded": "given frames re-decoded from their tokens",
 
 def run_label(info: dict) -> dict:
     """What a generated set is, from the optional generated.json keys method (model | ceiling | copy-latent),
-    given_frames (re-decoded | pasted), composite (bool) and track_prior (class-conditional clips given a training
-    clip's track); absent keys read as model, re-decoded, false, none."""
+    given_frames (re-decoded | pasted), composite (bool), track_prior (class-conditional clips given a training
+    clip's track) and the guidance scales guidance / track_guidance; absent keys read as model, re-decoded, false,
+    none, 1."""
     method = info.get("method") or "model"
     given = info.get("given_frames") or "re-decoded"
     composite = bool(info.get("composite", False))
     title = METHOD_TITLES.get(method, str(method))
     details = ([GIVEN_LABELS.get(given, f"given frames: {given}")] + (["composite"] if composite else [])
                + ([f"each clip follows the object track of a {info['track_prior']} clip of its shape and family"]
-                  if info.get("track_prior") else []))
+                  if info.get("track_prior") else [])
+               + [f"{name} guidance {info[key]:g}" for key, name in (("guidance", "label"), ("track_guidance", "track"))
+                  if info.get(key, 1.0) not in (None, 1.0)])
     return {"method": method, "given_frames": given, "composite": composite, "title": title,
             "details": "; ".join(details)}
 

@@ -40,6 +40,9 @@ STATE_FILE = "demo_state.json"
 # class-conditional generation keeps 1.0. benchmarks/sampling.py samples prediction the same way.
 DEMO_RUNS = {"predict": ("predict", "model", 0.5), "predict-ceiling": ("predict", "ceiling", 1.0),
              "generate": ("generate", "model", 1.0), "complete-view": ("complete-view", "model", 1.0)}
+# Class-conditional clips of a model given a training clip's track (tasks.generate_track) sample with track guidance
+# 3: the object is drawn along the track more firmly (3D family 44% -> 67% of 48 clips, BENCHMARKS.md).
+DEMO_TRACK_GUIDANCE = 3.0
 
 
 @dataclass
@@ -152,6 +155,12 @@ def load_stage_config(kind: str, source, overrides=()):
     return loaders[kind](source, list(overrides))
 
 
+def demo_track_guidance(cfgs: dict, task: str) -> float:
+    """The track guidance the demo samples `task` with: DEMO_TRACK_GUIDANCE for class-conditional clips of a model
+    given a training clip's track (tasks.generate_track), else 1 (off)."""
+    return DEMO_TRACK_GUIDANCE if task == "generate" and cfgs["transformer"].tasks.generate_track else 1.0
+
+
 def load_stage_configs(plan: DemoPlan) -> dict:
     """Every stage's config from the preset + overrides; all of them load (and fail) before any work starts."""
     return {kind: load_stage_config(kind, plan.preset, plan.overrides.get(kind, [])) for kind in STAGE_KINDS}
@@ -229,7 +238,8 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
         def fn():
             s = generate(plan.transformer, task, plan.generated(run), steps=plan.generate_steps, seed=plan.seed,
                          num=1 if task == "generate" else None, method=method, composite=task == "predict",
-                         temperature=temperature, device=plan.device, progress=progress, log=log)
+                         temperature=temperature, track_guidance=demo_track_guidance(cfgs, task), device=plan.device,
+                         progress=progress, log=log)
             return {"clips": s.get("clips")}
         return fn
 
@@ -260,8 +270,10 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
     runner.run("train-probe", to_dict(cfgs["probe"]), ["train-tokenizer"], [P.probe / "summary.json"], probe,
                owned=P.probe)
     for run, (task, method, temperature) in RUNS.items():
+        tg = demo_track_guidance(cfgs, task)
+        guided = {"track_guidance": tg} if tg != 1.0 else {}   # (in the key only when on: older workdirs stay done)
         runner.run(f"generate-{run}", {"steps": P.generate_steps, "seed": P.seed, "method": method,
-                                       "composite": task == "predict", "temperature": temperature},
+                                       "composite": task == "predict", "temperature": temperature, **guided},
                    ["train-transformer"], [P.generated(run)], gen(run), owned=P.generated(run))
     runner.run("evaluate", {}, [f"generate-{r}" for r in RUNS] + ["train-probe"], [P.report / "index.html"], report,
                owned=P.report)

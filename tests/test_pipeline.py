@@ -123,6 +123,15 @@ def test_full_preset_configs_load_and_one_step_of_each_training_stage_runs(tmp_p
         assert json.loads((tmp_path / "w" / run / "summary.json").read_text())["step"] == 1
 
 
+def test_the_demo_samples_class_conditional_clips_with_track_guidance_where_the_model_has_a_track(tmp_path):
+    for preset, generate in (("demo", pipeline.DEMO_TRACK_GUIDANCE), ("2d", pipeline.DEMO_TRACK_GUIDANCE),
+                             ("tiny", 1.0)):
+        cfgs = pipeline.load_stage_configs(DemoPlan(preset, tmp_path, overrides=split_overrides([])))
+        assert pipeline.demo_track_guidance(cfgs, "generate") == generate, preset
+        assert pipeline.demo_track_guidance(cfgs, "predict") == 1.0, preset
+    assert pipeline.DEMO_TRACK_GUIDANCE == 3.0
+
+
 def test_demo_textured_renders_its_own_dataset_and_trains_with_the_demo_presets(tmp_path):
     from datagen.config import to_dict
 

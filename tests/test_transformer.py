@@ -160,6 +160,50 @@ def test_ar_guidance_with_the_kv_cache_equals_without_it(window):
                        ar_sample(model, seq, nothing, null_condition(cond, LAYOUT), generators([0, 1])))
 
 
+def test_track_guidance_mixes_the_tracked_and_the_trackless_prediction():
+    """Track guidance s: one greedy MaskGIT step picks argmax(none + s * (tracked - none)), none being the same clip
+    with the object seen nowhere; s = 0 samples as a model given no track. With label guidance g too: argmax(full +
+    (g - 1)(full - no labels) + (s - 1)(full - no track)). No track to steer towards is an error."""
+    model, seq = tiny_model("masked", seed=3, track_frames=2), random_clips(2)
+    nn.init.normal_(model.track_embed[-1].weight, 0.0, 1.0)             # a track that sways the untrained model
+    track = torch.rand(2, 3, 2, 3)
+    nothing = torch.zeros_like(seq, dtype=torch.bool)
+    cond = condition(LAYOUT, "generate", torch.tensor([0, 2]), torch.tensor([1, 3]))
+    masked = torch.full_like(seq, LAYOUT.mask_id)
+    with torch.no_grad():
+        full, none = model(masked, cond, track=track).log_softmax(-1), model(masked, cond).log_softmax(-1)
+        unlabelled = model(masked, null_condition(cond, LAYOUT), track=track).log_softmax(-1)
+
+    def greedy(**kw):
+        return maskgit_sample(model, seq, nothing, cond, generators([0, 1]), steps=1, temperature=0, track=track, **kw)
+    for s in (0.0, 1.0, 3.0):
+        assert torch.equal(greedy(track_guidance=s), (none + s * (full - none)).argmax(-1)), s
+    assert not torch.equal((none + 3 * (full - none)).argmax(-1), full.argmax(-1))   # s matters here
+    both = full + (2.0 - 1) * (full - unlabelled) + (3.0 - 1) * (full - none)
+    assert torch.equal(greedy(guidance=2.0, track_guidance=3.0), both.argmax(-1))
+    assert torch.equal(maskgit_sample(model, seq, nothing, cond, generators([0, 1]), steps=3, track=track,
+                                      track_guidance=0.0),
+                       maskgit_sample(model, seq, nothing, cond, generators([0, 1]), steps=3))
+    with pytest.raises(ValueError, match="track guidance needs the object track the model is given"):
+        maskgit_sample(model, seq, nothing, cond, generators([0, 1]), track_guidance=2.0)
+
+
+def test_ar_track_guidance_with_the_kv_cache_equals_without_it():
+    """The KV cache holds every guidance branch (labels and track at once too): cached == uncached, and the
+    guidance changes the greedy sample."""
+    model, seq = tiny_model("ar", track_frames=2, seed=1, copy_logit=False), random_clips(2, seed=1)
+    nn.init.normal_(model.track_embed[-1].weight, 0.0, 1.0)
+    track = torch.rand(2, 3, 2, 3)
+    nothing = torch.zeros_like(seq, dtype=torch.bool)
+    cond = condition(LAYOUT, "generate", torch.tensor([1, 0]), torch.tensor([2, 0]))
+    for kw in ({"track_guidance": 3.0}, {"track_guidance": 3.0, "guidance": 2.0}):
+        cached = ar_sample(model, seq, nothing, cond, generators([0, 1]), temperature=0, track=track, **kw)
+        assert torch.equal(cached, ar_sample(model, seq, nothing, cond, generators([0, 1]), temperature=0,
+                                             track=track, use_cache=False, **kw)), kw
+        assert not torch.equal(cached, ar_sample(model, seq, nothing, cond, generators([0, 1]), temperature=0,
+                                                 track=track)), kw
+
+
 @pytest.mark.parametrize("window", [0, 1])
 def test_ar_forward_on_a_prefix_equals_the_whole_clips_forward(window):
     """AR: logits[:, i] depend on cond and seq[:, :i] only, so any prefix gives the same logits. With the copy window
@@ -899,6 +943,12 @@ def test_class_conditional_generation_follows_a_training_clips_track(cache, tmp_
     assert info["track_prior"] == "train split" and len(info["clips"]) == 2 * len(families)
     from evaluation.evaluate import run_label   # the report says where the tracks came from
     assert "follows the object track of a train split clip of its shape and family" in run_label(info)["details"]
+    assert "track guidance" not in run_label(info)["details"]
+    generate(run, "generate", tmp_path / "guided", num=1, shapes=("cube",), families=tuple(families[:1]),
+             track_guidance=3.0, progress=False)
+    guided = json.loads((tmp_path / "guided" / "generated.json").read_text())
+    assert guided["track_guidance"] == 3.0 and run_label(guided)["details"].endswith("; track guidance 3")
+    seen.pop()
     track = torch.cat(seen)
     for i, clip in enumerate(info["clips"]):
         k = list(train.sample_ids).index(clip["track_from"])
@@ -1081,6 +1131,13 @@ def other_tokenizer_cache(cache: Path, tmp_path: Path) -> Path:
     (["--task", "complete-view", "--view", "3"], "--view 3: must be in 0..2"),
     (["--task", "predict", "--guidance", "2"], "--guidance 2.0 steers towards the class labels, which only --task "
                                                "generate has"),
+    (["--task", "predict", "--track-guidance", "2"], "--track-guidance 2.0: RUN is given no object track here (it "
+                                                     "needs model.track_frames); use 1 (off)"),
+    (["--task", "complete-view", "--track-guidance", "3"], "(it needs a task that gives one (predict, generate), not "
+                                                           "complete-view)"),
+    (["--task", "predict", "--method", "ceiling", "--track-guidance", "2"],
+     "--track-guidance 2.0 steers the transformer's samples; --method ceiling samples nothing: use 1 (off)"),
+    (["--task", "generate", "--track-guidance", "101"], "--track-guidance 101.0: must be in [0, 100] (1 = off)"),
     (["--task", "predict", "--tokens", "OTHER"], "comes from a different tokenizer than"),
     (["--task", "complete-view", "--tokens", "OTHER"], "(codebook_size: 128 vs 64)"),
 ])
@@ -1089,7 +1146,7 @@ def test_generate_bad_input_is_one_line_exit_2(cache, trained, tmp_path, capsys,
     code, err = run_cli(capsys, "generate", "--transformer", trained["masked"], "--out", tmp_path / "g",
                         "--no-progress", *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("magvit3d: error:"), err
-    assert needle in err, err
+    assert needle.replace("RUN", str(trained["masked"])) in err, err
     assert not (tmp_path / "g").exists()
 
 

@@ -59,7 +59,7 @@ COMPOSITE_LOW, COMPOSITE_HIGH = 0.04, 0.12
 
 
 def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int, method: str = "model",
-                composite: bool = False, guidance: float = 1.0) -> None:
+                composite: bool = False, guidance: float = 1.0, track_guidance: float = 1.0) -> None:
     if task not in GENERATE_TASKS:
         raise UserError(f"unknown task {task!r}; allowed: {', '.join(GENERATE_TASKS)}")
     if method not in METHOD_TITLES:
@@ -78,8 +78,12 @@ def _check_args(task: str, steps: int, num: int | None, temperature: float, top_
     if guidance != 1.0 and task != "generate":
         raise UserError(f"--guidance {guidance} steers towards the class labels, which only --task generate has; "
                         f"use 1 (off) with --task {task}")
-    if not 0 <= guidance <= 100:
-        raise UserError(f"--guidance {guidance}: must be in [0, 100] (1 = off)")
+    for name, scale in (("--guidance", guidance), ("--track-guidance", track_guidance)):
+        if not 0 <= scale <= 100:
+            raise UserError(f"{name} {scale}: must be in [0, 100] (1 = off)")
+    if track_guidance != 1.0 and method != "model":
+        raise UserError(f"--track-guidance {track_guidance} steers the transformer's samples; --method {method} "
+                        f"samples nothing: use 1 (off)")
     if temperature < 0 or top_k < 0:
         raise UserError(f"--temperature {temperature} and --top-k {top_k} must be >= 0")
 
@@ -156,7 +160,8 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
              split: str = "test", given_frames: int | None = None, view: int | None = None,
              shapes: tuple[str, ...] = (), families: tuple[str, ...] = (), tokens: Path | None = None,
              device: str = "auto", batch_size: int = 8, method: str = "model", paste: bool = True,
-             composite: bool = False, order: str = "all", guidance: float = 1.0, progress: bool = True,
+             composite: bool = False, order: str = "all", guidance: float = 1.0, track_guidance: float = 1.0,
+             progress: bool = True,
              log=print) -> dict:
     """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing).
 
@@ -168,10 +173,11 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     (predict): predicted frames keep the last given frame wherever the decoded clip does not differ from the
     decoded copy-latent clip (`composite_over_last`). order (masked model): "all" tokens at once or latent "frames"
     one after another (training.sampling.maskgit_sample). guidance (generate): classifier-free guidance scale towards
-    the shape and family (1 = off)."""
+    the shape and family (1 = off). track_guidance: the same towards the object track the model is given, against
+    the clip with the object seen nowhere (1 = off; needs a task that gives the model a track)."""
     from tqdm import tqdm
 
-    _check_args(task, steps, num, temperature, top_k, method, composite, guidance)
+    _check_args(task, steps, num, temperature, top_k, method, composite, guidance, track_guidance)
     transformer = Path(transformer)
     _, saved = ckpt.load_run(transformer, "transformer")
     recorded = saved.get("tokens", {})
@@ -224,6 +230,11 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
         if track_frames and task == "predict":   # the given frames' track, from the same cache
             tracks = torch.from_numpy(np.ascontiguousarray(cache.track[:len(records), :, :track_frames]))
     n = len(records)
+    if track_guidance != 1.0 and tracks is None:
+        needs = ("model.track_frames" if task == "predict" else "tasks.generate_track" if task == "generate"
+                 else f"a task that gives one (predict, generate), not {task}")
+        raise UserError(f"--track-guidance {track_guidance}: {transformer} is given no object track here (it needs "
+                        f"{needs}); use 1 (off)")
 
     rgb = np.zeros((n, layout.views, source["frames"], source["image_size"][1], source["image_size"][0], 3), np.uint8)
     sampling_seconds = 0.0
@@ -245,7 +256,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                     seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
                                  generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
                                  choice_temperature=choice_temperature, top_k=top_k, order=order,
-                                 guidance=guidance, track=track)
+                                 guidance=guidance, track=track, track_guidance=track_guidance)
             sampling_seconds += time.perf_counter() - t0
             grids = layout.to_grid(seq)
             copy_grids = layout.to_grid(copies) if composite else None
@@ -264,7 +275,8 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             "frames": source["frames"], "views": source["views"], "steps": steps if not model.causal else None,
             "temperature": temperature, "choice_temperature": choice_temperature if not model.causal else None,
             "order": order if not model.causal else None,
-            "top_k": top_k if model.causal else None, "guidance": guidance, "seed": seed, "arch": model.cfg.arch,
+            "top_k": top_k if model.causal else None, "guidance": guidance,
+            "track_guidance": track_guidance, "seed": seed, "arch": model.cfg.arch,
             "transformer": str(transformer.resolve()), "transformer_step": saved["step"],
             "tokenizer": source["tokenizer_run"], "tokenizer_step": source["tokenizer_step"],
             "tokens": source["tokens"], "method": method, "method_title": METHOD_TITLES[method],
@@ -274,7 +286,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     write_generated(out, rgb, records, info, target,
                     extra_files=lambda tmp: write_clip_visuals(Path(tmp) / "clips", rgb, target, records))
     return {"out": str(out), "clips": n, "task": task, "arch": model.cfg.arch, "method": method, "composite": composite,
-            "track_prior": prior_split,
+            "track_prior": prior_split, "track_guidance": track_guidance,
             "sampling_seconds": round(sampling_seconds, 3), "sampling_seconds_per_clip": round(sampling_seconds / n, 4)}
 
 

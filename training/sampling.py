@@ -16,8 +16,11 @@ Sampling fills every position that is not given and never changes a given token:
     ar_sample       the autoregressive model: one token at a time in raster order with a KV cache (top-k /
                     temperature); given tokens are fed instead of sampled.
 
-Both take a classifier-free guidance scale s (generate): each step's log-probabilities are null + s * (labelled -
-null), null being the same clip under the unconditional task's condition; s = 1 is plain sampling.
+Both take classifier-free guidance scales (1 = off): `guidance` towards the class labels (generate), against the
+same clip under the unconditional task's condition, and `track_guidance` towards the object track the model is given
+(predict; generate with tasks.generate_track), against the same clip with the object seen nowhere. With one scale s
+each step's log-probabilities are null + s * (full - null); with both, full + sum over the two of (s - 1) * (full -
+dropped). All branches run as one batch.
 
 Randomness comes only from the torch.Generators passed in, one per clip, so a clip does not depend on the batch
 it was sampled in.
@@ -100,22 +103,41 @@ def null_condition(cond: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return condition(layout, "unconditional", batch=len(cond)).to(cond.device)
 
 
-def _guided_call(model: MaskedVideoTransformer, x: torch.Tensor, cond: torch.Tensor, guidance: float,
+def guidance_branches(layout: TokenLayout, cond: torch.Tensor, track: torch.Tensor | None, guidance: float = 1.0,
+                      track_guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
+    """The batches classifier-free guidance runs the model on: the clips as they are, then for each scale != 1 the
+    same clips with that condition dropped (guidance: the labels, as the unconditional task; track_guidance: the
+    object track, as seen nowhere). -> (cond (nB, 3), track (nB, V, K, 3) or None, the dropped branches' scales)."""
+    conds, tracks, scales = [cond], [track], []
+    if guidance != 1.0:
+        conds.append(null_condition(cond, layout))
+        tracks.append(track)
+        scales.append(guidance)
+    if track_guidance != 1.0:
+        if track is None:
+            raise ValueError("track guidance needs the object track the model is given; there is none")
+        conds.append(cond)
+        tracks.append(torch.zeros_like(track))
+        scales.append(track_guidance)
+    return torch.cat(conds), None if track is None else torch.cat(tracks), scales
+
+
+def _guided_call(model: MaskedVideoTransformer, x: torch.Tensor, cond: torch.Tensor | None, scales: list[float],
                  cache=None, ref=None, track=None) -> torch.Tensor:
-    """The model's logits for x under cond; with guidance s != 1, classifier-free guidance: log p(.|null) +
-    s * (log p(.|cond) - log p(.|null)), both branches in one doubled batch (cond is then (2B, 3): the labelled rows,
-    then their null rows, and x the B clips). With a KV cache (AR), x holds the new tokens only. track: the given
-    frames' object track (B, V, K, 3) for a model with track_frames, or None."""
-    if guidance == 1.0:
+    """The model's logits for the B clips x, guided: cond and track hold every branch of `guidance_branches` (cond is
+    None after an AR cache's first call), scales the dropped branches' scales ([] = plain logits). With a KV cache
+    (AR), x holds the new tokens only. track: None for a model without track_frames."""
+    n = len(scales) + 1
+    if n == 1:
         return (model(x, cond, track=track) if cache is None
                 else model.step(cache, cond=cond, tokens=x, ref=ref, track=track))
-    xx = torch.cat([x, x])
-    rr = None if ref is None else torch.cat([ref, ref])
-    tt = None if track is None else torch.cat([track, track])
-    both = (model(xx, cond, track=tt) if cache is None
-            else model.step(cache, cond=cond, tokens=xx, ref=rr, track=tt)).float()
-    labelled, null = both.log_softmax(-1).chunk(2)
-    return null + guidance * (labelled - null)
+    xx = torch.cat([x] * n)
+    rr = None if ref is None else torch.cat([ref] * n)
+    out = (model(xx, cond, track=track) if cache is None
+           else model.step(cache, cond=cond, tokens=xx, ref=rr, track=track)).float().log_softmax(-1).chunk(n)
+    if n == 2:
+        return out[1] + scales[0] * (out[0] - out[1])
+    return out[0] + sum((s - 1) * (out[0] - dropped) for s, dropped in zip(scales, out[1:]))
 
 
 def mask_schedule(ratio: float) -> float:
@@ -127,9 +149,9 @@ def mask_schedule(ratio: float) -> float:
 def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
                    gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0,
                    choice_temperature: float = 4.5, order: str = "all", guidance: float = 1.0,
-                   track: torch.Tensor | None = None) -> torch.Tensor:
+                   track: torch.Tensor | None = None, track_guidance: float = 1.0) -> torch.Tensor:
     """Fill every non-given position of seq (B, N) in `steps` parallel decoding steps; returns (B, N) ids.
-    guidance s != 1: classifier-free guidance towards cond's labels (against the unconditional task's condition).
+    guidance / track_guidance s != 1: classifier-free guidance towards cond's labels / the object track (module doc).
     order "all": every unknown token at once (MaskGIT). "frames": one latent frame (all views) after another,
     `steps` steps each, later frames still masked, so each frame is drawn seeing the frames before it complete: a
     small object is then placed once per frame and moves on from where it was, instead of being drawn in several
@@ -139,27 +161,26 @@ def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torc
     mask_id = model.layout.mask_id
     given = given.to(seq.device)
     x = torch.where(given, seq, torch.full_like(seq, mask_id))
-    if guidance != 1.0:
-        cond = torch.cat([cond, null_condition(cond, model.layout)])
+    cond, track, scales = guidance_branches(model.layout, cond, track, guidance, track_guidance)
     if order == "all":
-        return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, guidance, track)
+        return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, scales, track)
     frame = model.layout.grid_index()["t"].to(seq.device)
     for j in range(model.layout.t):
         todo = ~given & (frame == j)[None]
         if todo.any():
-            x = _maskgit_fill(model, x, todo, cond, gens, steps, temperature, choice_temperature, guidance, track)
+            x = _maskgit_fill(model, x, todo, cond, gens, steps, temperature, choice_temperature, scales, track)
     return x
 
 
 def _maskgit_fill(model: MaskedVideoTransformer, x: torch.Tensor, unknown: torch.Tensor, cond: torch.Tensor,
                   gens: list[torch.Generator], steps: int, temperature: float, choice_temperature: float,
-                  guidance: float = 1.0, track: torch.Tensor | None = None) -> torch.Tensor:
+                  scales: list[float], track: torch.Tensor | None = None) -> torch.Tensor:
     """Decode the `unknown` positions of x (B, N) in `steps` steps; every other position keeps its id (MASK
-    included, so a later frame can stay masked)."""
+    included, so a later frame can stay masked). cond, track, scales: `guidance_branches`."""
     mask_id = model.layout.mask_id
     total = unknown.sum(1)                                            # tokens to generate per clip
     for s in range(steps):
-        logits = _guided_call(model, x, cond, guidance, track=track).float()
+        logits = _guided_call(model, x, cond, scales, track=track).float()
         noise = _gumbel(gens, logits.shape[1:], logits.device) if temperature > 0 else None
         sampled = torch.where(unknown, _draw(logits, temperature, noise), x)
         picked = torch.where(unknown, sampled, 0)[..., None]          # (a still-masked later frame has no logit)
@@ -182,42 +203,45 @@ def _maskgit_fill(model: MaskedVideoTransformer, x: torch.Tensor, unknown: torch
 @torch.no_grad()
 def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
               gens: list[torch.Generator], *, temperature: float = 1.0, top_k: int = 0,
-              use_cache: bool = True, guidance: float = 1.0, track: torch.Tensor | None = None) -> torch.Tensor:
+              use_cache: bool = True, guidance: float = 1.0, track: torch.Tensor | None = None,
+              track_guidance: float = 1.0) -> torch.Tensor:
     """Fill every non-given position of seq (B, N) one token at a time in sequence order. The prefix that is given
     in every clip goes through the model in one pass; after it, a given token is fed in place of a sample.
     use_cache=False recomputes the whole prefix each step (the reference the KV cache must reproduce).
     The Gumbel noise of every position is drawn up front, so a clip's tokens depend on its generator only.
-    guidance s != 1: classifier-free guidance, as maskgit_sample (the KV cache then holds both branches)."""
+    guidance / track_guidance s != 1: classifier-free guidance, as maskgit_sample (the KV cache then holds every
+    branch)."""
     given = given.to(seq.device)
     N, K = seq.shape[1], model.layout.codebook_size
     noise = _gumbel(gens, (N, K), seq.device) if temperature > 0 else None
     x = torch.where(given, seq, torch.zeros_like(seq))
     prefix = int(given.all(0).long().cumprod(0).sum())
-    if guidance != 1.0:
-        cond = torch.cat([cond, null_condition(cond, model.layout)])
+    cond, track, scales = guidance_branches(model.layout, cond, track, guidance, track_guidance)
     cache = model.new_cache() if use_cache else None
     if use_cache:   # (a position's copy guesses come from the latent frame before it: decoded by then)
-        logits = _guided_call(model, x[:, :prefix], cond, guidance, cache, model.step_references(x, prefix),
+        logits = _guided_call(model, x[:, :prefix], cond, scales, cache, model.step_references(x, prefix),
                               track)
     for i in range(prefix, N):
         if not use_cache:
-            logits = _guided_call(model, x[:, :i + 1], cond, guidance, track=track)[:, -1]   # sees cond, x[:, :i]
+            logits = _guided_call(model, x[:, :i + 1], cond, scales, track=track)[:, -1]   # sees cond, x[:, :i]
         drawn = _draw(logits, temperature, None if noise is None else noise[:, i], top_k)
         x[:, i] = torch.where(given[:, i], seq[:, i], drawn)
         if use_cache and i < N - 1:
-            logits = _guided_call(model, x[:, i:i + 1], None, guidance, cache, model.step_references(x, i + 1),
+            logits = _guided_call(model, x[:, i:i + 1], None, scales, cache, model.step_references(x, i + 1),
                                   track)
     return x
 
 
 def sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
            gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0, choice_temperature: float = 4.5,
-           top_k: int = 0, order: str = "all", guidance: float = 1.0, track: torch.Tensor | None = None) -> torch.Tensor:
+           top_k: int = 0, order: str = "all", guidance: float = 1.0, track: torch.Tensor | None = None,
+           track_guidance: float = 1.0) -> torch.Tensor:
     """Either sampler, by the model's architecture (steps / choice_temperature / order: masked; top_k: ar). track:
     the object track (B, V, K, 3) a model with track_frames is given (predict; generate with tasks.generate_track),
-    else None."""
+    else None. guidance / track_guidance: classifier-free guidance scales (module doc)."""
     if model.causal:
         return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k, guidance=guidance,
-                         track=track)
+                         track=track, track_guidance=track_guidance)
     return maskgit_sample(model, seq, given, cond, gens, steps=steps, temperature=temperature,
-                          choice_temperature=choice_temperature, order=order, guidance=guidance, track=track)
+                          choice_temperature=choice_temperature, order=order, guidance=guidance, track=track,
+                          track_guidance=track_guidance)
