@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCHMARKS_MD, machine, today, write_section  # noqa: E402
-from evaluation.pipeline import DEMO_RUNS  # noqa: E402
+from evaluation.pipeline import DEMO_RUNS, DEMO_TRACK_GUIDANCE  # noqa: E402
 from evaluation.evaluate import evaluate  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
 from training.generate import generate, load_transformer  # noqa: E402
@@ -103,6 +103,13 @@ def time_one_clip(run: Path, repeats: int, decode_steps: int, device: str) -> tu
 PREDICT_SETTINGS = {"temperature": DEMO_RUNS["predict"][2], "composite": True}
 
 
+def generate_settings(run: Path) -> dict:
+    """Class-conditional generation as the demo samples it: with track guidance for a model that follows a training
+    clip's track (evaluation.pipeline.demo_track_guidance)."""
+    _, saved = ckpt.load_run(run, "transformer")
+    return {"track_guidance": DEMO_TRACK_GUIDANCE if saved["tasks"].get("generate_track") else 1.0}
+
+
 def view_psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Mean PSNR over clips and views of uint8 (N, V, T, H, W, 3) arrays (per frame, then frames, then clips)."""
     return float(psnr_per_clip(a.reshape(-1, *a.shape[2:]), b.reshape(-1, *b.shape[2:])).mean())
@@ -142,7 +149,7 @@ def evaluated(runs: dict[str, Path], data: Path, probe: Path, workdir: Path, dec
         gens[arch, "predict"] = workdir / f"eval_{arch}_predict"
         generate(run, "predict", gens[arch, "predict"], num=clips, **PREDICT_SETTINGS, **quiet)
         gens[arch, "generate"] = workdir / f"eval_{arch}_generate"
-        generate(run, "generate", gens[arch, "generate"], num=per_class, **quiet)
+        generate(run, "generate", gens[arch, "generate"], num=per_class, **generate_settings(run), **quiet)
     # the ceiling decodes the test clips' true tokens, so it is the same whichever run names the cache
     gens["ceiling", "predict"] = workdir / "eval_ceiling_predict"
     generate(runs["masked"], "predict", gens["ceiling", "predict"], num=clips, method="ceiling", composite=True,
@@ -296,7 +303,8 @@ tokens (the ceiling for either model) {psnr['tokenizer']:.2f} dB.
         body += f"""
 Evaluated by `magvit3d evaluate` (dataset `{args.data}`, probe `{args.probe}`): prediction sampled as the demo does
 (temperature {PREDICT_SETTINGS['temperature']}, composite over the last given frame) on {a['predict_clips']} test clips,
-class-conditional generation at temperature 1 ({args.per_class} per shape x family, {a['generate_clips']} clips in all).
+class-conditional generation at temperature 1 and track guidance {generate_settings(runs['masked'])['track_guidance']:g}
+({args.per_class} per shape x family, {a['generate_clips']} clips in all).
 PSNR and object-region PSNR over the predicted frames; ADE of the probe's track in {unit}; family accuracy: the
 family of the best fit to the probe's track is the one asked for (class-conditional) or the clip's (predicted);
 sampling s/clip: `generate`'s own timing, clips sampled 8 at a time (so below the one-clip latency above).

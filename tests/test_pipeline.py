@@ -124,12 +124,26 @@ def test_full_preset_configs_load_and_one_step_of_each_training_stage_runs(tmp_p
 
 
 def test_the_demo_samples_class_conditional_clips_with_track_guidance_where_the_model_has_a_track(tmp_path):
-    for preset, generate in (("demo", pipeline.DEMO_TRACK_GUIDANCE), ("2d", pipeline.DEMO_TRACK_GUIDANCE),
-                             ("tiny", 1.0)):
+    for preset, generate, predict in (("demo", 3.0, 1.0), ("2d", 3.0, 1.0), ("tiny", 1.0, 1.0), ("study", 3.0, 2.0)):
         cfgs = pipeline.load_stage_configs(DemoPlan(preset, tmp_path, overrides=split_overrides([])))
-        assert pipeline.demo_track_guidance(cfgs, "generate") == generate, preset
-        assert pipeline.demo_track_guidance(cfgs, "predict") == 1.0, preset
-    assert pipeline.DEMO_TRACK_GUIDANCE == 3.0
+        assert pipeline.demo_track_guidance(preset, cfgs, "generate") == generate, preset
+        assert pipeline.demo_track_guidance(preset, cfgs, "predict") == predict, preset
+        assert pipeline.demo_track_guidance(preset, cfgs, "predict", "ceiling") == 1.0, preset   # samples nothing
+        assert pipeline.demo_track_guidance(preset, cfgs, "complete-view") == 1.0, preset
+
+
+def test_the_study_preset_is_the_demo_at_four_times_the_clips_and_more_steps(tmp_path):
+    from datagen.config import to_dict
+
+    study = pipeline.load_stage_configs(DemoPlan("study", tmp_path, overrides=split_overrides([])))
+    demo = pipeline.load_stage_configs(DemoPlan("demo", tmp_path, overrides=split_overrides([])))
+    assert (study["dataset"].dataset.num_samples, demo["dataset"].dataset.num_samples) == (1024, 256)
+    study["dataset"].dataset.num_samples = 256
+    assert to_dict(study["dataset"]) == to_dict(demo["dataset"])
+    assert (study["transformer"].train.steps, demo["transformer"].train.steps) == (5000, 1300)
+    assert to_dict(study["transformer"].model) == to_dict(demo["transformer"].model)
+    for kind in ("tokenizer", "probe"):
+        assert to_dict(study[kind]) == to_dict(demo[kind]), kind
 
 
 def test_demo_textured_renders_its_own_dataset_and_trains_with_the_demo_presets(tmp_path):
