@@ -87,7 +87,8 @@ def test_demo_textured_is_a_dataset_preset_that_the_other_kinds_answer_with_demo
     for kind in ("tokenizer", "probe"):   # study has a dataset and a transformer preset of its own
         assert preset_path(kind, "study") == CONFIG_ROOT / kind / "demo.toml"
     assert preset_path("transformer", "study") == CONFIG_ROOT / "transformer" / "study.toml"
-    with pytest.raises(UserError, match=r"unknown probe preset 'huge'; allowed: 2d, demo, demo-textured, full, study, tiny$"):
+    with pytest.raises(UserError,
+                       match=r"unknown probe preset 'huge'; allowed: 2d, demo, demo-textured, full, study, tiny$"):
         preset_path("probe", "huge")
 
 

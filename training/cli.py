@@ -99,8 +99,9 @@ def reconstruct_cmd(run, data, out, samples, split, device):
     return 0
 
 
-TRANSFORMER_CONFIG_HELP = ("Preset name (tiny, demo, 2d, study, full: datagen/presets/transformer/<name>.toml) or a path to a "
-                           "TOML file. --set overrides it; `magvit3d config show transformer -c NAME` prints it.")
+TRANSFORMER_CONFIG_HELP = ("Preset name (tiny, demo, 2d, study, full: datagen/presets/transformer/<name>.toml) or a "
+                           "path to a TOML file. --set overrides it; `magvit3d config show transformer -c NAME` "
+                           "prints it.")
 
 
 @click.command("train-transformer", cls=Command, epilog=example(
