@@ -103,21 +103,22 @@ def null_condition(cond: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return condition(layout, "unconditional", batch=len(cond)).to(cond.device)
 
 
-def guidance_branches(layout: TokenLayout, cond: torch.Tensor, track: torch.Tensor | None, guidance: float = 1.0,
-                      track_guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
+def guidance_branches(model: MaskedVideoTransformer, cond: torch.Tensor, track: torch.Tensor | None,
+                      guidance: float = 1.0, track_guidance: float = 1.0
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
     """The batches classifier-free guidance runs the model on: the clips as they are, then for each scale != 1 the
     same clips with that condition dropped (guidance: the labels, as the unconditional task; track_guidance: the
     object track, as seen nowhere). -> (cond (nB, 3), track (nB, V, K, 3) or None, the dropped branches' scales)."""
     conds, tracks, scales = [cond], [track], []
     if guidance != 1.0:
-        conds.append(null_condition(cond, layout))
+        conds.append(null_condition(cond, model.layout))
         tracks.append(track)
         scales.append(guidance)
     if track_guidance != 1.0:
         if track is None:
             raise ValueError("track guidance needs the object track the model is given; there is none")
         conds.append(cond)
-        tracks.append(torch.zeros_like(track))
+        tracks.append(model.track_or_unseen(None, len(track), track.device))
         scales.append(track_guidance)
     return torch.cat(conds), None if track is None else torch.cat(tracks), scales
 
@@ -135,7 +136,7 @@ def _guided_call(model: MaskedVideoTransformer, x: torch.Tensor, cond: torch.Ten
     rr = None if ref is None else torch.cat([ref] * n)
     out = (model(xx, cond, track=track) if cache is None
            else model.step(cache, cond=cond, tokens=xx, ref=rr, track=track)).float().log_softmax(-1).chunk(n)
-    if n == 2:
+    if n == 2:   # the one-scale form null + s (full - null), as before both scales existed: samples stay bit-identical
         return out[1] + scales[0] * (out[0] - out[1])
     return out[0] + sum((s - 1) * (out[0] - dropped) for s, dropped in zip(scales, out[1:]))
 
@@ -161,7 +162,7 @@ def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torc
     mask_id = model.layout.mask_id
     given = given.to(seq.device)
     x = torch.where(given, seq, torch.full_like(seq, mask_id))
-    cond, track, scales = guidance_branches(model.layout, cond, track, guidance, track_guidance)
+    cond, track, scales = guidance_branches(model, cond, track, guidance, track_guidance)
     if order == "all":
         return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, scales, track)
     frame = model.layout.grid_index()["t"].to(seq.device)
@@ -216,7 +217,7 @@ def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Ten
     noise = _gumbel(gens, (N, K), seq.device) if temperature > 0 else None
     x = torch.where(given, seq, torch.zeros_like(seq))
     prefix = int(given.all(0).long().cumprod(0).sum())
-    cond, track, scales = guidance_branches(model.layout, cond, track, guidance, track_guidance)
+    cond, track, scales = guidance_branches(model, cond, track, guidance, track_guidance)
     cache = model.new_cache() if use_cache else None
     if use_cache:   # (a position's copy guesses come from the latent frame before it: decoded by then)
         logits = _guided_call(model, x[:, :prefix], cond, scales, cache, model.step_references(x, prefix),
