@@ -480,7 +480,8 @@ class ProbeTask(TrainTask):
         x = frames.frames[idx].permute(0, 3, 1, 2).float().div_(255.0)
         x, uv = augment(x, frames.uv[idx], t, gen)
         x, uv, vis = (x * 2 - 1).to(tr.device), uv.to(tr.device), frames.visible[idx].to(tr.device)
-        return tr.train_model(x, uv, vis, t, gen)
+        with tr.autocast():
+            return tr.train_model(x, uv, vis, t, gen)
 
     def validate(self, tr: Trainer, model: ProbeNet) -> dict:
         res = predict_frames(model, self.val_frames, tr.device)

@@ -179,6 +179,21 @@ class TransformerConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 # the train section every run shares: optimizer, schedule, cadence
 
+# train.precision: where training runs under bf16 autocast
+PRECISIONS = {
+    "bf16-cuda": "bf16 on CUDA; fp32 on CPU and MPS (the default: CPU runs stay fp32)",
+    "bf16-native": "bf16 on CUDA and on CPUs with bf16 instructions (AVX512-BF16 or AMX); fp32 elsewhere",
+    "bf16": "bf16 on every device (slow on a CPU without bf16 instructions)",
+    "fp32": "fp32 on every device",
+}
+
+
+def check_precision(precision: str, where: str = "train.precision") -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"{where} = {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    return precision
+
+
 @dataclass
 class TrainSection:
     """AdamW with linear warm-up and cosine decay, gradient clipping, an EMA of the weights, and the cadence of
@@ -197,6 +212,7 @@ class TrainSection:
     ckpt_every: int = 200
     log_every: int = 10
     seed: int = 0
+    precision: str = "bf16-cuda"      # where to train under bf16 autocast: one of PRECISIONS above
 
     # integer keys that must be >= 1 (subclasses add theirs)
     POSITIVE = ("steps", "batch_size", "val_every", "ckpt_every", "log_every")
@@ -215,6 +231,7 @@ class TrainSection:
                 raise UserError(f"train.{name} = {getattr(self, name)}: must be >= 0")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"train.ema_decay = {self.ema_decay}: must be in [0, 1)")
+        check_precision(self.precision)
 
 
 def _model_error(e: UserError) -> UserError:

@@ -1,4 +1,5 @@
-"""Where a model runs: the device (--device auto|cpu|cuda|mps), torchrun's DDP set-up, and bf16 autocast on CUDA.
+"""Where a model runs: the device (--device auto|cpu|cuda|mps), torchrun's DDP set-up, and bf16 autocast
+(train.precision: on CUDA by default; also on CPUs with bf16 instructions where a preset asks for it).
 Shared by training and inference (generate, tokenize, evaluate), so inference needs nothing from the training loop.
 """
 from __future__ import annotations
@@ -9,6 +10,12 @@ import torch
 import torch.distributed as dist
 
 from datagen.config import UserError
+from training.configs import check_precision
+
+# bf16 on the CPU runs through oneDNN, which caches a kernel per op and shape (1024 by default): the demo in bf16
+# peaked at 2.9 GB of RSS instead of 1.6. 128 keep the speed and most of the memory (BENCHMARKS.md "The demo in 20
+# minutes"). Read lazily at oneDNN's first kernel, so setting it on import is early enough; a user's value wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -41,8 +48,30 @@ def init_distributed(device: str) -> tuple[int, int, torch.device | None]:
     return dist.get_rank(), world, torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; a disabled context elsewhere (CPU training stays fp32 and bit-exact)."""
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bf16 dot-product instructions (the avx512_bf16 or amx_bf16 flag; Linux's /proc/cpuinfo,
+    False where it cannot be read). Without them bf16 autocast on the CPU is emulated and slower than fp32."""
+    try:
+        text = open(cpuinfo).read()
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"bf16" or "fp32": what `precision` (one of PRECISIONS) means on `device`."""
+    check_precision(precision)
+    if precision in ("bf16", "fp32"):
+        return precision
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+        return "bf16"
+    return "bf16" if precision == "bf16-native" and device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def autocast_for(device: torch.device, precision: str = "bf16-cuda"):
+    """bf16 autocast where `precision` resolves to bf16 on `device`, else a disabled context (fp32, bit-exact)."""
+    kind = device.type if device.type in ("cuda", "cpu", "mps") else "cpu"
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    return torch.autocast(kind, enabled=False)

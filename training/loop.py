@@ -27,7 +27,7 @@ from datagen.config import Interrupted, UserError
 from datagen.dataset import naming, write_json_atomic
 from training import checkpoint as ckpt
 from training.checkpoint import CheckpointWriteError, TrainingDiverged, last_checkpoint_note  # noqa: F401 - re-exported
-from training.device import autocast_for, init_distributed, pick_device  # noqa: F401 - re-exported
+from training.device import autocast_for, init_distributed, pick_device, resolve_precision  # noqa: F401 - re-exported
 from training.progress import step_bar
 
 
@@ -292,6 +292,7 @@ class Trainer:
         self.progress = progress and (self.main or self.world == 1)
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.device = ddp_device or pick_device(device)
+        self.precision = resolve_precision(t.precision, self.device)   # "bf16" or "fp32": train.precision here
         self.model = task.build(self)
         self.ema = copy.deepcopy(self.model).eval() if t.ema_decay > 0 else None
         self.opt = adamw(self.model.param_groups(t.weight_decay), t)
@@ -304,6 +305,10 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         task.start(self)
         self.train_model = self.ddp(task.train_module(self))
+
+    def autocast(self):
+        """The context a task's forward passes run in: bf16 autocast when self.precision is bf16."""
+        return autocast_for(self.device, self.t.precision)
 
     def ddp(self, module: torch.nn.Module) -> torch.nn.Module:
         """`module` wrapped in DistributedDataParallel under torchrun, else itself."""
@@ -393,6 +398,6 @@ class Trainer:
             if not self.main:
                 return {"run": str(self.out), "step": self.step, "rank": self.rank}
         self.seconds = time.perf_counter() - self.t0
-        summary = self.task.summary(self)
+        summary = {**self.task.summary(self), "precision": self.precision}
         write_summary(self.out, summary)
         return summary

@@ -30,7 +30,6 @@ from training.baselines import tokenizer_baselines
 from training.configs import TokenizerRunConfig, load_tokenizer_config
 from training.data import PackedViewClips, infinite_loader, random_crop, to_model_range, to_uint8
 from training.discriminator import LeCAM, PatchDiscriminator3D, hinge_d_loss
-from training.device import autocast_for
 from training.loop import TrainTask, Trainer, lr_at  # noqa: F401 - lr_at for tests
 from training.lpips_metric import load_lpips
 from training.metrics import motion_ratio, moving_psnr, psnr_per_clip, ssim_per_clip
@@ -197,7 +196,7 @@ class TokenizerTask(TrainTask):
             tr.model.encoder.compile()
             tr.model.decoder.compile()
         self.disc = tr.ddp(self.adversary["disc"]) if self.adversary is not None else None
-        self.autocast = autocast_for(tr.device)
+        self.autocast = tr.autocast()
         self.val_clips = torch.stack([self.val_set[i] for i in range(min(t.val_clips, len(self.val_set)))])
         self.baselines = (baselines_for(self.out, self.data, self.info, self.val_clips, self.cfg.model, self.val_split,
                                         self.log) if tr.main and t.baselines else {})

@@ -11,8 +11,8 @@ augmented copies of the train clips (tokenize --augment) are trained on as more 
 < 1 the tokens equal to their copy guess (the model's reference token, one latent frame earlier) weigh less; with
 train.motion_weight > 0 the tokens whose pixels move (the cache's token motion) weigh more. tasks.predict_full_mask
 is the share of predict clips with every future token masked (as when sampling starts). AdamW
-with linear warm-up and cosine decay, gradient clipping, an EMA of the weights, bf16 autocast on CUDA, DDP under
-torchrun.
+with linear warm-up and cosine decay, gradient clipping, an EMA of the weights, bf16 autocast (train.precision),
+DDP under torchrun.
 
 Every `val_every` steps the EMA model is scored on the cache's val split per task (fixed masks): masked-token (or
 next-token) loss and accuracy, into RUN/metrics.jsonl and TensorBoard. Checkpoints (safetensors + JSON config,
@@ -155,7 +155,8 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 @torch.no_grad()
 def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str, float], latent_frames: int,
-             device: torch.device, batch_size: int, seed: int, generate_track: bool = False) -> dict:
+             device: torch.device, batch_size: int, seed: int, generate_track: bool = False,
+             precision: str = "bf16-cuda") -> dict:
     """Per task with weight > 0: loss and accuracy on the scored tokens of `data`, with masks drawn from a fixed
     generator (the same every validation); "loss" / "acc" average the tasks. generate_track: the generate task
     is given the track (tasks.generate_track)."""
@@ -176,7 +177,7 @@ def validate(model: MaskedVideoTransformer, data: TokenClips, weights: dict[str,
                                                        model.cfg.arch, gen)
             inputs, scored = inputs.to(device), scored.to(device)
             track = given_track(model, data.track[rows], tasks, generate_track)
-            with autocast_for(device):
+            with autocast_for(device, precision):
                 picked, extras = model(inputs, cond.to(device), scored, extras=True,
                                        track=None if track is None else track.to(device))
             if "centres" in extras and name == "predict":   # how far the motion module's centres are off
@@ -274,7 +275,7 @@ class TransformerTask(TrainTask):
 
     def start(self, tr: Trainer) -> None:
         t = self.cfg.train
-        self.autocast = autocast_for(tr.device)
+        self.autocast = tr.autocast()
         self.batches = infinite_loader(self.train_set, t.batch_size, t.seed, t.workers, start_step=tr.step,
                                        rank=tr.rank, world=tr.world)
 
@@ -315,7 +316,7 @@ class TransformerTask(TrainTask):
     def validate(self, tr: Trainer, model: MaskedVideoTransformer) -> dict:
         t = self.cfg.train
         return validate(model, self.val_set, self.weights_mix, self.latent_frames, tr.device, t.batch_size, t.seed,
-                        self.cfg.tasks.generate_track)
+                        self.cfg.tasks.generate_track, t.precision)
 
     def validation_line(self, val: dict) -> str:
         return (f"step {val['step']}: {val['split']} loss {val['loss']:.3f}, token accuracy {val['acc']:.1%}"
