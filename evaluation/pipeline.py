@@ -31,7 +31,7 @@ from datagen.spec import DatasetConfig
 from evaluation.configs import load_probe_config
 from training.configs import load_tokenizer_config, load_transformer_config
 
-# demo-textured: a dataset preset, study: dataset and transformer presets; their other kinds use demo's
+# demo-textured: a dataset preset, study: dataset, tokenizer and transformer presets; their other kinds use demo's
 PRESETS = ("tiny", "demo", "demo-textured", "full", "2d", "study")
 STAGE_KINDS = ("dataset", "tokenizer", "transformer", "probe")   # the config kinds `--set KIND.KEY=VALUE` addresses
 STATE_FILE = "demo_state.json"
@@ -330,10 +330,10 @@ def headline(metrics: dict) -> dict:
     "magvit3d demo --out demo_out -n 64 --set tokenizer.train.steps=300"))
 @option("--config", "-c", "preset", old=["--preset"], default="demo", show_default=True, type=click.Choice(PRESETS),
         help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
-             "demo: 20-25 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
+             "demo: ~18 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
              "ground (the dataset preset; the other stages use demo's); 2d: squares, discs and triangles moving in a "
              "plane under one orthographic camera, ~15 min on 2 cores; study: the demo at 1024 clips and 5000 "
-             "transformer steps, prediction sampled with track guidance 2 (~75-90 min on 2 cores); full: the seed's "
+             "transformer steps, prediction sampled with track guidance 2 (~65-90 min on 2 cores); full: the seed's "
              "scale, one GPU.")
 @option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,
         help="Everything goes here: dataset/, tokenizer/, transformer/, probe/, generated/, report/.")
@@ -375,7 +375,8 @@ def config_group():
 @click.argument("kind", type=click.Choice(STAGE_KINDS), metavar="KIND")
 @click.option("--config", "-c", default="demo", show_default=True,
               help="Preset name (tiny, demo, demo-textured, 2d, study, full: datagen/presets/KIND/<name>.toml; "
-                   "demo-textured is demo's but for the dataset, study demo's but for the dataset and transformer) or "
+                   "demo-textured is demo's but for the dataset, study demo's but for the dataset, tokenizer and "
+                   "transformer) or "
                    "a path to a TOML file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any key, as the commands' --set does. Repeatable.")

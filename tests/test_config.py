@@ -84,9 +84,9 @@ def test_demo_textured_is_a_dataset_preset_that_the_other_kinds_answer_with_demo
     assert preset_path("dataset", "demo-textured") == CONFIG_ROOT / "dataset" / "demo-textured.toml"
     for kind in ("tokenizer", "transformer", "probe"):
         assert preset_path(kind, "demo-textured") == CONFIG_ROOT / kind / "demo.toml"
-    for kind in ("tokenizer", "probe"):   # study has a dataset and a transformer preset of its own
-        assert preset_path(kind, "study") == CONFIG_ROOT / kind / "demo.toml"
-    assert preset_path("transformer", "study") == CONFIG_ROOT / "transformer" / "study.toml"
+    assert preset_path("probe", "study") == CONFIG_ROOT / "probe" / "demo.toml"   # the rest are the study's own
+    for kind in ("dataset", "tokenizer", "transformer"):
+        assert preset_path(kind, "study") == CONFIG_ROOT / kind / "study.toml"
     with pytest.raises(UserError,
                        match=r"unknown probe preset 'huge'; allowed: 2d, demo, demo-textured, full, study, tiny$"):
         preset_path("probe", "huge")
