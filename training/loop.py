@@ -308,7 +308,7 @@ class Trainer:
 
     def autocast(self):
         """The context a task's forward passes run in: bf16 autocast when self.precision is bf16."""
-        return autocast_for(self.device, self.t.precision)
+        return autocast_for(self.device, self.precision)   # resolved once: no /proc/cpuinfo read per step
 
     def ddp(self, module: torch.nn.Module) -> torch.nn.Module:
         """`module` wrapped in DistributedDataParallel under torchrun, else itself."""

@@ -316,7 +316,7 @@ class TransformerTask(TrainTask):
     def validate(self, tr: Trainer, model: MaskedVideoTransformer) -> dict:
         t = self.cfg.train
         return validate(model, self.val_set, self.weights_mix, self.latent_frames, tr.device, t.batch_size, t.seed,
-                        self.cfg.tasks.generate_track, t.precision)
+                        self.cfg.tasks.generate_track, tr.precision)
 
     def validation_line(self, val: dict) -> str:
         return (f"step {val['step']}: {val['split']} loss {val['loss']:.3f}, token accuracy {val['acc']:.1%}"
