@@ -367,6 +367,10 @@ class TransformerTrainSection(TrainSection):
     # weight of the motion module's loss (model.track_frames > 0): its predicted centre of the object in each latent
     # frame to fill in, against the dataset's (smooth L1 in token cells)
     track_weight: float = 1.0
+    # steps of fitting the motion module alone before the token training starts: full batch over every train clip's
+    # track, each clip mirrored left-right half the time (no trajectory family changes under it), its own AdamW. In
+    # joint training alone the module sees a few tracks per step and stays near constant velocity on circles; 0 = off
+    track_prefit_steps: int = 0
     # copies of the train clips the token cache holds besides the clips (`magvit3d tokenize --augment`), trained on
     # as extra clips with the same labels: time-reverse (every family here is a path the object can run backwards),
     # hflip (one-view datasets only). The run refuses a cache without them.
@@ -391,6 +395,8 @@ class TransformerTrainSection(TrainSection):
             raise UserError(f"train.pointer_weight = {self.pointer_weight}: must be >= 0")
         if self.track_weight < 0:
             raise UserError(f"train.track_weight = {self.track_weight}: must be >= 0")
+        if self.track_prefit_steps < 0:
+            raise UserError(f"train.track_prefit_steps = {self.track_prefit_steps}: must be >= 0")
         check_augmentations(self.augment, "train.augment")
 
 
@@ -422,6 +428,9 @@ class TransformerRunConfig:
         if self.train.pointer_weight > 0 and not self.model.copy_window:
             raise UserError(f"train.pointer_weight = {self.train.pointer_weight} trains the copy window: set "
                             f"model.copy_window >= 1 (or train.pointer_weight = 0)")
+        if self.train.track_prefit_steps and not self.model.track_frames:
+            raise UserError(f"train.track_prefit_steps = {self.train.track_prefit_steps} fits the motion module: set "
+                            f"model.track_frames = tasks.predict_frames (or train.track_prefit_steps = 0)")
 
 
 def load_transformer_config(source, overrides=None) -> TransformerRunConfig:

@@ -10,7 +10,8 @@ sees the clip teacher-forced and is trained on every token that is not given. Wi
 augmented copies of the train clips (tokenize --augment) are trained on as more clips. With train.unchanged_weight
 < 1 the tokens equal to their copy guess (the model's reference token, one latent frame earlier) weigh less; with
 train.motion_weight > 0 the tokens whose pixels move (the cache's token motion) weigh more. tasks.predict_full_mask
-is the share of predict clips with every future token masked (as when sampling starts). AdamW
+is the share of predict clips with every future token masked (as when sampling starts). With
+train.track_prefit_steps the motion module is first fitted alone on the train clips' tracks. AdamW
 with linear warm-up and cosine decay, gradient clipping, an EMA of the weights, bf16 autocast (train.precision),
 DDP under torchrun.
 
@@ -22,6 +23,7 @@ continues bit for bit on the CPU. SIGINT / SIGTERM stop at a step boundary with 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,36 @@ def given_track(model: MaskedVideoTransformer, track: torch.Tensor, tasks: torch
     if not K:
         return None
     return track[:, :, :K] * tracked(tasks, generate_track).to(track.dtype)[:, None, None, None]
+
+
+def prefit_motion_module(model: MaskedVideoTransformer, track: torch.Tensor, latent_frames: int, steps: int,
+                         seed: int, lr: float = 3e-3) -> dict:
+    """Fit the motion module (model.track_motion) alone, in place, on the tracks (N, V, T, 3) of every train clip:
+    track_loss on the latent frames from `latent_frames` on, full batch, each clip mirrored left-right (x -> 1 - x
+    where seen) half the time, its own AdamW; seeded, leaves the global RNG alone.
+    -> {"steps", "clips", "err_cells_before", "err_cells_after" (unmirrored, in token cells), "seconds"}."""
+    t0 = time.perf_counter()
+    K, module = model.cfg.track_frames, model.track_motion
+    track = track.to(next(module.parameters()).device, torch.float32)
+
+    def error() -> float:
+        with torch.no_grad():
+            return model.track_loss(model.predict_track(track[:, :, :K]), track, latent_frames)[1]["track_err_cells"].item()
+
+    before, gen = error(), torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
+    seen = track[..., 2] > 0
+    for _ in range(steps):
+        flip = (torch.rand(len(track), generator=gen) < 0.5).to(track.device)[:, None, None] & seen
+        x = track.clone()
+        x[..., 0] = torch.where(flip, 1 - track[..., 0], track[..., 0])
+        loss, _ = model.track_loss(model.predict_track(x[:, :, :K]), x, latent_frames)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return {"steps": steps, "clips": len(track), "err_cells_before": round(before, 4),
+            "err_cells_after": round(error(), 4), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def draw_tasks(weights: dict[str, float], batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -235,9 +267,10 @@ class TransformerTask(TrainTask):
     """The transformer's part of the loop (training.loop.Trainer does the rest): token clips, a task per clip,
     masks from (seed, step, rank) -> cross-entropy on the scored tokens."""
     kind, same_sections, diverged_hint = "transformer", ("tokens", "model", "tasks", "train"), "lower train.lr"
+    prefit: dict | None = None   # what prefit_motion_module did (train.track_prefit_steps), kept across resumes
 
     def __init__(self, cfg: TransformerRunConfig, tokens: Path, log):
-        self.cfg = cfg
+        self.cfg, self.log = cfg, log
         t = cfg.train
         cfg.validate()
         self.label = f"transformer ({cfg.model.arch})"
@@ -276,6 +309,14 @@ class TransformerTask(TrainTask):
     def start(self, tr: Trainer) -> None:
         t = self.cfg.train
         self.autocast = tr.autocast()
+        if t.track_prefit_steps and tr.step == 0:   # (a resumed run has the fitted module in its checkpoint)
+            self.prefit = prefit_motion_module(tr.model, self.train_set.track, self.latent_frames,
+                                               t.track_prefit_steps, t.seed)
+            if tr.ema is not None:
+                tr.ema.track_motion.load_state_dict(tr.model.track_motion.state_dict())
+            self.log(f"motion module fitted alone on {self.prefit['clips']} train clips' tracks: "
+                     f"{self.prefit['err_cells_before']:.2f} -> {self.prefit['err_cells_after']:.2f} cells off "
+                     f"({t.track_prefit_steps} steps, {self.prefit['seconds']:.1f} s)")
         self.batches = infinite_loader(self.train_set, t.batch_size, t.seed, t.workers, start_step=tr.step,
                                        rank=tr.rank, world=tr.world)
 
@@ -313,6 +354,12 @@ class TransformerTask(TrainTask):
         row["loss"] = loss.detach()
         return loss, row
 
+    def train_state(self) -> dict:
+        return {"track_prefit": self.prefit} if self.prefit else {}
+
+    def load_state(self, latest: Path, state: dict) -> None:
+        self.prefit = state.get("track_prefit")   # (a resumed run's summary still says what the fit did)
+
     def validate(self, tr: Trainer, model: MaskedVideoTransformer) -> dict:
         t = self.cfg.train
         return validate(model, self.val_set, self.weights_mix, self.latent_frames, tr.device, t.batch_size, t.seed,
@@ -336,4 +383,4 @@ class TransformerTask(TrainTask):
                 "seconds_this_run": round(tr.seconds, 2), "s_per_step": round(tr.seconds / done, 4) if done else None,
                 "device": str(tr.device), "parameters": tr.model.num_parameters(),
                 "tokens_per_clip": self.layout.num_tokens, "last_validation": tr.last_val, "world_size": tr.world,
-                "global_batch": t.batch_size * tr.world}
+                "global_batch": t.batch_size * tr.world, **({"track_prefit": self.prefit} if self.prefit else {})}
