@@ -1069,7 +1069,8 @@ def test_generate_predict_and_complete_view_keep_the_given_parts(cache, trained,
 
 
 def test_generate_ceiling_and_copy_latent(cache, trained, tmp_path):
-    """ceiling = the true tokens decoded; copy-latent composited over the last given frame = copy-last-frame."""
+    """ceiling = the true tokens decoded; copy-latent composited over the last given frame: each predicted pixel
+    between the decoded copy-latent clip and the last given render."""
     from datagen.pack import load_packed
     from training.generate import generate
     from training.generated import load_generated
@@ -1086,9 +1087,14 @@ def test_generate_ceiling_and_copy_latent(cache, trained, tmp_path):
     assert out.info["method"] == "ceiling" and out.info["method_title"].startswith("tokenizer ceiling")
 
     generate(trained["masked"], "predict", tmp_path / "copy", method="copy-latent", composite=True, **QUIET)
-    out = load_generated(tmp_path / "copy")
+    generate(trained["masked"], "predict", tmp_path / "raw", method="copy-latent", composite=False, **QUIET)
+    out, raw = load_generated(tmp_path / "copy"), load_generated(tmp_path / "raw").rgb[:, :, 2:].astype(int)
     assert np.array_equal(out.rgb[:, :, :2], test.rgb[:, :, :2])
-    assert np.array_equal(out.rgb[:, :, 2:], np.repeat(test.rgb[:, :, 1:2], 2, axis=2))
+    last = test.rgb[:, :, 1:2].astype(int)
+    pred = out.rgb[:, :, 2:].astype(int)
+    assert (pred >= np.minimum(raw, last) - 1).all() and (pred <= np.maximum(raw, last) + 1).all()
+    assert (pred == last).any() and (pred != raw).any()        # some pixels keep the render (this tiny tokenizer's
+    #                                                            decoding differs from the last given frame almost everywhere)
     assert out.info["composite"] is True
     with pytest.raises(UserError, match="--composite applies to --task predict"):
         generate(trained["masked"], "complete-view", tmp_path / "x", composite=True, **QUIET)
@@ -1128,20 +1134,22 @@ def test_object_warp_moves_the_objects_tokens_to_its_true_cell():
     assert torch.equal(out[0, 1, 2:], grid[0, 1, 1:2].expand(2, 4, 4))   # view 1 copied
 
 
-def test_composite_keeps_the_last_frame_where_the_prediction_matches_the_copy():
+def test_composite_keeps_the_last_frame_where_the_prediction_matches_it_and_leaves_no_ghost():
     from training.generate import composite_over_last
 
-    target = np.zeros((1, 4, 8, 8, 3), np.uint8)
-    target[:, 1] = 50                                          # the last given frame (2 given)
-    copy = np.full((1, 4, 8, 8, 3), 100, np.uint8)
-    pred = copy.copy()
-    pred[0, 3, 4, 4] = 200                                     # one pixel changed in the last frame
-    out = composite_over_last(pred, copy, target, 2)
+    # 2 given frames; the decoded clip is a flat 100 with the object (200) at (1, 1) in the last given frame, at
+    # (5, 5) in predicted frame 2, and back at (1, 1) in frame 3. The render is 50 with its object (250) at (1, 1).
+    pred = np.full((1, 4, 8, 8, 3), 100, np.uint8)
+    pred[0, 1, 1, 1] = pred[0, 2, 5, 5] = pred[0, 3, 1, 1] = 200
+    target = np.full((1, 4, 8, 8, 3), 50, np.uint8)
+    target[0, 1, 1, 1] = 250
+    out = composite_over_last(pred, target, 2)
     assert np.array_equal(out[:, :2], pred[:, :2])              # the given frames are not touched here
-    assert (out[0, 2] == 50).all()                             # nothing changed: the last given frame
-    assert out[0, 3, 4, 4].tolist() == [200] * 3                # the changed pixel: the prediction,
-    assert (out[0, 3, 3:6, 3] == 100).all()                     # and so is its 1-px rim,
-    assert (out[0, 3, :2] == 50).all() and (out[0, 3, 7] == 50).all()   # the rest: the last given frame
+    assert np.array_equal(out[0, 3], target[0, 1])              # decoded as the last given frame: its render
+    assert out[0, 2, 5, 5].tolist() == [200] * 3                # where the object went: the prediction,
+    assert (out[0, 2, 4:7, 4] == 100).all()                     # and its 1-px rim;
+    assert out[0, 2, 1, 1].tolist() == [100] * 3                # where it left: the prediction too, no rendered ghost
+    assert (out[0, 2, 7] == 50).all() and (out[0, 2, 3, :4] == 50).all()   # the rest: the last given frame
 
 
 def test_generate_class_conditional_makes_each_requested_class(trained, tmp_path):

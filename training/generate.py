@@ -53,7 +53,7 @@ def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, d
     return ckpt.load_model_weights(latest, model).to(device).eval(), saved
 
 
-# composite: a pixel counts as changed where the decoded prediction and the decoded copy-latent clip differ by more
+# composite: a pixel counts as changed where the decoded prediction and the decoded last given frame differ by more
 # than COMPOSITE_LOW (fully changed at COMPOSITE_HIGH; colour in [0, 1], largest channel), grown by one pixel
 COMPOSITE_LOW, COMPOSITE_HIGH = 0.04, 0.12
 
@@ -171,7 +171,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     method: model (sample), ceiling (the true tokens decoded) or copy-latent (predict: the last given latent frame
     repeated). paste: the given frames / views come from the renders instead of being re-decoded. composite
     (predict): predicted frames keep the last given frame wherever the decoded clip does not differ from the
-    decoded copy-latent clip (`composite_over_last`). order (masked model): "all" tokens at once or latent "frames"
+    decoded last given frame (`composite_over_last`). order (masked model): "all" tokens at once or latent "frames"
     one after another (training.sampling.maskgit_sample). guidance (generate): classifier-free guidance scale towards
     the shape and family (1 = off). track_guidance: the same towards the object track the model is given, against
     the clip with the object seen nowhere (1 = off; needs a task that gives the model a track)."""
@@ -242,12 +242,10 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
         for i in range(0, n, batch_size):
             j = min(n, i + batch_size)
             t0 = time.perf_counter()
-            copies = (copy_latent(layout, seqs[i:j], latent_frames).to(dev)
-                      if composite or method == "copy-latent" else None)
             if method == "ceiling":
                 seq = seqs[i:j].to(dev)
             elif method == "copy-latent":
-                seq = copies
+                seq = copy_latent(layout, seqs[i:j], latent_frames).to(dev)
             elif method == "object-warp":
                 seq = object_warp(layout, seqs[i:j], torch.from_numpy(cache.cells[i:j]), latent_frames).to(dev)
             else:
@@ -259,13 +257,10 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                                  guidance=guidance, track=track, track_guidance=track_guidance)
             sampling_seconds += time.perf_counter() - t0
             grids = layout.to_grid(seq)
-            copy_grids = layout.to_grid(copies) if composite else None
             for b in range(j - i):
                 rgb[i + b] = decode_rgb(tokenizer, grids[b])
                 if composite:
-                    copy_rgb = rgb[i + b] if method == "copy-latent" else decode_rgb(tokenizer, copy_grids[b])
-                    rgb[i + b] = composite_over_last(rgb[i + b], copy_rgb, target[i + b],
-                                                     records[i + b].given_frames)
+                    rgb[i + b] = composite_over_last(rgb[i + b], target[i + b], records[i + b].given_frames)
                 if paste and target is not None:
                     rgb[i + b] = paste_given(rgb[i + b], target[i + b], records[i + b])
             bar.update(j - i)
@@ -328,17 +323,24 @@ def object_warp(layout: TokenLayout, seq: torch.Tensor, cells: torch.Tensor, lat
     return layout.to_sequence(grid)
 
 
-def composite_over_last(pred: np.ndarray, copy: np.ndarray, target: np.ndarray, given_frames: int) -> np.ndarray:
+def composite_over_last(pred: np.ndarray, target: np.ndarray, given_frames: int) -> np.ndarray:
     """Predicted frames composited over the last given rendered frame: per pixel, the decoded prediction where it
-    differs from the decoded copy-latent clip (the object moved there), the last given frame where they agree (what
-    the prediction leaves unchanged stays exactly as rendered). pred, copy, target: uint8 (V, T, H, W, 3)."""
-    diff = np.abs(pred.astype(np.int16) - copy.astype(np.int16)).max(-1) / 255.0       # (V, T, H, W)
+    differs from the decoded last given frame (the object moved there, or away from there), the last given render
+    where they agree (what the prediction leaves unchanged stays exactly as rendered). pred (decoded, its given part
+    from the given tokens), target: uint8 (V, T, H, W, 3).
+
+    The reference is the decoding of the very frame whose render is pasted. (It was the copy-latent clip's frame at
+    the same time, the decoding of an earlier frame whenever the object moves inside a latent frame: where the object
+    stood in the last given frame but not in that earlier one, both decodings showed ground, so the rendered object
+    was pasted there, a sharp ghost left behind in 3 of every 4 predicted frames.)"""
+    ref = pred[:, given_frames - 1:given_frames].astype(np.int16)
+    diff = np.abs(pred[:, given_frames:].astype(np.int16) - ref).max(-1) / 255.0      # (V, T - given, H, W)
     alpha = np.clip((diff - COMPOSITE_LOW) / (COMPOSITE_HIGH - COMPOSITE_LOW), 0.0, 1.0)
     alpha = torch.nn.functional.max_pool2d(torch.from_numpy(alpha).float(), 3, 1, 1).numpy()[..., None]
     last = target[:, given_frames - 1:given_frames].astype(np.float32)
-    out = pred.astype(np.float32).copy()
-    out[:, given_frames:] = alpha[:, given_frames:] * pred[:, given_frames:] + (1 - alpha[:, given_frames:]) * last
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out = pred.copy()
+    out[:, given_frames:] = np.clip(np.rint(alpha * pred[:, given_frames:] + (1 - alpha) * last), 0, 255)
+    return out
 
 
 def paste_given(clip: np.ndarray, target: np.ndarray, record: ClipRecord) -> np.ndarray:
