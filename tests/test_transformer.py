@@ -454,7 +454,10 @@ def test_the_model_uses_the_given_frames_to_extrapolate_motion(levels):
     model = MaskedVideoTransformer(TransformerConfig(width=48, depth=2, heads=2), layout).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     labels = torch.zeros(64, dtype=torch.long)
-    for step in range(600):   # without rotary positions this reaches 8% (measured): relative offsets matter
+    # without rotary positions this reaches 8% (measured): relative offsets matter. 600 steps reached 100% on one
+    # machine and 42-64% on another (thread count and CPU change the float order); 1200 reach 100% for 3 seeds x
+    # both code layouts (one thread, as the tests run)
+    for step in range(1200):
         clips, _ = moving_token_clips(64, layout, seed=step)
         gen = torch.Generator().manual_seed(step)
         inputs, targets, scored, cond = make_batch(layout, clips, labels, labels, labels, 2, "masked", gen)
@@ -1083,7 +1086,9 @@ def test_generate_ceiling_and_copy_latent(cache, trained, tmp_path):
     out = load_generated(tmp_path / "ceil")
     with torch.no_grad():
         truth = tokenizer.decode_indices(torch.from_numpy(tokens[1])).add(1).mul(127.5).round().clamp(0, 255)
-    assert np.array_equal(out.rgb[1], truth.to(torch.uint8).permute(0, 2, 3, 4, 1).numpy())
+    # within one level: decoding a batch instead of one clip may round a pixel the other way on some CPUs
+    diff = np.abs(out.rgb[1].astype(int) - truth.to(torch.uint8).permute(0, 2, 3, 4, 1).numpy().astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
     assert out.info["method"] == "ceiling" and out.info["method_title"].startswith("tokenizer ceiling")
 
     generate(trained["masked"], "predict", tmp_path / "copy", method="copy-latent", composite=True, **QUIET)
