@@ -249,7 +249,7 @@ def cli():
 @click.option("--device", type=DeviceChoice(also=["gpu"]), default="auto", show_default=True,
               help="auto: the GPU when Blender finds one (OPTIX > CUDA > HIP > ONEAPI > METAL), else the CPU with a "
                    "notice; cuda: the GPU, an error when there is none; cpu.")
-@click.option("--workers", "-j", type=click.IntRange(min=1), help="Blender worker processes, each using cores/workers threads [default: one per two cores; one per core for a one-view dataset].")
+@click.option("--workers", "-j", type=click.IntRange(min=1), help="Blender worker processes, each using cores/workers threads [default: one per two cores].")
 @click.option("--shard", metavar="I/N", help="Render only samples with id % N == I, I counted from 0 (for job "
                                             "arrays); run `pack` once all shards are done.")
 @click.option("--allow-software-eevee", is_flag=True,

@@ -94,12 +94,10 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_workers(views: int = 3) -> int:
-    """One worker per two cores, each rendering with two threads; one per core for a one-view dataset. Measured on
-    the 2-core machine (BENCHMARKS.md): 1 worker x 2 threads renders the 3-view demo 15-20% faster than 2 workers x
-    1 thread (its views share one scene sync per frame), but the one-view 2D preset 11% slower (a frame's sync and
-    PNG writes are serial, and with one view they are a larger share)."""
-    return max(1, cpu_count() // (1 if views == 1 else 2))
+def default_workers() -> int:
+    """One worker per two cores, each rendering with two threads. Measured on the 2-core machine
+    (BENCHMARKS.md): 1 worker x 2 threads renders the demo 15-20% faster than 2 workers x 1 thread."""
+    return max(1, cpu_count() // 2)
 
 
 class RenderWorker:
@@ -569,7 +567,7 @@ def _render_dataset(cfg: DatasetConfig, root: str | os.PathLike, *, device: str,
         summary.update(seconds=0.0, clips_per_s=None, device=None)
         return summary
     t_start = time.perf_counter()
-    n_workers, threads = worker_counts(workers, len(plan.todo), len(cfg.cameras.rig))
+    n_workers, threads = worker_counts(workers, len(plan.todo))
     pool = WorkerPool(n_workers, device=cycles_device, threads=threads, log_dir=plan.log_dir, tag=plan.tag,
                       allow_software_eevee=allow_software_eevee, sample_timeout_s=sample_timeout_s)
     info = _open_dataset(cfg, plan, pool, held, allow_software_eevee, log)
@@ -594,10 +592,10 @@ def _cycles_device(device: str) -> str:
     return CYCLES_DEVICES[device]
 
 
-def worker_counts(workers: int | None, samples: int, views: int = 3) -> tuple[int, int]:
-    """(workers, render threads per worker): -j (else default_workers(views)), at most one per sample to render;
-    the cores are shared among them."""
-    n = max(1, min(workers or default_workers(views), max(1, samples)))
+def worker_counts(workers: int | None, samples: int) -> tuple[int, int]:
+    """(workers, render threads per worker): -j (else default_workers()), at most one per sample to render; the
+    cores are shared among them."""
+    n = max(1, min(workers or default_workers(), max(1, samples)))
     return n, max(1, cpu_count() // n)
 
 

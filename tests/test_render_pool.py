@@ -162,17 +162,3 @@ def test_close_lets_one_slots_worker_exit_cleanly(tmp_path, pools):
     assert proc.returncode == 0 and pool.workers[0] is None and other.poll() is None
     pool.close(0)   # an empty slot: nothing to do
     assert pool.render(1, {"sample_id": 1}, tmp_path)["event"] == "done"
-
-
-def test_default_workers_share_the_cores_by_view_count(monkeypatch):
-    """One two-threaded worker per two cores for multi-view rigs; one single-threaded worker per core for one view
-    (measured faster for each, BENCHMARKS.md); never more workers than samples to render, never fewer than one."""
-    import datagen.render as render
-
-    monkeypatch.setattr(render, "cpu_count", lambda: 4)
-    assert render.worker_counts(None, 100, views=3) == (2, 2)
-    assert render.worker_counts(None, 100, views=1) == (4, 1)
-    assert render.worker_counts(None, 3, views=1) == (3, 1)
-    assert render.worker_counts(1, 100, views=1) == (1, 4)           # -j wins
-    monkeypatch.setattr(render, "cpu_count", lambda: 1)
-    assert render.worker_counts(None, 100, views=3) == (1, 1)
