@@ -38,7 +38,8 @@ STATE_FILE = "demo_state.json"
 # The demo's generated runs: name -> (task, method, sampling temperature); predict is composited over the last given
 # frame. predict-ceiling decodes the test clips' true tokens through the same composite: the best any transformer
 # could do with this tokenizer. Prediction samples at temperature 0.5 (+0.4 dB over 1.0 on the demo, BENCHMARKS.md);
-# class-conditional generation keeps 1.0. benchmarks/sampling.py samples prediction the same way.
+# class-conditional generation keeps 1.0 (GENERATE_TEMPERATURE: presets measured otherwise). benchmarks/sampling.py
+# samples prediction the same way.
 DEMO_RUNS = {"predict": ("predict", "model", 0.5), "predict-ceiling": ("predict", "ceiling", 1.0),
              "generate": ("generate", "model", 1.0), "complete-view": ("complete-view", "model", 1.0)}
 # Class-conditional clips of a model given a training clip's track (tasks.generate_track) sample with track guidance
@@ -47,6 +48,9 @@ DEMO_TRACK_GUIDANCE = 3.0
 # Prediction samples with track guidance where a preset is measured on the track (study: 3D ADE 6.76% -> 5.21% on the
 # demo's model at 2); the demo keeps 1, since guidance costs 0.2 dB of whole-frame PSNR there (BENCHMARKS.md).
 PREDICT_TRACK_GUIDANCE = {"study": 2.0}
+# Class-conditional clips sample colder where a preset is measured on it (2d: the requested family in 155 of 192 clips
+# at 0.8 against 148 at 1.0, the same clips asked; BENCHMARKS.md "Two frames per token: the 2D preset").
+GENERATE_TEMPERATURE = {"2d": 0.8}
 
 
 @dataclass
@@ -159,6 +163,17 @@ def load_stage_config(kind: str, source, overrides=()):
     return loaders[kind](source, list(overrides))
 
 
+def demo_runs(preset: str, views: int) -> dict[str, tuple[str, str, float]]:
+    """DEMO_RUNS as `preset` samples them on a dataset of `views` views: GENERATE_TEMPERATURE's class-conditional
+    temperature, and no view completion with one view (the 2D experiment)."""
+    runs = dict(DEMO_RUNS)
+    if preset in GENERATE_TEMPERATURE:
+        runs["generate"] = (*runs["generate"][:2], GENERATE_TEMPERATURE[preset])
+    if views < 2:
+        del runs["complete-view"]
+    return runs
+
+
 def demo_track_guidance(preset: str, cfgs: dict, task: str, method: str = "model") -> float:
     """The track guidance the demo samples `task` with: DEMO_TRACK_GUIDANCE for class-conditional clips of a model
     given a training clip's track (tasks.generate_track), PREDICT_TRACK_GUIDANCE's for prediction with a model given
@@ -259,9 +274,7 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
                      log=log)
         return {"metrics": str(plan.report / "metrics.json"), "headline": headline(m)}
 
-    RUNS = dict(DEMO_RUNS)
-    if len(cfgs["dataset"].cameras.rig) < 2:   # a one-view dataset (the 2D experiment) has no view to complete
-        del RUNS["complete-view"]
+    RUNS = demo_runs(plan.preset, len(cfgs["dataset"].cameras.rig))
     P = plan
     runner.run("render", to_dict(cfgs["dataset"]), [], [P.dataset / "dataset.json"], render, owned=P.dataset)
     runner.run("verify", {}, ["render"], [P.dataset / "dataset.json"], verify)
@@ -332,7 +345,7 @@ def headline(metrics: dict) -> dict:
         help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
              "demo: 18-23 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
              "ground (the dataset preset; the other stages use demo's); 2d: squares, discs and triangles moving in a "
-             "plane under one orthographic camera, 12-16 min on 2 cores; study: the demo at 1024 clips and 5000 "
+             "plane under one orthographic camera, 17-23 min on 2 cores; study: the demo at 1024 clips and 5000 "
              "transformer steps, prediction sampled with track guidance 2 (~65-90 min on 2 cores); full: the seed's "
              "scale, one GPU.")
 @option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,

@@ -132,6 +132,14 @@ def test_the_demo_samples_class_conditional_clips_with_track_guidance_where_the_
         assert pipeline.demo_track_guidance(preset, cfgs, "complete-view") == 1.0, preset
 
 
+def test_the_2d_demo_samples_class_conditional_clips_colder_and_completes_no_view():
+    runs = pipeline.demo_runs("2d", 1)
+    assert runs["generate"] == ("generate", "model", 0.8)
+    assert runs["predict"] == pipeline.DEMO_RUNS["predict"] and "complete-view" not in runs
+    assert pipeline.demo_runs("demo", 3) == pipeline.DEMO_RUNS   # the 3D demo: every run, as DEMO_RUNS says
+    assert pipeline.DEMO_RUNS["generate"][2] == 1.0
+
+
 def test_the_study_preset_is_the_demo_at_four_times_the_clips_and_more_steps(tmp_path):
     from datagen.config import to_dict
 
