@@ -18,7 +18,7 @@
    tokenizer's own reconstruction of the true tokens (the ceiling for any transformer).
 4. With --data DATASET --probe PROBE_RUN: `generate --task predict` with each model as the demo samples prediction
    (temperature 0.5, composite over the last given frame), `generate --task generate` (class-conditional,
-   --per-class clips per shape x family, temperature 1), the tokenizer ceiling (`--method ceiling`, composite) once,
+   --per-class clips per shape x family, at the demo's temperature for --config), the tokenizer ceiling (`--method ceiling`, composite) once,
    and one `evaluate` over all of them with that probe. The table's numbers are read from its metrics.json: PSNR and
    object-region PSNR of the predicted frames, ADE (px and % of the image width on a one-view dataset, % of the scene
    extent on a 3-view one), class-conditional family accuracy, sampling seconds per clip; and the reference rows
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCHMARKS_MD, machine, today, write_section  # noqa: E402
-from evaluation.pipeline import DEMO_RUNS, DEMO_TRACK_GUIDANCE  # noqa: E402
+from evaluation.pipeline import DEMO_RUNS, DEMO_TRACK_GUIDANCE, GENERATE_TEMPERATURE  # noqa: E402
 from evaluation.evaluate import evaluate  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
 from training.generate import generate, load_transformer  # noqa: E402
@@ -99,15 +99,17 @@ def time_one_clip(run: Path, repeats: int, decode_steps: int, device: str) -> tu
 
 
 # prediction as the demo samples it (evaluation.pipeline.DEMO_RUNS: its temperature, composited over the last given
-# frame); class-conditional generation and the ceiling at temperature 1
+# frame); class-conditional generation at the demo's temperature for the preset, the ceiling at temperature 1
 PREDICT_SETTINGS = {"temperature": DEMO_RUNS["predict"][2], "composite": True}
 
 
-def generate_settings(run: Path) -> dict:
-    """Class-conditional generation as the demo samples it: with track guidance for a model that follows a training
-    clip's track (evaluation.pipeline.demo_track_guidance)."""
+def generate_settings(run: Path, config: str) -> dict:
+    """Class-conditional generation as the demo of preset `config` samples it: with track guidance for a model that
+    follows a training clip's track (evaluation.pipeline.demo_track_guidance), at the preset's temperature
+    (evaluation.pipeline.GENERATE_TEMPERATURE)."""
     _, saved = ckpt.load_run(run, "transformer")
-    return {"track_guidance": DEMO_TRACK_GUIDANCE if saved["tasks"].get("generate_track") else 1.0}
+    return {"track_guidance": DEMO_TRACK_GUIDANCE if saved["tasks"].get("generate_track") else 1.0,
+            "temperature": GENERATE_TEMPERATURE.get(config, DEMO_RUNS["generate"][2])}
 
 
 def view_psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -140,7 +142,7 @@ def quality(runs: dict[str, Path], workdir: Path, decode_steps: int, clips: int 
 
 
 def evaluated(runs: dict[str, Path], data: Path, probe: Path, workdir: Path, decode_steps: int, clips: int | None,
-              per_class: int, device: str, visual_clips: int = 12) -> dict:
+              per_class: int, device: str, config: str, visual_clips: int = 12) -> dict:
     """Generate (predict, class-conditional) with each model and the tokenizer ceiling once, evaluate them all with
     `probe` in one report, and return the table's numbers as evaluate's metrics.json has them."""
     quiet = {"steps": decode_steps, "device": device, "progress": False, "log": lambda m: None}
@@ -149,7 +151,7 @@ def evaluated(runs: dict[str, Path], data: Path, probe: Path, workdir: Path, dec
         gens[arch, "predict"] = workdir / f"eval_{arch}_predict"
         generate(run, "predict", gens[arch, "predict"], num=clips, **PREDICT_SETTINGS, **quiet)
         gens[arch, "generate"] = workdir / f"eval_{arch}_generate"
-        generate(run, "generate", gens[arch, "generate"], num=per_class, **generate_settings(run), **quiet)
+        generate(run, "generate", gens[arch, "generate"], num=per_class, **generate_settings(run, config), **quiet)
     # the ceiling decodes the test clips' true tokens, so it is the same whichever run names the cache
     gens["ceiling", "predict"] = workdir / "eval_ceiling_predict"
     generate(runs["masked"], "predict", gens["ceiling", "predict"], num=clips, method="ceiling", composite=True,
@@ -266,7 +268,7 @@ def main() -> None:
         sys.exit(f"the two runs differ in width/depth/grid: {m_info} vs {a_info}")
     psnr = quality(runs, workdir, args.decode_steps, args.clips, args.device)
     ev = (evaluated(runs, args.data, args.probe, workdir, args.decode_steps, args.clips, args.per_class, args.device,
-                    args.visual_clips) if args.probe else None)
+                    args.config, args.visual_clips) if args.probe else None)
     m_med, a_med = statistics.median(m_times), statistics.median(a_times)
     res = {"masked_s": m_times, "ar_s": a_times, "masked_median_s": m_med, "ar_median_s": a_med,
            "speedup": a_med / m_med, "psnr": psnr, "model": m_info, "ar_model": a_info, "workdir": str(workdir),
@@ -298,12 +300,12 @@ Reference points on the same frames: copy-last-frame {psnr['copy_last']:.2f} dB;
 tokens (the ceiling for either model) {psnr['tokenizer']:.2f} dB.
 """
     if ev:
-        a = ev["archs"]["masked"]
+        a, gs = ev["archs"]["masked"], generate_settings(runs["masked"], args.config)
         unit = "px (% of the image width)" if ev["kind"] == "2d" else "% of the scene extent"
         body += f"""
 Evaluated by `magvit3d evaluate` (dataset `{args.data}`, probe `{args.probe}`): prediction sampled as the demo does
 (temperature {PREDICT_SETTINGS['temperature']}, composite over the last given frame) on {a['predict_clips']} test clips,
-class-conditional generation at temperature 1 and track guidance {generate_settings(runs['masked'])['track_guidance']:g}
+class-conditional generation at temperature {gs['temperature']:g} and track guidance {gs['track_guidance']:g}
 ({args.per_class} per shape x family, {a['generate_clips']} clips in all).
 PSNR and object-region PSNR over the predicted frames; ADE of the probe's track in {unit}; family accuracy: the
 family of the best fit to the probe's track is the one asked for (class-conditional) or the clip's (predicted);
