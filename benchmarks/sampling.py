@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCHMARKS_MD, machine, today, write_section  # noqa: E402
-from evaluation.pipeline import DEMO_RUNS, DEMO_TRACK_GUIDANCE, GENERATE_TEMPERATURE  # noqa: E402
+from evaluation.pipeline import DEMO_RUNS, DEMO_TRACK_GUIDANCE, generate_temperature  # noqa: E402
 from evaluation.evaluate import evaluate  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
 from training.generate import generate, load_transformer  # noqa: E402
@@ -106,10 +106,10 @@ PREDICT_SETTINGS = {"temperature": DEMO_RUNS["predict"][2], "composite": True}
 def generate_settings(run: Path, config: str) -> dict:
     """Class-conditional generation as the demo of preset `config` samples it: with track guidance for a model that
     follows a training clip's track (evaluation.pipeline.demo_track_guidance), at the preset's temperature
-    (evaluation.pipeline.GENERATE_TEMPERATURE)."""
+    (evaluation.pipeline.generate_temperature)."""
     _, saved = ckpt.load_run(run, "transformer")
     return {"track_guidance": DEMO_TRACK_GUIDANCE if saved["tasks"].get("generate_track") else 1.0,
-            "temperature": GENERATE_TEMPERATURE.get(config, DEMO_RUNS["generate"][2])}
+            "temperature": generate_temperature(config)}
 
 
 def view_psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -163,12 +163,17 @@ def load_stage_config(kind: str, source, overrides=()):
     return loaders[kind](source, list(overrides))
 
 
+def generate_temperature(preset: str) -> float:
+    """The temperature the demo of `preset` samples class-conditional clips at: GENERATE_TEMPERATURE's, else
+    DEMO_RUNS'."""
+    return GENERATE_TEMPERATURE.get(preset, DEMO_RUNS["generate"][2])
+
+
 def demo_runs(preset: str, views: int) -> dict[str, tuple[str, str, float]]:
-    """DEMO_RUNS as `preset` samples them on a dataset of `views` views: GENERATE_TEMPERATURE's class-conditional
-    temperature, and no view completion with one view (the 2D experiment)."""
+    """DEMO_RUNS as `preset` samples them on a dataset of `views` views: its class-conditional temperature
+    (generate_temperature), and no view completion with one view (the 2D experiment)."""
     runs = dict(DEMO_RUNS)
-    if preset in GENERATE_TEMPERATURE:
-        runs["generate"] = (*runs["generate"][:2], GENERATE_TEMPERATURE[preset])
+    runs["generate"] = (*runs["generate"][:2], generate_temperature(preset))
     if views < 2:
         del runs["complete-view"]
     return runs

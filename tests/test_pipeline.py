@@ -138,6 +138,7 @@ def test_the_2d_demo_samples_class_conditional_clips_colder_and_completes_no_vie
     assert runs["predict"] == pipeline.DEMO_RUNS["predict"] and "complete-view" not in runs
     assert pipeline.demo_runs("demo", 3) == pipeline.DEMO_RUNS   # the 3D demo: every run, as DEMO_RUNS says
     assert pipeline.DEMO_RUNS["generate"][2] == 1.0
+    assert (pipeline.generate_temperature("2d"), pipeline.generate_temperature("demo")) == (0.8, 1.0)
 
 
 def test_the_study_preset_is_the_demo_at_four_times_the_clips_and_more_steps(tmp_path):
