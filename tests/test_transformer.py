@@ -1157,6 +1157,50 @@ def test_composite_keeps_the_last_frame_where_the_prediction_matches_it_and_leav
     assert (out[0, 2, 7] == 50).all() and (out[0, 2, 3, :4] == 50).all()   # the rest: the last given frame
 
 
+def test_composite_never_pastes_the_last_given_frames_object():
+    """The decoded object is softer than the rendered one: around it both decodings agree, and the rendered object's
+    rim was pasted where the prediction had dropped the object. Inside the last given frame's object mask, grown by
+    COMPOSITE_OBJECT_MARGIN px, the prediction is shown."""
+    from training.generate import COMPOSITE_OBJECT_MARGIN, composite_over_last
+
+    # the decoded clip is flat 100 everywhere (the object softened away); the render has its object (250) on rows
+    # and columns 3-4 of the last given frame, on ground 100 that the decoding matches
+    pred = np.full((1, 4, 12, 12, 3), 100, np.uint8)
+    target = np.full((1, 4, 12, 12, 3), 100, np.uint8)
+    target[0, 1, 3:5, 3:5] = 250
+    old = composite_over_last(pred, target, 2)
+    assert (old[0, 2:, 3:5, 3:5] == 250).all()                  # without the mask: the rendered object comes back
+    mask = np.zeros((1, 12, 12), bool)
+    mask[0, 3:5, 3:5] = True
+    out = composite_over_last(pred, target, 2, mask)
+    assert (out[0, 2:] == 100).all()                            # with it: the prediction, no object anywhere
+    # the grown mask reaches COMPOSITE_OBJECT_MARGIN px further; beyond it the render is pasted again
+    target[0, 1] = 50
+    out = composite_over_last(pred, target, 2, mask)
+    m = COMPOSITE_OBJECT_MARGIN
+    assert (out[0, 2:, 3 - m:5 + m, 3 - m:5 + m] == 100).all()
+    assert (out[0, 2:, 5 + m:] == 50).all() and (out[0, 2:, :, :3 - m] == 50).all()
+
+
+def test_generate_composite_needs_the_mask_pngs(cache, trained, tmp_path):
+    """--composite reads the last given frame's object mask beside the rendered frames; without them, one line and
+    nothing written."""
+    from training.generate import generate
+
+    dataset = Path(json.loads((cache / "tokens" / "test_index.json").read_text())["dataset"])
+    sid = json.loads((dataset / "packed" / "test_index.json").read_text())["sample_ids"][0]
+    sample, away = dataset / "samples" / f"{sid:06d}", tmp_path / "away"
+    sample.rename(away)   # (the shared fixture's dataset: put back below)
+    try:
+        with pytest.raises(UserError, match=f"--composite needs the object masks beside the rendered frames, and "
+                                            f"sample {sid}'s cannot be read .*; pass --no-composite"):
+            generate(trained["masked"], "predict", tmp_path / "x", composite=True, **QUIET)
+        assert not (tmp_path / "x").exists()
+        generate(trained["masked"], "predict", tmp_path / "y", composite=False, **QUIET)
+    finally:
+        away.rename(sample)
+
+
 def test_generate_class_conditional_makes_each_requested_class(trained, tmp_path):
     from PIL import Image
 

@@ -185,8 +185,8 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
               help="The given frames / views of the output are the renders (paste) or their tokens decoded.")
 @click.option("--composite/--no-composite", default=None,
               help="predict: predicted frames keep the last given frame wherever the decoded prediction does not "
-                   "differ from the decoded copy-latent clip, so what does not move stays as rendered "
-                   "[default: on for predict].")
+                   "differ from the decoded last given frame, so what does not move stays as rendered; that frame's "
+                   "object itself is never kept (needs the dataset's mask PNGs) [default: on for predict].")
 @device_option()
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, order, top_k, guidance,

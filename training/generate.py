@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from datagen.config import UserError, from_dict
+from datagen.dataset import read_mask, sample_dir
 from datagen.pack import load_packed
 from training import checkpoint as ckpt
 from training.data import to_uint8
@@ -56,6 +57,8 @@ def load_transformer(run: Path, device="cpu") -> tuple[MaskedVideoTransformer, d
 # composite: a pixel counts as changed where the decoded prediction and the decoded last given frame differ by more
 # than COMPOSITE_LOW (fully changed at COMPOSITE_HIGH; colour in [0, 1], largest channel), grown by one pixel
 COMPOSITE_LOW, COMPOSITE_HIGH = 0.04, 0.12
+# ...and inside the last given frame's object mask grown by this many px: the rendered object is never pasted
+COMPOSITE_OBJECT_MARGIN = 2
 
 
 def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int, method: str = "model",
@@ -171,8 +174,9 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     method: model (sample), ceiling (the true tokens decoded) or copy-latent (predict: the last given latent frame
     repeated). paste: the given frames / views come from the renders instead of being re-decoded. composite
     (predict): predicted frames keep the last given frame wherever the decoded clip does not differ from the
-    decoded last given frame (`composite_over_last`). order (masked model): "all" tokens at once or latent "frames"
-    one after another (training.sampling.maskgit_sample). guidance (generate): classifier-free guidance scale towards
+    decoded last given frame, except on that frame's object (`composite_over_last`; needs the mask PNGs).
+    order (masked model): "all" tokens at once or latent "frames" one after another
+    (training.sampling.maskgit_sample). guidance (generate): classifier-free guidance scale towards
     the shape and family (1 = off). track_guidance: the same towards the object track the model is given, against
     the clip with the object seen nowhere (1 = off; needs a task that gives the model a track)."""
     from tqdm import tqdm
@@ -236,6 +240,10 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
         raise UserError(f"--track-guidance {track_guidance}: {transformer} is given no object track here (it needs "
                         f"{needs}); use 1 (off)")
 
+    objects = None   # composite: the object's mask in the last given frame of each clip, read before any sampling
+    if composite:
+        views = load_packed(cache.dataset, split).index["views"]
+        objects = [last_given_object(cache.dataset, views, r) for r in records]
     rgb = np.zeros((n, layout.views, source["frames"], source["image_size"][1], source["image_size"][0], 3), np.uint8)
     sampling_seconds = 0.0
     with tqdm(total=n, unit="clip", desc=f"generate ({model.cfg.arch}, {task})", disable=not progress) as bar:
@@ -260,7 +268,8 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             for b in range(j - i):
                 rgb[i + b] = decode_rgb(tokenizer, grids[b])
                 if composite:
-                    rgb[i + b] = composite_over_last(rgb[i + b], target[i + b], records[i + b].given_frames)
+                    rgb[i + b] = composite_over_last(rgb[i + b], target[i + b], records[i + b].given_frames,
+                                                     objects[i + b])
                 if paste and target is not None:
                     rgb[i + b] = paste_given(rgb[i + b], target[i + b], records[i + b])
             bar.update(j - i)
@@ -323,24 +332,46 @@ def object_warp(layout: TokenLayout, seq: torch.Tensor, cells: torch.Tensor, lat
     return layout.to_sequence(grid)
 
 
-def composite_over_last(pred: np.ndarray, target: np.ndarray, given_frames: int) -> np.ndarray:
+def composite_over_last(pred: np.ndarray, target: np.ndarray, given_frames: int,
+                        last_object: np.ndarray | None = None) -> np.ndarray:
     """Predicted frames composited over the last given rendered frame: per pixel, the decoded prediction where it
     differs from the decoded last given frame (the object moved there, or away from there), the last given render
     where they agree (what the prediction leaves unchanged stays exactly as rendered). pred (decoded, its given part
-    from the given tokens), target: uint8 (V, T, H, W, 3).
+    from the given tokens), target: uint8 (V, T, H, W, 3). last_object: bool (V, H, W), the object's mask in the
+    last given frame (`last_given_object`); there, grown by COMPOSITE_OBJECT_MARGIN px, the prediction is always
+    shown.
 
     The reference is the decoding of the very frame whose render is pasted. (It was the copy-latent clip's frame at
     the same time, the decoding of an earlier frame whenever the object moves inside a latent frame: where the object
     stood in the last given frame but not in that earlier one, both decodings showed ground, so the rendered object
-    was pasted there, a sharp ghost left behind in 3 of every 4 predicted frames.)"""
+    was pasted there, a sharp ghost left behind in 3 of every 4 predicted frames.) The object's mask is kept out
+    for the same kind of reason: the decoded object is softer than the rendered one, so around it the two decodings
+    agreed, and the rendered object's rim was pasted where the prediction had moved the object away, or dropped
+    it: a faint copy of the last given frame's object that the probe found in every view."""
     ref = pred[:, given_frames - 1:given_frames].astype(np.int16)
     diff = np.abs(pred[:, given_frames:].astype(np.int16) - ref).max(-1) / 255.0      # (V, T - given, H, W)
     alpha = np.clip((diff - COMPOSITE_LOW) / (COMPOSITE_HIGH - COMPOSITE_LOW), 0.0, 1.0)
-    alpha = torch.nn.functional.max_pool2d(torch.from_numpy(alpha).float(), 3, 1, 1).numpy()[..., None]
+    alpha = torch.nn.functional.max_pool2d(torch.from_numpy(alpha).float(), 3, 1, 1).numpy()
+    if last_object is not None:
+        k = 2 * COMPOSITE_OBJECT_MARGIN + 1
+        grown = torch.nn.functional.max_pool2d(torch.from_numpy(last_object).float()[:, None], k, 1, k // 2).numpy()
+        alpha = np.maximum(alpha, grown)                                              # (V, 1, H, W) broadcasts
+    alpha = alpha[..., None]
     last = target[:, given_frames - 1:given_frames].astype(np.float32)
     out = pred.copy()
     out[:, given_frames:] = np.clip(np.rint(alpha * pred[:, given_frames:] + (1 - alpha) * last), 0, 255)
     return out
+
+
+def last_given_object(dataset: Path, views: list[str], record: ClipRecord) -> np.ndarray:
+    """The object's mask bool (V, H, W) in the last given frame of a predict record, from the dataset's mask PNGs
+    (not packed); a one-line UserError when they are gone."""
+    root = sample_dir(dataset, record.sample_id)
+    try:
+        return np.stack([read_mask(root, v, record.given_frames - 1) for v in views])
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(f"--composite needs the object masks beside the rendered frames, and sample "
+                        f"{record.sample_id}'s cannot be read ({e}); pass --no-composite") from None
 
 
 def paste_given(clip: np.ndarray, target: np.ndarray, record: ClipRecord) -> np.ndarray:
