@@ -301,8 +301,10 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
     for run, (task, method, temperature) in RUNS.items():
         tg = demo_track_guidance(P.preset, cfgs, task, method)
         guided = {"track_guidance": tg} if tg != 1.0 else {}   # (in the key only when on: older workdirs stay done)
+        # (the composite's rule in the key: a workdir composited before the object's mask was kept out redoes it)
+        composite = "over the last given frame, its object kept out" if task == "predict" else False
         runner.run(f"generate-{run}", {"steps": P.generate_steps, "seed": P.seed, "method": method,
-                                       "composite": task == "predict", "temperature": temperature, **guided},
+                                       "composite": composite, "temperature": temperature, **guided},
                    ["train-transformer"], [P.generated(run)], gen(run), owned=P.generated(run))
     runner.run("evaluate", {}, [f"generate-{r}" for r in RUNS] + ["train-probe"], [P.report / "index.html"], report,
                owned=P.report)

@@ -591,6 +591,31 @@ def test_a_run_with_track_prefit_fits_the_module_before_training_and_not_on_resu
         config(**{"model.track_frames": 2, "train.track_prefit_steps": -1})
 
 
+def test_track_dropout_gives_some_tracked_clips_no_track_and_the_motion_module_no_loss_on_them(cache, tmp_path):
+    """train.track_dropout: the dropped clips are given the all-zero track ("seen nowhere", the branch track
+    guidance contrasts with), the others theirs; a run with it trains, and the value is checked."""
+    from training.train_transformer import given_track, tracked
+
+    layout = TokenLayout(codebook_size=4, views=1, t=4, h=8, w=8, num_shapes=1, num_families=1)
+    model = MaskedVideoTransformer(TransformerConfig(width=32, depth=1, heads=2, track_frames=4), layout)
+    track = torch.rand(4, 1, 16, 3) + 0.1
+    tasks = torch.tensor([TASK_ID["predict"], TASK_ID["predict"], TASK_ID["generate"], TASK_ID["predict"]])
+    dropped = torch.tensor([False, True, False, False])
+    given = given_track(model, track, tasks, dropped=dropped)
+    assert torch.equal(given[[0, 3]], track[[0, 3], :, :4])
+    assert not given[1].any() and not given[2].any()      # dropped; generate without tasks.generate_track
+    assert tracked(tasks, True, dropped).tolist() == [True, False, True, True]
+    assert torch.equal(given_track(model, track, tasks), given_track(model, track, tasks, dropped=None))
+
+    cfg = config(**{"model.track_frames": 2, "train.track_dropout": 0.5, "train.steps": 3})
+    summary = train_transformer(cfg, cache, tmp_path / "r", progress=False, log=lambda *_: None)
+    trained_losses = losses(tmp_path / "r")
+    assert summary["step"] == 3 and len(trained_losses) == 3 and all(np.isfinite(v) for v in trained_losses.values())
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UserError, match=f"train.track_dropout = {bad}: must be in \\[0, 1\\)"):
+            config(**{"model.track_frames": 2, "train.track_dropout": bad})
+
+
 def test_track_features_are_the_objects_offset_from_each_token_in_cells():
     """Per given frame: (x * w - col - 1/2, y * h - row - 1/2) / TRACK_CELLS and the visibility, the token's own
     view's track; an invisible frame gives zeros. The embedding starts at zero, so an untrained model predicts the

@@ -371,6 +371,10 @@ class TransformerTrainSection(TrainSection):
     # track, each clip mirrored left-right half the time (no trajectory family changes under it), its own AdamW. In
     # joint training alone the module sees a few tracks per step and stays near constant velocity on circles; 0 = off
     track_prefit_steps: int = 0
+    # fraction of the clips given the track (predict; generate with tasks.generate_track) that get it "seen nowhere"
+    # instead, as classifier-free guidance trains its null branch: track guidance (`generate --track-guidance`)
+    # contrasts each clip with itself so, and without any dropout that branch is one the model never saw; 0 = off
+    track_dropout: float = 0.0
     # copies of the train clips the token cache holds besides the clips (`magvit3d tokenize --augment`), trained on
     # as extra clips with the same labels: time-reverse (every family here is a path the object can run backwards),
     # hflip (one-view datasets only). The run refuses a cache without them.
@@ -397,6 +401,8 @@ class TransformerTrainSection(TrainSection):
             raise UserError(f"train.track_weight = {self.track_weight}: must be >= 0")
         if self.track_prefit_steps < 0:
             raise UserError(f"train.track_prefit_steps = {self.track_prefit_steps}: must be >= 0")
+        if not 0 <= self.track_dropout < 1:
+            raise UserError(f"train.track_dropout = {self.track_dropout}: must be in [0, 1)")
         check_augmentations(self.augment, "train.augment")
 
 

@@ -66,21 +66,22 @@ class TokenClips(Dataset):
         return self.tokens[i], self.shape[i], self.family[i], self.motion[i], self.cells[i], self.track[i]
 
 
-def tracked(tasks: torch.Tensor, generate_track: bool) -> torch.Tensor:
+def tracked(tasks: torch.Tensor, generate_track: bool, dropped: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) task ids -> (B,) bool: the clips given the object's track (predict; generate too with
-    tasks.generate_track)."""
+    tasks.generate_track), less the `dropped` ones (train.track_dropout)."""
     keep = tasks == TASK_ID["predict"]
-    return keep | (tasks == TASK_ID["generate"]) if generate_track else keep
+    keep = keep | (tasks == TASK_ID["generate"]) if generate_track else keep
+    return keep if dropped is None else keep & ~dropped
 
 
 def given_track(model: MaskedVideoTransformer, track: torch.Tensor, tasks: torch.Tensor,
-                generate_track: bool = False) -> torch.Tensor | None:
+                generate_track: bool = False, dropped: torch.Tensor | None = None) -> torch.Tensor | None:
     """The clips' object tracks (B, V, T, 3) -> what a model with track_frames K is given: the first K frames'
     (B, V, K, 3) in the `tracked` clips, nothing (zeros) in the others; None for a model without it."""
     K = model.cfg.track_frames
     if not K:
         return None
-    return track[:, :, :K] * tracked(tasks, generate_track).to(track.dtype)[:, None, None, None]
+    return track[:, :, :K] * tracked(tasks, generate_track, dropped).to(track.dtype)[:, None, None, None]
 
 
 def prefit_motion_module(model: MaskedVideoTransformer, track: torch.Tensor, latent_frames: int, steps: int,
@@ -329,7 +330,10 @@ class TransformerTask(TrainTask):
             self.layout, tokens, shape, family, tasks, self.latent_frames, self.cfg.model.arch, gen,
             self.cfg.tasks.predict_full_mask))
         pointer = t.pointer_weight > 0
-        given = given_track(tr.model, track, tasks, self.cfg.tasks.generate_track)
+        # train.track_dropout: some clips that would be given the track get "seen nowhere", the branch track
+        # guidance contrasts with (drawn only when on, so runs without it keep their random stream)
+        dropped = torch.rand(len(tokens), generator=gen) < t.track_dropout if t.track_dropout > 0 else None
+        given = given_track(tr.model, track, tasks, self.cfg.tasks.generate_track, dropped)
         moving = given is not None and t.track_weight > 0
         with self.autocast:   # logits of the scored tokens only (and what the extra losses read)
             picked = tr.train_model(inputs, cond, scored, extras=pointer or moving,
@@ -346,7 +350,7 @@ class TransformerTask(TrainTask):
             loss = loss + t.pointer_weight * moved
             row.update(token_loss=row["loss"], pointer_loss=moved.detach(), **found)
         if moving:   # the motion module, on the clips given a track
-            keep = tracked(tasks, self.cfg.tasks.generate_track).to(tr.device)
+            keep = tracked(tasks, self.cfg.tasks.generate_track, dropped).to(tr.device)
             moved, found = tr.model.track_loss(extras["centres"][keep], track.to(tr.device)[keep],
                                                self.latent_frames)
             loss = loss + t.track_weight * moved
