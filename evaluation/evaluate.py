@@ -556,8 +556,8 @@ GIVEN_LABELS = {"re-decoded": "given frames re-decoded from their tokens",
 def run_label(info: dict) -> dict:
     """What a generated set is, from the optional generated.json keys method (model | ceiling | copy-latent),
     given_frames (re-decoded | pasted), composite (bool), track_prior (class-conditional clips given a training
-    clip's track) and the guidance scales guidance / track_guidance; absent keys read as model, re-decoded, false,
-    none, 1."""
+    clip's track), the guidance scales guidance / track_guidance and track_guidance_radius; absent keys read as
+    model, re-decoded, false, none, 1, 0."""
     method = info.get("method") or "model"
     given = info.get("given_frames") or "re-decoded"
     composite = bool(info.get("composite", False))
@@ -566,7 +566,9 @@ def run_label(info: dict) -> dict:
                + ([f"each clip follows the object track of a {info['track_prior']} clip of its shape and family"]
                   if info.get("track_prior") else [])
                + [f"{name} guidance {info[key]:g}" for key, name in (("guidance", "label"), ("track_guidance", "track"))
-                  if info.get(key, 1.0) not in (None, 1.0)])
+                  if info.get(key, 1.0) not in (None, 1.0)]
+               + ([f"track guidance within {info['track_guidance_radius']:g} token cells of the object"]
+                  if info.get("track_guidance_radius") else []))
     return {"method": method, "given_frames": given, "composite": composite, "title": title,
             "details": "; ".join(details)}
 

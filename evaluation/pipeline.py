@@ -37,17 +37,22 @@ STAGE_KINDS = ("dataset", "tokenizer", "transformer", "probe")   # the config ki
 STATE_FILE = "demo_state.json"
 # The demo's generated runs: name -> (task, method, sampling temperature); predict is composited over the last given
 # frame. predict-ceiling decodes the test clips' true tokens through the same composite: the best any transformer
-# could do with this tokenizer. Prediction samples at temperature 0.5 (+0.4 dB over 1.0 on the demo, BENCHMARKS.md);
-# class-conditional generation keeps 1.0 (GENERATE_TEMPERATURE: presets measured otherwise). benchmarks/sampling.py
-# samples prediction the same way.
+# could do with this tokenizer. Prediction samples at temperature 0.5 (+0.4 dB over 1.0 on the demo, BENCHMARKS.md;
+# PREDICT_TEMPERATURE: presets measured otherwise); class-conditional generation keeps 1.0 (GENERATE_TEMPERATURE:
+# presets measured otherwise). benchmarks/sampling.py samples prediction at 0.5 without track guidance, what both
+# architectures can do.
 DEMO_RUNS = {"predict": ("predict", "model", 0.5), "predict-ceiling": ("predict", "ceiling", 1.0),
              "generate": ("generate", "model", 1.0), "complete-view": ("complete-view", "model", 1.0)}
 # Class-conditional clips of a model given a training clip's track (tasks.generate_track) sample with track guidance
 # 3: the object is drawn along the track more firmly (3D family 44% -> 67% of 48 clips, BENCHMARKS.md).
 DEMO_TRACK_GUIDANCE = 3.0
 # Prediction samples with track guidance where a preset is measured on the track (study: 3D ADE 6.76% -> 5.21% on the
-# demo's model at 2); the demo keeps 1, since guidance costs 0.2 dB of whole-frame PSNR there (BENCHMARKS.md).
-PREDICT_TRACK_GUIDANCE = {"study": 2.0}
+# demo's model at 2). The demo guides only near the object (PREDICT_GUIDANCE_RADIUS, token cells) and takes the most
+# likely token (PREDICT_TEMPERATURE): on its val clips ADE -1.22 points [-1.76, -0.71] at the same whole-frame PSNR,
+# where guidance everywhere cost 0.1-0.3 dB (BENCHMARKS.md "Track guidance near the object").
+PREDICT_TRACK_GUIDANCE = {"study": 2.0, "demo": 2.0}
+PREDICT_GUIDANCE_RADIUS = {"demo": 1.5}
+PREDICT_TEMPERATURE = {"demo": 0.0}
 # Class-conditional clips sample colder where a preset is measured on it (2d: the requested family in 155 of 192 clips
 # at 0.8 against 148 at 1.0, the same clips asked; BENCHMARKS.md "Two frames per token: the 2D preset").
 GENERATE_TEMPERATURE = {"2d": 0.8}
@@ -171,9 +176,11 @@ def generate_temperature(preset: str) -> float:
 
 def demo_runs(preset: str, views: int) -> dict[str, tuple[str, str, float]]:
     """DEMO_RUNS as `preset` samples them on a dataset of `views` views: its class-conditional temperature
-    (generate_temperature), and no view completion with one view (the 2D experiment)."""
+    (generate_temperature), its prediction temperature (PREDICT_TEMPERATURE), and no view completion with one view
+    (the 2D experiment)."""
     runs = dict(DEMO_RUNS)
     runs["generate"] = (*runs["generate"][:2], generate_temperature(preset))
+    runs["predict"] = (*runs["predict"][:2], PREDICT_TEMPERATURE.get(preset, DEMO_RUNS["predict"][2]))
     if views < 2:
         del runs["complete-view"]
     return runs
@@ -190,6 +197,15 @@ def demo_track_guidance(preset: str, cfgs: dict, task: str, method: str = "model
     if task == "predict" and cfgs["transformer"].model.track_frames:
         return PREDICT_TRACK_GUIDANCE.get(preset, 1.0)
     return 1.0
+
+
+def demo_guidance_radius(preset: str, cfgs: dict, task: str, method: str = "model") -> float:
+    """The radius (token cells) the demo's track guidance of `task` falls off over: PREDICT_GUIDANCE_RADIUS's for
+    guided prediction with the masked model, else 0 (the scale on every token)."""
+    guided = demo_track_guidance(preset, cfgs, task, method) != 1.0
+    if task == "predict" and guided and cfgs["transformer"].model.arch == "masked":
+        return PREDICT_GUIDANCE_RADIUS.get(preset, 0.0)
+    return 0.0
 
 
 def load_stage_configs(plan: DemoPlan) -> dict:
@@ -270,6 +286,7 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
             s = generate(plan.transformer, task, plan.generated(run), steps=plan.generate_steps, seed=plan.seed,
                          num=1 if task == "generate" else None, method=method, composite=task == "predict",
                          temperature=temperature, track_guidance=demo_track_guidance(plan.preset, cfgs, task, method),
+                         track_guidance_radius=demo_guidance_radius(plan.preset, cfgs, task, method),
                          device=plan.device, progress=progress, log=log)
             return {"clips": s.get("clips")}
         return fn
@@ -301,6 +318,8 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
     for run, (task, method, temperature) in RUNS.items():
         tg = demo_track_guidance(P.preset, cfgs, task, method)
         guided = {"track_guidance": tg} if tg != 1.0 else {}   # (in the key only when on: older workdirs stay done)
+        radius = demo_guidance_radius(P.preset, cfgs, task, method)
+        guided.update({"track_guidance_radius": radius} if radius else {})
         # (the composite's rule in the key: a workdir composited before the object's mask was kept out redoes it)
         composite = "over the last given frame, its object kept out" if task == "predict" else False
         runner.run(f"generate-{run}", {"steps": P.generate_steps, "seed": P.seed, "method": method,

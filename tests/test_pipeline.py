@@ -124,19 +124,29 @@ def test_full_preset_configs_load_and_one_step_of_each_training_stage_runs(tmp_p
 
 
 def test_the_demo_samples_class_conditional_clips_with_track_guidance_where_the_model_has_a_track(tmp_path):
-    for preset, generate, predict in (("demo", 3.0, 1.0), ("2d", 3.0, 1.0), ("tiny", 1.0, 1.0), ("study", 3.0, 2.0)):
+    for preset, generate, predict, radius in (("demo", 3.0, 2.0, 1.5), ("2d", 3.0, 1.0, 0.0), ("tiny", 1.0, 1.0, 0.0),
+                                              ("study", 3.0, 2.0, 0.0)):
         cfgs = pipeline.load_stage_configs(DemoPlan(preset, tmp_path, overrides=split_overrides([])))
         assert pipeline.demo_track_guidance(preset, cfgs, "generate") == generate, preset
         assert pipeline.demo_track_guidance(preset, cfgs, "predict") == predict, preset
         assert pipeline.demo_track_guidance(preset, cfgs, "predict", "ceiling") == 1.0, preset   # samples nothing
         assert pipeline.demo_track_guidance(preset, cfgs, "complete-view") == 1.0, preset
+        # guidance near the object only: the demo's masked prediction; never class-conditional clips or the ceiling
+        assert pipeline.demo_guidance_radius(preset, cfgs, "predict") == radius, preset
+        assert pipeline.demo_guidance_radius(preset, cfgs, "predict", "ceiling") == 0.0, preset
+        assert pipeline.demo_guidance_radius(preset, cfgs, "generate") == 0.0, preset
+    ar = pipeline.load_stage_configs(DemoPlan("demo", tmp_path, overrides=split_overrides(['transformer.model.arch="ar"'])))
+    assert pipeline.demo_guidance_radius("demo", ar, "predict") == 0.0   # the AR prior takes the whole scale
 
 
 def test_the_2d_demo_samples_class_conditional_clips_colder_and_completes_no_view():
     runs = pipeline.demo_runs("2d", 1)
     assert runs["generate"] == ("generate", "model", 0.8)
     assert runs["predict"] == pipeline.DEMO_RUNS["predict"] and "complete-view" not in runs
-    assert pipeline.demo_runs("demo", 3) == pipeline.DEMO_RUNS   # the 3D demo: every run, as DEMO_RUNS says
+    demo = pipeline.demo_runs("demo", 3)   # the 3D demo: every run, prediction at its own temperature (argmax)
+    assert demo["predict"] == ("predict", "model", 0.0) and demo.keys() == pipeline.DEMO_RUNS.keys()
+    assert {k: v for k, v in demo.items() if k != "predict"} == {k: v for k, v in pipeline.DEMO_RUNS.items()
+                                                                   if k != "predict"}
     assert pipeline.DEMO_RUNS["generate"][2] == 1.0
     assert (pipeline.generate_temperature("2d"), pipeline.generate_temperature("demo")) == (0.8, 1.0)
 

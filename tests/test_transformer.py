@@ -189,6 +189,40 @@ def test_track_guidance_mixes_the_tracked_and_the_trackless_prediction():
         maskgit_sample(model, seq, nothing, cond, generators([0, 1]), track_guidance=2.0)
 
 
+def test_track_guidance_radius_gives_each_token_its_share_of_the_scale():
+    """track_guidance_radius r: token i gets scale 1 + (s - 1) w_i, w_i = exp(-d_i^2 / 2r^2), d_i its distance in
+    token cells from the motion module's centre in its view and latent frame (0 where the object was never seen):
+    one greedy step picks argmax(full + (s - 1) w (full - none)); the AR prior refuses a radius."""
+    from training.sampling import sample, track_guidance_weights
+
+    model, seq = tiny_model("masked", seed=3, track_frames=2), random_clips(2)
+    nn.init.normal_(model.track_embed[-1].weight, 0.0, 1.0)
+    track = torch.rand(2, 3, 2, 3)
+    track[..., 2] = 1.0
+    track[1, 2, :, 2] = 0.0                                             # clip 1: never seen in view 2
+    nothing = torch.zeros_like(seq, dtype=torch.bool)
+    cond = condition(LAYOUT, "generate", torch.tensor([0, 2]), torch.tensor([1, 3]))
+    masked = torch.full_like(seq, LAYOUT.mask_id)
+    with torch.no_grad():
+        full, none = model(masked, cond, track=track).log_softmax(-1), model(masked, cond).log_softmax(-1)
+        w = track_guidance_weights(model, track, 1.5)
+        centres = model.predict_track(track)
+    index = LAYOUT.grid_index()
+    # by hand for one token of clip 0: view 1, latent frame 1, row 1, col 0 (its centre at x 0.5, y 1.5 cells)
+    i = int(((index["view"] == 1) & (index["t"] == 1) & (index["row"] == 1) & (index["col"] == 0)).nonzero())
+    cx, cy = centres[0, 1, 1, 0] * LAYOUT.w, centres[0, 1, 1, 1] * LAYOUT.h
+    assert torch.isclose(w[0, i, 0], torch.exp(-((cx - 0.5) ** 2 + (cy - 1.5) ** 2) / (2 * 1.5 ** 2)))
+    assert w.shape == (2, LAYOUT.num_tokens, 1) and (w >= 0).all() and (w <= 1).all() and w.max() > 0.5
+    assert not w[1, index["view"] == 2].any()                          # no guidance where the object was never seen
+    greedy = maskgit_sample(model, seq, nothing, cond, generators([0, 1]), steps=1, temperature=0, track=track,
+                            track_guidance=3.0, track_guidance_radius=1.5)
+    assert torch.equal(greedy, (full + 2.0 * w * (full - none)).argmax(-1))
+    assert not torch.equal(greedy, (full + 2.0 * (full - none)).argmax(-1))   # the radius matters here
+    ar = tiny_model("ar", track_frames=2, seed=1, copy_logit=False)
+    with pytest.raises(UserError, match="--track-guidance-radius 1.5 applies to the masked model"):
+        sample(ar, seq, nothing, cond, generators([0, 1]), track=track, track_guidance=3.0, track_guidance_radius=1.5)
+
+
 def test_ar_track_guidance_with_the_kv_cache_equals_without_it():
     """The KV cache holds every guidance branch (labels and track at once too): cached == uncached, and the
     guidance changes the greedy sample."""
@@ -1279,6 +1313,8 @@ def other_tokenizer_cache(cache: Path, tmp_path: Path) -> Path:
     (["--task", "predict", "--method", "ceiling", "--track-guidance", "2"],
      "--track-guidance 2.0 steers the transformer's samples; --method ceiling samples nothing: use 1 (off)"),
     (["--task", "generate", "--track-guidance", "101"], "--track-guidance 101.0: must be in [0, 100] (1 = off)"),
+    (["--task", "generate", "--track-guidance-radius", "1.5"],
+     "--track-guidance-radius 1.5 shapes the track guidance, which is off: pass --track-guidance other than 1"),
     (["--task", "predict", "--tokens", "OTHER"], "comes from a different tokenizer than"),
     (["--task", "complete-view", "--tokens", "OTHER"], "(codebook_size: 128 vs 64)"),
 ])

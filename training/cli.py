@@ -164,6 +164,10 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
                    "model.track_frames model; generate with tasks.generate_track), against the same clip with the "
                    "object seen nowhere (1 = off; 3 draws the object along the track more firmly: class-conditional "
                    "family 44% -> 67% in 3D, BENCHMARKS.md). Costs one more model call per step.")
+@click.option("--track-guidance-radius", default=0.0, show_default=True, type=FiniteFloat(min=0),
+              help="Masked model: give each token the track guidance in proportion to exp(-d^2 / 2R^2), d its distance "
+                   "in token cells from where the motion module puts the object (0 = the whole scale everywhere). The "
+                   "demo predicts with --track-guidance 2 --track-guidance-radius 1.5 --temperature 0.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
               help="Clip i is sampled with seed + i.")
 @click.option("--split", default="test", show_default=True, help="Split of the held-out clips.")
@@ -190,7 +194,7 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
 @device_option()
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, order, top_k, guidance,
-                 track_guidance, seed,
+                 track_guidance, track_guidance_radius, seed,
                  split, given_frames, view, shapes, families, tokens, batch_size, method, paste, composite, device,
                  no_progress):
     """Sample clips with a trained transformer and decode them with its tokenizer into OUT: generated_rgb.npy,
@@ -207,7 +211,8 @@ def generate_cmd(transformer, task, out, steps, num, temperature, choice_tempera
     check_output_dir(out)
     summary = generate(transformer, task, out, steps=steps, num=num, temperature=temperature,
                        choice_temperature=choice_temperature, order=order, top_k=top_k, guidance=guidance,
-                       track_guidance=track_guidance, seed=seed, split=split,
+                       track_guidance=track_guidance, track_guidance_radius=track_guidance_radius, seed=seed,
+                       split=split,
                        given_frames=given_frames, view=view, shapes=shapes, families=families, tokens=tokens,
                        device=device, batch_size=batch_size, method=method, paste=paste,
                        composite=task == "predict" if composite is None else composite, progress=not no_progress,

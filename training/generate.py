@@ -62,7 +62,8 @@ COMPOSITE_OBJECT_MARGIN = 2
 
 
 def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int, method: str = "model",
-                composite: bool = False, guidance: float = 1.0, track_guidance: float = 1.0) -> None:
+                composite: bool = False, guidance: float = 1.0, track_guidance: float = 1.0,
+                track_guidance_radius: float = 0.0) -> None:
     if task not in GENERATE_TASKS:
         raise UserError(f"unknown task {task!r}; allowed: {', '.join(GENERATE_TASKS)}")
     if method not in METHOD_TITLES:
@@ -87,6 +88,11 @@ def _check_args(task: str, steps: int, num: int | None, temperature: float, top_
     if track_guidance != 1.0 and method != "model":
         raise UserError(f"--track-guidance {track_guidance} steers the transformer's samples; --method {method} "
                         f"samples nothing: use 1 (off)")
+    if track_guidance_radius < 0:
+        raise UserError(f"--track-guidance-radius {track_guidance_radius}: must be >= 0 (0 = every token)")
+    if track_guidance_radius and track_guidance == 1.0:
+        raise UserError(f"--track-guidance-radius {track_guidance_radius} shapes the track guidance, which is off: "
+                        f"pass --track-guidance other than 1, or radius 0")
     if temperature < 0 or top_k < 0:
         raise UserError(f"--temperature {temperature} and --top-k {top_k} must be >= 0")
 
@@ -164,7 +170,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
              shapes: tuple[str, ...] = (), families: tuple[str, ...] = (), tokens: Path | None = None,
              device: str = "auto", batch_size: int = 8, method: str = "model", paste: bool = True,
              composite: bool = False, order: str = "all", guidance: float = 1.0, track_guidance: float = 1.0,
-             progress: bool = True,
+             track_guidance_radius: float = 0.0, progress: bool = True,
              log=print) -> dict:
     """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing).
 
@@ -178,10 +184,13 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     order (masked model): "all" tokens at once or latent "frames" one after another
     (training.sampling.maskgit_sample). guidance (generate): classifier-free guidance scale towards
     the shape and family (1 = off). track_guidance: the same towards the object track the model is given, against
-    the clip with the object seen nowhere (1 = off; needs a task that gives the model a track)."""
+    the clip with the object seen nowhere (1 = off; needs a task that gives the model a track);
+    track_guidance_radius > 0 (masked model): that scale per token, falling off with the distance from the object
+    (training.sampling.track_guidance_weights)."""
     from tqdm import tqdm
 
-    _check_args(task, steps, num, temperature, top_k, method, composite, guidance, track_guidance)
+    _check_args(task, steps, num, temperature, top_k, method, composite, guidance, track_guidance,
+                track_guidance_radius)
     transformer = Path(transformer)
     _, saved = ckpt.load_run(transformer, "transformer")
     recorded = saved.get("tokens", {})
@@ -210,6 +219,9 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                         f"decode with; pass --tokens RUN/tokens of the tokenizer run")
     dev = pick_device(device)
     model, _ = load_transformer(transformer, dev)
+    if model.causal and track_guidance_radius:
+        raise UserError(f"--track-guidance-radius {track_guidance_radius:g} applies to the masked model (parallel "
+                        f"decoding); {transformer} is autoregressive: use 0")
     tokenizer, tok_saved = load_tokenizer(source["tokenizer_run"], dev)
     if int(tok_saved["step"]) != source["tokenizer_step"]:
         raise UserError(f"tokenizer {source['tokenizer_run']} is at step {tok_saved['step']}, but the transformer "
@@ -262,7 +274,8 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                     seq = sample(model, seqs[i:j].to(dev), given[i:j].to(dev), cond[i:j].to(dev),
                                  generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
                                  choice_temperature=choice_temperature, top_k=top_k, order=order,
-                                 guidance=guidance, track=track, track_guidance=track_guidance)
+                                 guidance=guidance, track=track, track_guidance=track_guidance,
+                                 track_guidance_radius=track_guidance_radius)
             sampling_seconds += time.perf_counter() - t0
             grids = layout.to_grid(seq)
             for b in range(j - i):
@@ -280,7 +293,8 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             "temperature": temperature, "choice_temperature": choice_temperature if not model.causal else None,
             "order": order if not model.causal else None,
             "top_k": top_k if model.causal else None, "guidance": guidance,
-            "track_guidance": track_guidance, "seed": seed, "arch": model.cfg.arch,
+            "track_guidance": track_guidance, "track_guidance_radius": track_guidance_radius, "seed": seed,
+            "arch": model.cfg.arch,
             "transformer": str(transformer.resolve()), "transformer_step": saved["step"],
             "tokenizer": source["tokenizer_run"], "tokenizer_step": source["tokenizer_step"],
             "tokens": source["tokens"], "method": method, "method_title": METHOD_TITLES[method],

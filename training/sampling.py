@@ -20,7 +20,10 @@ Both take classifier-free guidance scales (1 = off): `guidance` towards the clas
 same clip under the unconditional task's condition, and `track_guidance` towards the object track the model is given
 (predict; generate with tasks.generate_track), against the same clip with the object seen nowhere. With one scale s
 each step's log-probabilities are null + s * (full - null); with both, full + sum over the two of (s - 1) * (full -
-dropped). All branches run as one batch.
+dropped). All branches run as one batch. `track_guidance_radius` r > 0 (masked model) gives each token only part of
+the track scale, s_i = 1 + (s - 1) exp(-d_i^2 / 2r^2), d_i its distance in token cells from the motion module's
+centre of the object in its view and latent frame (`track_guidance_weights`): the track pulls the object's tokens,
+and the ground far from it is sampled as without guidance.
 
 Randomness comes only from the torch.Generators passed in, one per clip, so a clip does not depend on the batch
 it was sampled in.
@@ -123,11 +126,24 @@ def guidance_branches(model: MaskedVideoTransformer, cond: torch.Tensor, track: 
     return torch.cat(conds), None if track is None else torch.cat(tracks), scales
 
 
+def track_guidance_weights(model: MaskedVideoTransformer, track: torch.Tensor, radius: float) -> torch.Tensor:
+    """track (B, V, K, 3), the tracks the clips are given -> (B, N, 1): per video token exp(-d^2 / (2 radius^2)), d
+    its distance in token cells from the motion module's centre of the object (`predict_track`) in the token's view
+    and latent frame; 0 in a view where the object was never seen in the given frames."""
+    L = model.layout
+    index = {k: v.to(track.device) for k, v in L.grid_index().items()}
+    centres = model.predict_track(track)[:, index["view"], index["t"]]                     # (B, N, 2)
+    d2 = ((centres[..., 0] * L.w - index["col"] - 0.5) ** 2 + (centres[..., 1] * L.h - index["row"] - 0.5) ** 2)
+    seen = track[..., 2].amax(-1)[:, index["view"]]                                        # (B, N)
+    return (torch.exp(-d2 / (2 * radius ** 2)) * seen)[..., None]
+
+
 def _guided_call(model: MaskedVideoTransformer, x: torch.Tensor, cond: torch.Tensor | None, scales: list[float],
                  cache=None, ref=None, track=None) -> torch.Tensor:
     """The model's logits for the B clips x, guided: cond and track hold every branch of `guidance_branches` (cond is
     None after an AR cache's first call), scales the dropped branches' scales ([] = plain logits). With a KV cache
-    (AR), x holds the new tokens only. track: None for a model without track_frames."""
+    (AR), x holds the new tokens only. track: None for a model without track_frames. A scale may be a tensor (B, N,
+    1) of per-token scales (`track_guidance_radius`)."""
     n = len(scales) + 1
     if n == 1:
         return (model(x, cond, track=track) if cache is None
@@ -150,9 +166,11 @@ def mask_schedule(ratio: float) -> float:
 def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
                    gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0,
                    choice_temperature: float = 4.5, order: str = "all", guidance: float = 1.0,
-                   track: torch.Tensor | None = None, track_guidance: float = 1.0) -> torch.Tensor:
+                   track: torch.Tensor | None = None, track_guidance: float = 1.0,
+                   track_guidance_radius: float = 0.0) -> torch.Tensor:
     """Fill every non-given position of seq (B, N) in `steps` parallel decoding steps; returns (B, N) ids.
-    guidance / track_guidance s != 1: classifier-free guidance towards cond's labels / the object track (module doc).
+    guidance / track_guidance s != 1: classifier-free guidance towards cond's labels / the object track (module doc);
+    track_guidance_radius > 0: the track's scale per token, falling off with the distance from the object.
     order "all": every unknown token at once (MaskGIT). "frames": one latent frame (all views) after another,
     `steps` steps each, later frames still masked, so each frame is drawn seeing the frames before it complete: a
     small object is then placed once per frame and moves on from where it was, instead of being drawn in several
@@ -162,7 +180,10 @@ def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torc
     mask_id = model.layout.mask_id
     given = given.to(seq.device)
     x = torch.where(given, seq, torch.full_like(seq, mask_id))
+    B = len(x)
     cond, track, scales = guidance_branches(model, cond, track, guidance, track_guidance)
+    if track_guidance != 1.0 and track_guidance_radius > 0:   # (the track branch is the last)
+        scales[-1] = 1 + (track_guidance - 1) * track_guidance_weights(model, track[:B], track_guidance_radius)
     if order == "all":
         return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, scales, track)
     frame = model.layout.grid_index()["t"].to(seq.device)
@@ -236,13 +257,17 @@ def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Ten
 def sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
            gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0, choice_temperature: float = 4.5,
            top_k: int = 0, order: str = "all", guidance: float = 1.0, track: torch.Tensor | None = None,
-           track_guidance: float = 1.0) -> torch.Tensor:
+           track_guidance: float = 1.0, track_guidance_radius: float = 0.0) -> torch.Tensor:
     """Either sampler, by the model's architecture (steps / choice_temperature / order: masked; top_k: ar). track:
     the object track (B, V, K, 3) a model with track_frames is given (predict; generate with tasks.generate_track),
-    else None. guidance / track_guidance: classifier-free guidance scales (module doc)."""
+    else None. guidance / track_guidance: classifier-free guidance scales (module doc); track_guidance_radius:
+    masked model only."""
     if model.causal:
+        if track_guidance_radius:
+            raise UserError(f"--track-guidance-radius {track_guidance_radius:g} applies to the masked model (parallel "
+                            f"decoding); this one is autoregressive: use 0")
         return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k, guidance=guidance,
                          track=track, track_guidance=track_guidance)
     return maskgit_sample(model, seq, given, cond, gens, steps=steps, temperature=temperature,
                           choice_temperature=choice_temperature, order=order, guidance=guidance, track=track,
-                          track_guidance=track_guidance)
+                          track_guidance=track_guidance, track_guidance_radius=track_guidance_radius)
