@@ -1070,6 +1070,13 @@ def test_class_conditional_generation_follows_a_training_clips_track(cache, tmp_
     guided = json.loads((tmp_path / "guided" / "generated.json").read_text())
     assert guided["track_guidance"] == 3.0 and run_label(guided)["details"].endswith("; track guidance 3")
     seen.pop()
+    generate(run, "generate", tmp_path / "near", num=1, shapes=("cube",), families=tuple(families[:1]),
+             track_guidance=3.0, track_guidance_radius=1.5, progress=False)
+    near = json.loads((tmp_path / "near" / "generated.json").read_text())
+    assert near["track_guidance_radius"] == 1.5 and run_label(near)["details"].endswith(
+        "; track guidance 3; track guidance within 1.5 token cells of the object")
+    assert guided["track_guidance_radius"] == 0.0 and "within" not in run_label(guided)["details"]
+    seen.pop()
     track = torch.cat(seen)
     for i, clip in enumerate(info["clips"]):
         k = list(train.sample_ids).index(clip["track_from"])
