@@ -124,7 +124,7 @@ def test_full_preset_configs_load_and_one_step_of_each_training_stage_runs(tmp_p
 
 
 def test_the_demo_samples_class_conditional_clips_with_track_guidance_where_the_model_has_a_track(tmp_path):
-    for preset, generate, predict, radius in (("demo", 3.0, 2.0, 1.5), ("2d", 3.0, 1.0, 0.0), ("tiny", 1.0, 1.0, 0.0),
+    for preset, generate, predict, radius in (("demo", 3.0, 2.0, 1.5), ("2d", 3.0, 2.0, 1.5), ("tiny", 1.0, 1.0, 0.0),
                                               ("study", 3.0, 2.0, 0.0)):
         cfgs = pipeline.load_stage_configs(DemoPlan(preset, tmp_path, overrides=split_overrides([])))
         assert pipeline.demo_track_guidance(preset, cfgs, "generate") == generate, preset
@@ -142,7 +142,7 @@ def test_the_demo_samples_class_conditional_clips_with_track_guidance_where_the_
 def test_the_2d_demo_samples_class_conditional_clips_colder_and_completes_no_view():
     runs = pipeline.demo_runs("2d", 1)
     assert runs["generate"] == ("generate", "model", 0.8)
-    assert runs["predict"] == pipeline.DEMO_RUNS["predict"] and "complete-view" not in runs
+    assert runs["predict"] == ("predict", "model", 0.0) and "complete-view" not in runs   # argmax, guided near it
     demo = pipeline.demo_runs("demo", 3)   # the 3D demo: every run, prediction at its own temperature (argmax)
     assert demo["predict"] == ("predict", "model", 0.0) and demo.keys() == pipeline.DEMO_RUNS.keys()
     assert {k: v for k, v in demo.items() if k != "predict"} == {k: v for k, v in pipeline.DEMO_RUNS.items()
