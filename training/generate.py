@@ -219,9 +219,6 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                         f"decode with; pass --tokens RUN/tokens of the tokenizer run")
     dev = pick_device(device)
     model, _ = load_transformer(transformer, dev)
-    if model.causal and track_guidance_radius:
-        raise UserError(f"--track-guidance-radius {track_guidance_radius:g} applies to the masked model (parallel "
-                        f"decoding); {transformer} is autoregressive: use 0")
     tokenizer, tok_saved = load_tokenizer(source["tokenizer_run"], dev)
     if int(tok_saved["step"]) != source["tokenizer_step"]:
         raise UserError(f"tokenizer {source['tokenizer_run']} is at step {tok_saved['step']}, but the transformer "
@@ -254,8 +251,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
 
     objects = None   # composite: the object's mask in the last given frame of each clip, read before any sampling
     if composite:
-        views = load_packed(cache.dataset, split).index["views"]
-        objects = [last_given_object(cache.dataset, views, r) for r in records]
+        objects = [last_given_object(cache.dataset, source["views"], r) for r in records]
     rgb = np.zeros((n, layout.views, source["frames"], source["image_size"][1], source["image_size"][0], 3), np.uint8)
     sampling_seconds = 0.0
     with tqdm(total=n, unit="clip", desc=f"generate ({model.cfg.arch}, {task})", disable=not progress) as bar:

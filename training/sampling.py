@@ -130,11 +130,8 @@ def track_guidance_weights(model: MaskedVideoTransformer, track: torch.Tensor, r
     """track (B, V, K, 3), the tracks the clips are given -> (B, N, 1): per video token exp(-d^2 / (2 radius^2)), d
     its distance in token cells from the motion module's centre of the object (`predict_track`) in the token's view
     and latent frame; 0 in a view where the object was never seen in the given frames."""
-    L = model.layout
-    index = {k: v.to(track.device) for k, v in L.grid_index().items()}
-    centres = model.predict_track(track)[:, index["view"], index["t"]]                     # (B, N, 2)
-    d2 = ((centres[..., 0] * L.w - index["col"] - 0.5) ** 2 + (centres[..., 1] * L.h - index["row"] - 0.5) ** 2)
-    seen = track[..., 2].amax(-1)[:, index["view"]]                                        # (B, N)
+    d2 = model.offset_from_centres(model.predict_track(track)).square().sum(-1)             # (B, N)
+    seen = track[..., 2].amax(-1)[:, model.view_index]                                     # (B, N)
     return (torch.exp(-d2 / (2 * radius ** 2)) * seen)[..., None]
 
 

@@ -345,15 +345,23 @@ class MaskedVideoTransformer(nn.Module):
         L = self.layout
         if centres is None:
             centres = self.predict_track(track)
-        view, t = self.view_index[pos], self.t_index[pos]
+        view = self.view_index[pos]
         cells = torch.tensor([L.w, L.h], dtype=track.dtype, device=track.device)
         centre = torch.stack([self.col_index[pos], self.row_index[pos]], -1) + 0.5       # (n, 2): x, y in cells
         seen = track[:, view, :, 2]                                                        # (B, n, K)
         given = (track[:, view, :, :2] * cells - centre[:, None]) / TRACK_CELLS * seen[..., None]   # (B, n, K, 2)
-        d = centres[:, view, t] * cells - centre                                           # (B, n, 2)
+        d = self.offset_from_centres(centres, pos)                                         # (B, n, 2)
         near = torch.exp(-0.5 * d.square().sum(-1, keepdim=True))
         return torch.cat([given[..., 0], given[..., 1], seen,
                           torch.cat([d / TRACK_CELLS, near], -1) * seen.amax(-1, keepdim=True)], -1)
+
+    def offset_from_centres(self, centres: torch.Tensor, pos: slice = slice(None)) -> torch.Tensor:
+        """centres (B, V, t, 2) (predict_track, image fractions) -> (B, n, 2): for the video positions in `pos`, the
+        offset (x, y) in token cells of the centre in the token's view and latent frame from the token's own centre."""
+        L = self.layout
+        cells = torch.tensor([L.w, L.h], dtype=centres.dtype, device=centres.device)
+        centre = torch.stack([self.col_index[pos], self.row_index[pos]], -1) + 0.5       # (n, 2): x, y in cells
+        return centres[:, self.view_index[pos], self.t_index[pos]] * cells - centre
 
     def track_loss(self, centres: torch.Tensor, track: torch.Tensor, latent_frames: int) -> tuple[torch.Tensor, dict]:
         """The motion module's loss: predicted centres (B, V, t, 2) (predict_track) against the clips' whole tracks
