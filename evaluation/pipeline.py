@@ -50,10 +50,11 @@ DEMO_TRACK_GUIDANCE = 3.0
 # demo's model at 2). The demo guides only near the object (PREDICT_GUIDANCE_RADIUS, token cells) and takes the most
 # likely token (PREDICT_TEMPERATURE): on its val clips ADE -1.22 points [-1.76, -0.71] at the same whole-frame PSNR,
 # where guidance everywhere cost 0.1-0.3 dB; the same setting on the 2D demo: ADE -2.16 [-3.16, -1.36], PSNR -0.07
-# [-0.34, +0.21] (BENCHMARKS.md "Track guidance near the object").
+# [-0.34, +0.21] (BENCHMARKS.md "Track guidance near the object"); on the study's model: PSNR +0.16 [+0.08, +0.24] at
+# the same ADE, checked on its val clips (BENCHMARKS.md "The study, rerun").
 PREDICT_TRACK_GUIDANCE = {"study": 2.0, "demo": 2.0, "2d": 2.0}
-PREDICT_GUIDANCE_RADIUS = {"demo": 1.5, "2d": 1.5}
-PREDICT_TEMPERATURE = {"demo": 0.0, "2d": 0.0}
+PREDICT_GUIDANCE_RADIUS = {"demo": 1.5, "2d": 1.5, "study": 1.5}
+PREDICT_TEMPERATURE = {"demo": 0.0, "2d": 0.0, "study": 0.0}
 # Class-conditional clips sample colder where a preset is measured on it (2d: the requested family in 155 of 192 clips
 # at 0.8 against 148 at 1.0, the same clips asked; BENCHMARKS.md "Two frames per token: the 2D preset").
 GENERATE_TEMPERATURE = {"2d": 0.8}

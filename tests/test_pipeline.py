@@ -125,7 +125,7 @@ def test_full_preset_configs_load_and_one_step_of_each_training_stage_runs(tmp_p
 
 def test_the_demo_samples_class_conditional_clips_with_track_guidance_where_the_model_has_a_track(tmp_path):
     for preset, generate, predict, radius in (("demo", 3.0, 2.0, 1.5), ("2d", 3.0, 2.0, 1.5), ("tiny", 1.0, 1.0, 0.0),
-                                              ("study", 3.0, 2.0, 0.0)):
+                                              ("study", 3.0, 2.0, 1.5)):
         cfgs = pipeline.load_stage_configs(DemoPlan(preset, tmp_path, overrides=split_overrides([])))
         assert pipeline.demo_track_guidance(preset, cfgs, "generate") == generate, preset
         assert pipeline.demo_track_guidance(preset, cfgs, "predict") == predict, preset
@@ -145,6 +145,7 @@ def test_the_2d_demo_samples_class_conditional_clips_colder_and_completes_no_vie
     assert runs["predict"] == ("predict", "model", 0.0) and "complete-view" not in runs   # argmax, guided near it
     demo = pipeline.demo_runs("demo", 3)   # the 3D demo: every run, prediction at its own temperature (argmax)
     assert demo["predict"] == ("predict", "model", 0.0) and demo.keys() == pipeline.DEMO_RUNS.keys()
+    assert pipeline.demo_runs("study", 3)["predict"] == ("predict", "model", 0.0)   # as the demo, measured on it too
     assert {k: v for k, v in demo.items() if k != "predict"} == {k: v for k, v in pipeline.DEMO_RUNS.items()
                                                                    if k != "predict"}
     assert pipeline.DEMO_RUNS["generate"][2] == 1.0
@@ -160,6 +161,8 @@ def test_the_study_preset_is_the_demo_at_four_times_the_clips_and_more_steps(tmp
     study["dataset"].dataset.num_samples = 256
     assert to_dict(study["dataset"]) == to_dict(demo["dataset"])
     assert (study["transformer"].train.steps, demo["transformer"].train.steps) == (5000, 1300)
+    # the "seen nowhere" track that guidance near the object contrasts with, trained as in the demo
+    assert study["transformer"].train.track_dropout == demo["transformer"].train.track_dropout == 0.1
     assert to_dict(study["transformer"].model) == to_dict(demo["transformer"].model)
     assert to_dict(study["transformer"].tasks) == to_dict(demo["transformer"].tasks)
     # the study keeps the tokenizer it was measured with: 2500 steps; both train in fp32 on a CPU (the default)
