@@ -342,12 +342,10 @@ class MaskedVideoTransformer(nn.Module):
         visibility; then the offset from the predicted centre in the token's latent frame (predict_track, or
         `centres` (B, V, t, 2) when already computed) and exp(-d^2 / 2), d its length in cells (1 on the object's
         predicted cell, ~0 two cells away). All zero in a view where the object was never seen."""
-        L = self.layout
         if centres is None:
             centres = self.predict_track(track)
         view = self.view_index[pos]
-        cells = torch.tensor([L.w, L.h], dtype=track.dtype, device=track.device)
-        centre = torch.stack([self.col_index[pos], self.row_index[pos]], -1) + 0.5       # (n, 2): x, y in cells
+        cells, centre = self._cells_and_token_centres(pos, track)
         seen = track[:, view, :, 2]                                                        # (B, n, K)
         given = (track[:, view, :, :2] * cells - centre[:, None]) / TRACK_CELLS * seen[..., None]   # (B, n, K, 2)
         d = self.offset_from_centres(centres, pos)                                         # (B, n, 2)
@@ -358,10 +356,14 @@ class MaskedVideoTransformer(nn.Module):
     def offset_from_centres(self, centres: torch.Tensor, pos: slice = slice(None)) -> torch.Tensor:
         """centres (B, V, t, 2) (predict_track, image fractions) -> (B, n, 2): for the video positions in `pos`, the
         offset (x, y) in token cells of the centre in the token's view and latent frame from the token's own centre."""
-        L = self.layout
-        cells = torch.tensor([L.w, L.h], dtype=centres.dtype, device=centres.device)
-        centre = torch.stack([self.col_index[pos], self.row_index[pos]], -1) + 0.5       # (n, 2): x, y in cells
+        cells, centre = self._cells_and_token_centres(pos, centres)
         return centres[:, self.view_index[pos], self.t_index[pos]] * cells - centre
+
+    def _cells_and_token_centres(self, pos: slice, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2,): the grid's width and height in token cells (image fractions -> cells); (n, 2): the centres (x, y),
+        in cells, of the video tokens in `pos`; in `like`'s dtype and on its device."""
+        cells = torch.tensor([self.layout.w, self.layout.h], dtype=like.dtype, device=like.device)
+        return cells, torch.stack([self.col_index[pos], self.row_index[pos]], -1) + 0.5
 
     def track_loss(self, centres: torch.Tensor, track: torch.Tensor, latent_frames: int) -> tuple[torch.Tensor, dict]:
         """The motion module's loss: predicted centres (B, V, t, 2) (predict_track) against the clips' whole tracks
