@@ -223,3 +223,43 @@ def test_sampling_benchmark_evaluates_both_architectures_into_its_own_section(pi
            f"({a['ade_pct']:.1f}%) | {100 * a['family_accuracy']:.0f}% |" in section
     assert "| copy last frame |" in section and "| tokenizer ceiling" in section and "1 view x" in section
     assert "class-conditional generation at temperature 1 and track guidance" in section
+
+
+def test_error_regions_benchmark_splits_the_evaluated_error(pipeline, tmp_path, monkeypatch, capsys):
+    """benchmarks/error_regions.py on the one-view predict run: the regions tile the predicted frames, their error
+    adds up to the clips' whole error, its PSNR is the one `magvit3d evaluate` reported for the same clips, and the
+    run used as its own oracle changes nothing. A directory without targets is a usage error."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from training.generated import load_generated
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "error_regions.py"
+    monkeypatch.setattr(sys, "path", list(sys.path))        # the script prepends the repo root; undone afterwards
+    spec = importlib.util.spec_from_file_location("error_regions", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.analyse(pipeline["data"], pipeline["predict"], oracle=pipeline["predict"])
+    regions = res["regions"]
+    assert set(regions) == set(bench.REGIONS) and sum(r["share"] for r in regions.values()) == pytest.approx(1.0)
+
+    gs = load_generated(pipeline["predict"])
+    target = np.load(pipeline["predict"] / "target_rgb.npy")
+    k = gs.records[0].given_frames
+    whole = ((gs.rgb[:, :, k:] / 255.0 - target[:, :, k:] / 255.0) ** 2).mean() * 1e4
+    held = ((target[:, :, k - 1:k] / 255.0 - target[:, :, k:] / 255.0) ** 2).mean() * 1e4
+    assert sum(r["mse_1e4"] for r in regions.values()) == pytest.approx(whole)
+    assert sum(r["copy_last_mse_1e4"] for r in regions.values()) == pytest.approx(held)
+
+    m = json.loads((pipeline["report"] / "metrics.json").read_text())
+    run = next(r for r in m["runs"] if r["name"] == "predict")["tasks"]["predict"]["summary"]
+    assert res["clips"] == run["clips"] == len(gs.records)
+    assert res["psnr"]["model"] == pytest.approx(run["model"]["psnr"])
+    assert res["psnr"]["copy-last"] == pytest.approx(run["copy_last"]["psnr"])
+    assert all(res["psnr"][f"oracle's {r}"] == pytest.approx(res["psnr"]["model"]) for r in bench.REGIONS)
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--data", str(pipeline["data"]), str(tmp_path / "empty")])
+    assert e.value.code == 2 and "no target_rgb.npy" in capsys.readouterr().err
