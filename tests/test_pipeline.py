@@ -139,6 +139,19 @@ def test_the_demo_samples_class_conditional_clips_with_track_guidance_where_the_
     assert pipeline.demo_guidance_radius("demo", ar, "predict") == 0.0   # the AR prior takes the whole scale
 
 
+def test_the_3d_demo_predicts_with_a_copy_bias_and_no_other_run_does(tmp_path):
+    """The copy bias (the prior towards the last given latent frame's tokens) is the demo preset's, for the masked
+    model's prediction only: not the ceiling, not class-conditional clips, not the AR prior, not the presets it was
+    not measured on."""
+    for preset, bias in (("demo", 1.0), ("2d", 0.0), ("study", 0.0), ("tiny", 0.0)):
+        cfgs = pipeline.load_stage_configs(DemoPlan(preset, tmp_path, overrides=split_overrides([])))
+        assert pipeline.demo_copy_bias(preset, cfgs, "predict") == bias, preset
+        for task, method in (("predict", "ceiling"), ("generate", "model"), ("complete-view", "model")):
+            assert pipeline.demo_copy_bias(preset, cfgs, task, method) == 0.0, (preset, task)
+    ar = pipeline.load_stage_configs(DemoPlan("demo", tmp_path, overrides=split_overrides(['transformer.model.arch="ar"'])))
+    assert pipeline.demo_copy_bias("demo", ar, "predict") == 0.0
+
+
 def test_the_2d_demo_samples_class_conditional_clips_colder_and_completes_no_view():
     runs = pipeline.demo_runs("2d", 1)
     assert runs["generate"] == ("generate", "model", 0.8)

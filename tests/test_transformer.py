@@ -223,6 +223,47 @@ def test_track_guidance_radius_gives_each_token_its_share_of_the_scale():
         sample(ar, seq, nothing, cond, generators([0, 1]), track=track, track_guidance=3.0, track_guidance_radius=1.5)
 
 
+def test_copy_bias_favours_the_token_given_at_the_same_place_earlier():
+    """copy_references: per position the token given at the same place of its view in the latest earlier latent frame
+    (-1 where none is); copy_bias b: one greedy step picks argmax(logits + b * onehot(that token)), so a large b
+    copies the last given latent frame into every predicted one, b = 0 changes nothing, and the AR prior refuses it."""
+    from training.sampling import copy_prior, copy_references, sample
+
+    three = TokenLayout(codebook_size=16, views=3, t=3, h=2, w=2, num_shapes=3, num_families=4)
+    seq3 = torch.randint(0, 16, (2, three.num_tokens), generator=torch.Generator().manual_seed(0))
+    index = three.grid_index()
+    given = (index["t"] < 1)[None].expand(2, -1).clone()              # predict: latent frame 0 given
+    given[1, (index["t"] == 1) & (index["view"] == 2)] = True           # clip 1: view 2 of latent frame 1 given too
+    ref = copy_references(three, seq3, given)
+    grid, rgrid = three.to_grid(seq3), three.to_grid(ref)
+    assert (rgrid[:, :, 0] == -1).all()                                 # nothing before the first latent frame
+    assert torch.equal(rgrid[0, :, 1:], grid[0, :, :1].expand_as(rgrid[0, :, 1:]))
+    assert torch.equal(rgrid[1, :2, 1:], grid[1, :2, :1].expand_as(rgrid[1, :2, 1:]))
+    assert torch.equal(rgrid[1, 2, 2], grid[1, 2, 1])                   # the latest given frame, not the first
+    assert torch.equal(copy_references(three, seq3, torch.zeros_like(given)), torch.full_like(seq3, -1))
+    prior = copy_prior(three, seq3, given, 2.5)
+    assert prior.shape == (2, three.num_tokens, 16) and prior.sum() == 2.5 * (ref >= 0).sum()
+
+    model, seq = tiny_model("masked", seed=3, copy_logit=False), random_clips(2)
+    given = (LAYOUT.grid_index()["t"] < 1)[None].expand(2, -1)
+    ref = copy_references(LAYOUT, seq, given)
+    cond = condition(LAYOUT, "predict", batch=2)
+    x = torch.where(given, seq, torch.full_like(seq, LAYOUT.mask_id))
+    with torch.no_grad():
+        logits = model(x, cond)
+
+    def greedy(b):
+        return sample(model, seq, given, cond, generators([0, 1]), steps=1, temperature=0, copy_bias=b)
+    plain = torch.where(given, seq, logits.argmax(-1))
+    assert torch.equal(greedy(0.0), plain)
+    assert torch.equal(greedy(1.0), torch.where(given, seq, (logits + copy_prior(LAYOUT, seq, given, 1.0)).argmax(-1)))
+    assert not torch.equal(plain, torch.where(given, seq, ref))         # this model does not copy on its own...
+    assert torch.equal(greedy(100.0), torch.where(given, seq, ref))     # ...but does with a huge b
+    ar = tiny_model("ar", seed=1, copy_logit=False)
+    with pytest.raises(UserError, match="--copy-bias 1 applies to the masked model"):
+        sample(ar, seq, given, cond, generators([0, 1]), copy_bias=1.0)
+
+
 def test_ar_track_guidance_with_the_kv_cache_equals_without_it():
     """The KV cache holds every guidance branch (labels and track at once too): cached == uncached, and the
     guidance changes the greedy sample."""
@@ -1322,6 +1363,11 @@ def other_tokenizer_cache(cache: Path, tmp_path: Path) -> Path:
     (["--task", "generate", "--track-guidance", "101"], "--track-guidance 101.0: must be in [0, 100] (1 = off)"),
     (["--task", "generate", "--track-guidance-radius", "1.5"],
      "--track-guidance-radius 1.5 shapes the track guidance, which is off: pass --track-guidance other than 1"),
+    (["--task", "generate", "--copy-bias", "1"], "--copy-bias 1.0 favours the last given latent frame's tokens where "
+                                                 "the transformer predicts the frames after it: it needs --task "
+                                                 "predict and --method model; use 0 (off)"),
+    (["--task", "predict", "--method", "ceiling", "--copy-bias", "1"], "it needs --task predict and --method model"),
+    (["--task", "predict", "--copy-bias", "101"], "--copy-bias 101.0: must be in [0, 100] (0 = off)"),
     (["--task", "predict", "--tokens", "OTHER"], "comes from a different tokenizer than"),
     (["--task", "complete-view", "--tokens", "OTHER"], "(codebook_size: 128 vs 64)"),
 ])

@@ -168,6 +168,10 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
               help="Masked model: give each token the track guidance in proportion to exp(-d^2 / 2R^2), d its distance "
                    "in token cells from where the motion module puts the object (0 = the whole scale everywhere). The "
                    "demo predicts with --track-guidance 2 --track-guidance-radius 1.5 --temperature 0.")
+@click.option("--copy-bias", default=0.0, show_default=True, type=FiniteFloat(min=0),
+              help="predict, masked model: add B to the log-probability of the last given latent frame's token at "
+                   "each place, a prior towards 'nothing changes here' (0 = off). The 3D demo predicts with 1: the "
+                   "ground the model would redraw keeps its tokens, and the composite shows it as rendered.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
               help="Clip i is sampled with seed + i.")
 @click.option("--split", default="test", show_default=True, help="Split of the held-out clips.")
@@ -194,7 +198,7 @@ def train_transformer_cmd(tokens, out, config, overrides, resume, device, no_pro
 @device_option()
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def generate_cmd(transformer, task, out, steps, num, temperature, choice_temperature, order, top_k, guidance,
-                 track_guidance, track_guidance_radius, seed,
+                 track_guidance, track_guidance_radius, copy_bias, seed,
                  split, given_frames, view, shapes, families, tokens, batch_size, method, paste, composite, device,
                  no_progress):
     """Sample clips with a trained transformer and decode them with its tokenizer into OUT: generated_rgb.npy,
@@ -211,7 +215,8 @@ def generate_cmd(transformer, task, out, steps, num, temperature, choice_tempera
     check_output_dir(out)
     summary = generate(transformer, task, out, steps=steps, num=num, temperature=temperature,
                        choice_temperature=choice_temperature, order=order, top_k=top_k, guidance=guidance,
-                       track_guidance=track_guidance, track_guidance_radius=track_guidance_radius, seed=seed,
+                       track_guidance=track_guidance, track_guidance_radius=track_guidance_radius,
+                       copy_bias=copy_bias, seed=seed,
                        split=split,
                        given_frames=given_frames, view=view, shapes=shapes, families=families, tokens=tokens,
                        device=device, batch_size=batch_size, method=method, paste=paste,

@@ -63,7 +63,7 @@ COMPOSITE_OBJECT_MARGIN = 2
 
 def _check_args(task: str, steps: int, num: int | None, temperature: float, top_k: int, method: str = "model",
                 composite: bool = False, guidance: float = 1.0, track_guidance: float = 1.0,
-                track_guidance_radius: float = 0.0) -> None:
+                track_guidance_radius: float = 0.0, copy_bias: float = 0.0) -> None:
     if task not in GENERATE_TASKS:
         raise UserError(f"unknown task {task!r}; allowed: {', '.join(GENERATE_TASKS)}")
     if method not in METHOD_TITLES:
@@ -95,6 +95,11 @@ def _check_args(task: str, steps: int, num: int | None, temperature: float, top_
                         f"pass --track-guidance other than 1, or radius 0")
     if temperature < 0 or top_k < 0:
         raise UserError(f"--temperature {temperature} and --top-k {top_k} must be >= 0")
+    if not 0 <= copy_bias <= 100:
+        raise UserError(f"--copy-bias {copy_bias}: must be in [0, 100] (0 = off)")
+    if copy_bias and (task != "predict" or method != "model"):
+        raise UserError(f"--copy-bias {copy_bias} favours the last given latent frame's tokens where the transformer "
+                        f"predicts the frames after it: it needs --task predict and --method model; use 0 (off)")
 
 
 def _pick(names: list[str] | tuple[str, ...], allowed: list[str], what: str) -> list[int]:
@@ -170,7 +175,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
              shapes: tuple[str, ...] = (), families: tuple[str, ...] = (), tokens: Path | None = None,
              device: str = "auto", batch_size: int = 8, method: str = "model", paste: bool = True,
              composite: bool = False, order: str = "all", guidance: float = 1.0, track_guidance: float = 1.0,
-             track_guidance_radius: float = 0.0, progress: bool = True,
+             track_guidance_radius: float = 0.0, copy_bias: float = 0.0, progress: bool = True,
              log=print) -> dict:
     """Generate clips for `task` into `out` (see the module doc); returns a summary (clips, timing).
 
@@ -186,11 +191,12 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
     the shape and family (1 = off). track_guidance: the same towards the object track the model is given, against
     the clip with the object seen nowhere (1 = off; needs a task that gives the model a track);
     track_guidance_radius > 0 (masked model): that scale per token, falling off with the distance from the object
-    (training.sampling.track_guidance_weights)."""
+    (training.sampling.track_guidance_weights). copy_bias > 0 (predict, masked model): added to the log-probability
+    of the last given latent frame's token at each place (training.sampling.copy_prior)."""
     from tqdm import tqdm
 
     _check_args(task, steps, num, temperature, top_k, method, composite, guidance, track_guidance,
-                track_guidance_radius)
+                track_guidance_radius, copy_bias)
     transformer = Path(transformer)
     _, saved = ckpt.load_run(transformer, "transformer")
     recorded = saved.get("tokens", {})
@@ -271,7 +277,7 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
                                  generators([r.seed for r in records[i:j]]), steps=steps, temperature=temperature,
                                  choice_temperature=choice_temperature, top_k=top_k, order=order,
                                  guidance=guidance, track=track, track_guidance=track_guidance,
-                                 track_guidance_radius=track_guidance_radius)
+                                 track_guidance_radius=track_guidance_radius, copy_bias=copy_bias)
             sampling_seconds += time.perf_counter() - t0
             grids = layout.to_grid(seq)
             for b in range(j - i):
@@ -289,7 +295,8 @@ def generate(transformer: Path, task: str, out: Path, *, steps: int = 12, num: i
             "temperature": temperature, "choice_temperature": choice_temperature if not model.causal else None,
             "order": order if not model.causal else None,
             "top_k": top_k if model.causal else None, "guidance": guidance,
-            "track_guidance": track_guidance, "track_guidance_radius": track_guidance_radius, "seed": seed,
+            "track_guidance": track_guidance, "track_guidance_radius": track_guidance_radius,
+            "copy_bias": copy_bias, "seed": seed,
             "arch": model.cfg.arch,
             "transformer": str(transformer.resolve()), "transformer_step": saved["step"],
             "tokenizer": source["tokenizer_run"], "tokenizer_step": source["tokenizer_step"],

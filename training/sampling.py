@@ -25,6 +25,12 @@ the track scale, s_i = 1 + (s - 1) exp(-d_i^2 / 2r^2), d_i its distance in token
 centre of the object in its view and latent frame (`track_guidance_weights`): the track pulls the object's tokens,
 and the ground far from it is sampled as without guidance.
 
+`copy_bias` b > 0 (masked model) adds b to the log-probability of one token per position: the one given at the same
+place of the view in the latest earlier latent frame (`copy_references`; for predict, the last given latent frame's).
+A prior towards "nothing changes here", applied after guidance: where the model is unsure, the ground keeps the
+given tokens (whose decoding the composite then replaces with the render), and where it is sure something moves, a
+small bias does not hold it back.
+
 Randomness comes only from the torch.Generators passed in, one per clip, so a clip does not depend on the batch
 it was sampled in.
 """
@@ -164,10 +170,11 @@ def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torc
                    gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0,
                    choice_temperature: float = 4.5, order: str = "all", guidance: float = 1.0,
                    track: torch.Tensor | None = None, track_guidance: float = 1.0,
-                   track_guidance_radius: float = 0.0) -> torch.Tensor:
+                   track_guidance_radius: float = 0.0, copy_bias: float = 0.0) -> torch.Tensor:
     """Fill every non-given position of seq (B, N) in `steps` parallel decoding steps; returns (B, N) ids.
     guidance / track_guidance s != 1: classifier-free guidance towards cond's labels / the object track (module doc);
-    track_guidance_radius > 0: the track's scale per token, falling off with the distance from the object.
+    track_guidance_radius > 0: the track's scale per token, falling off with the distance from the object;
+    copy_bias > 0: the prior towards the given token at the same place in an earlier latent frame (module doc).
     order "all": every unknown token at once (MaskGIT). "frames": one latent frame (all views) after another,
     `steps` steps each, later frames still masked, so each frame is drawn seeing the frames before it complete: a
     small object is then placed once per frame and moves on from where it was, instead of being drawn in several
@@ -181,25 +188,49 @@ def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torc
     cond, track, scales = guidance_branches(model, cond, track, guidance, track_guidance)
     if track_guidance != 1.0 and track_guidance_radius > 0:   # (the track branch is the last)
         scales[-1] = 1 + (track_guidance - 1) * track_guidance_weights(model, track[:B], track_guidance_radius)
+    bias = copy_prior(model.layout, seq, given, copy_bias) if copy_bias else None
     if order == "all":
-        return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, scales, track)
+        return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, scales, track, bias)
     frame = model.layout.grid_index()["t"].to(seq.device)
     for j in range(model.layout.t):
         todo = ~given & (frame == j)[None]
         if todo.any():
-            x = _maskgit_fill(model, x, todo, cond, gens, steps, temperature, choice_temperature, scales, track)
+            x = _maskgit_fill(model, x, todo, cond, gens, steps, temperature, choice_temperature, scales, track,
+                              bias)
     return x
+
+
+def copy_references(layout: TokenLayout, seq: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """(B, N) ids and given mask -> (B, N): per position the id given at the same place of its view in the latest
+    earlier latent frame that has one there (-1: none; for predict, the last given latent frame's id from the first
+    predicted latent frame on)."""
+    grid = layout.to_grid(torch.where(given, seq, torch.full_like(seq, -1)))    # (B, V, t, h, w)
+    ref = torch.full_like(grid, -1)
+    for j in range(1, layout.t):
+        ref[:, :, j] = torch.where(grid[:, :, j - 1] >= 0, grid[:, :, j - 1], ref[:, :, j - 1])
+    return layout.to_sequence(ref)
+
+
+def copy_prior(layout: TokenLayout, seq: torch.Tensor, given: torch.Tensor, bias: float) -> torch.Tensor:
+    """(B, N, codebook_size) float: `bias` on each position's copy reference (copy_references), 0 elsewhere."""
+    ref = copy_references(layout, seq, given.to(seq.device))
+    prior = torch.zeros(*ref.shape, layout.codebook_size, device=seq.device)
+    return prior.scatter_(-1, ref.clamp_min(0)[..., None], bias) * (ref >= 0)[..., None]
 
 
 def _maskgit_fill(model: MaskedVideoTransformer, x: torch.Tensor, unknown: torch.Tensor, cond: torch.Tensor,
                   gens: list[torch.Generator], steps: int, temperature: float, choice_temperature: float,
-                  scales: list[float], track: torch.Tensor | None = None) -> torch.Tensor:
+                  scales: list[float], track: torch.Tensor | None = None,
+                  prior: torch.Tensor | None = None) -> torch.Tensor:
     """Decode the `unknown` positions of x (B, N) in `steps` steps; every other position keeps its id (MASK
-    included, so a later frame can stay masked). cond, track, scales: `guidance_branches`."""
+    included, so a later frame can stay masked). cond, track, scales: `guidance_branches`; prior (B, N, codebook):
+    added to the guided logits (copy_prior)."""
     mask_id = model.layout.mask_id
     total = unknown.sum(1)                                            # tokens to generate per clip
     for s in range(steps):
         logits = _guided_call(model, x, cond, scales, track=track).float()
+        if prior is not None:
+            logits = logits + prior
         noise = _gumbel(gens, logits.shape[1:], logits.device) if temperature > 0 else None
         sampled = torch.where(unknown, _draw(logits, temperature, noise), x)
         picked = torch.where(unknown, sampled, 0)[..., None]          # (a still-masked later frame has no logit)
@@ -254,17 +285,19 @@ def ar_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Ten
 def sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torch.Tensor, cond: torch.Tensor,
            gens: list[torch.Generator], *, steps: int = 12, temperature: float = 1.0, choice_temperature: float = 4.5,
            top_k: int = 0, order: str = "all", guidance: float = 1.0, track: torch.Tensor | None = None,
-           track_guidance: float = 1.0, track_guidance_radius: float = 0.0) -> torch.Tensor:
+           track_guidance: float = 1.0, track_guidance_radius: float = 0.0, copy_bias: float = 0.0) -> torch.Tensor:
     """Either sampler, by the model's architecture (steps / choice_temperature / order: masked; top_k: ar). track:
     the object track (B, V, K, 3) a model with track_frames is given (predict; generate with tasks.generate_track),
-    else None. guidance / track_guidance: classifier-free guidance scales (module doc); track_guidance_radius:
-    masked model only."""
+    else None. guidance / track_guidance: classifier-free guidance scales (module doc); track_guidance_radius and
+    copy_bias: masked model only."""
     if model.causal:
-        if track_guidance_radius:
-            raise UserError(f"--track-guidance-radius {track_guidance_radius:g} applies to the masked model (parallel "
-                            f"decoding); this one is autoregressive: use 0")
+        for name, value in (("--track-guidance-radius", track_guidance_radius), ("--copy-bias", copy_bias)):
+            if value:
+                raise UserError(f"{name} {value:g} applies to the masked model (parallel decoding); this one is "
+                                f"autoregressive: use 0")
         return ar_sample(model, seq, given, cond, gens, temperature=temperature, top_k=top_k, guidance=guidance,
                          track=track, track_guidance=track_guidance)
     return maskgit_sample(model, seq, given, cond, gens, steps=steps, temperature=temperature,
                           choice_temperature=choice_temperature, order=order, guidance=guidance, track=track,
-                          track_guidance=track_guidance, track_guidance_radius=track_guidance_radius)
+                          track_guidance=track_guidance, track_guidance_radius=track_guidance_radius,
+                          copy_bias=copy_bias)
