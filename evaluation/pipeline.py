@@ -456,8 +456,9 @@ def format_summary(summary: dict) -> str:
         for k, v in (row.get("headline") or {}).items():
             prefix, _, metric = k.rpartition(".")
             groups.setdefault(prefix, []).append(f"{metric}={_short(v)}")
-        for prefix, items in groups.items():
-            lines.append(f"{'':<39}{prefix:<28}{', '.join(items)}")
+        width = max((len(p) for p in groups), default=0) + 2   # (long labels such as
+        for prefix, items in groups.items():                    # predict-ceiling.learned_extrapolation fit)
+            lines.append(f"{'':<39}{prefix:<{width}}{', '.join(items)}")
     rss = summary["peak_rss"]
     lines.append(f"wall time this run {summary['wall_seconds_this_run']:.0f} s; peak RSS {rss['self_gb']:.2f} GB "
                  f"(largest child {rss['largest_child_gb']:.2f} GB)")

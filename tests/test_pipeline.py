@@ -232,3 +232,19 @@ def test_demo_bad_input_exit_2_and_nothing_written(tmp_path, args, needle):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_summary_lines_keep_long_labels_apart_from_their_values():
+    summary = {"stages": [{"stage": "evaluate", "seconds": 40.8, "skipped": False,
+                           "headline": {"predict.model.psnr": 28.23, "predict.model.ade_pct": 5.407,
+                                        "predict-ceiling.learned_extrapolation.ade_pct": 4.313}}],
+               "peak_rss": {"self_gb": 1.98, "largest_child_gb": 1.5}, "wall_seconds_this_run": 1412.0,
+               "report": "out/report/index.html"}
+    lines = pipeline.format_summary(summary).splitlines()
+    long = next(line for line in lines if "learned_extrapolation" in line)
+    assert long.split() == ["predict-ceiling.learned_extrapolation", "ade_pct=4.313"]
+    model = next(line for line in lines if "predict.model" in line)
+    assert model.split() == ["predict.model", "psnr=28.23,", "ade_pct=5.407"]
+    # the values of every label start in one column
+    assert model.index("psnr=") == long.index("ade_pct=")
+    assert lines[-2] == "wall time this run 1412 s; peak RSS 1.98 GB (largest child 1.50 GB)"
