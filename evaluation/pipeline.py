@@ -301,6 +301,7 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
                          temperature=temperature, track_guidance=demo_track_guidance(plan.preset, cfgs, task, method),
                          track_guidance_radius=demo_guidance_radius(plan.preset, cfgs, task, method),
                          copy_bias=demo_copy_bias(plan.preset, cfgs, task, method),
+                         tokens=plan.tokenizer,   # (this workdir's cache, not the path the transformer recorded)
                          device=plan.device, progress=progress, log=log)
             return {"clips": s.get("clips")}
         return fn
@@ -325,10 +326,12 @@ def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:
                owned=P.tokenizer / "tokens")
     runner.run("train-transformer", to_dict(cfgs["transformer"]), ["tokenize"], [P.transformer / "summary.json"],
                transformer, owned=P.transformer)
+    probe_key = to_dict(cfgs["probe"])
     if not cfgs["probe"].train.reconstructions:   # the probe must find the object in decoded video too
         cfgs["probe"].train.reconstructions = str(P.tokenizer)
-    runner.run("train-probe", to_dict(cfgs["probe"]), ["train-tokenizer"], [P.probe / "summary.json"], probe,
-               owned=P.probe)
+        # (named, not its path, in the key: a workdir moved or copied whole keeps its probe)
+        probe_key["train"]["reconstructions"] = "the workdir's tokenizer"
+    runner.run("train-probe", probe_key, ["train-tokenizer"], [P.probe / "summary.json"], probe, owned=P.probe)
     for run, (task, method, temperature) in RUNS.items():
         tg = demo_track_guidance(P.preset, cfgs, task, method)
         guided = {"track_guidance": tg} if tg != 1.0 else {}   # (in the key only when on: older workdirs stay done)

@@ -248,3 +248,26 @@ def test_summary_lines_keep_long_labels_apart_from_their_values():
     # the values of every label start in one column
     assert model.index("psnr=") == long.index("ade_pct=")
     assert lines[-2] == "wall time this run 1412 s; peak RSS 1.98 GB (largest child 1.50 GB)"
+
+
+def test_a_workdir_copied_elsewhere_is_done_and_retrains_on_its_own_data(finished, tmp_path):
+    """A demo workdir copied (or moved) whole: every stage stays done, and a changed transformer setting retrains
+    it and generates from the copy's own dataset and token cache, not the paths the original recorded."""
+    import shutil
+
+    work, _ = finished
+    run_demo(plan(work), progress=False, log=lambda m: None)   # (other tests leave it at other settings)
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(work, copy)
+    again = stage_rows(run_demo(plan(copy), progress=False, log=lambda m: None))
+    assert [s for s, r in again.items() if not r["skipped"]] == []
+    changed = stage_rows(run_demo(plan(copy, ["transformer.train.lr=0.001"]), progress=False, log=lambda m: None))
+    assert not changed["train-transformer"]["skipped"] and changed["train-probe"]["skipped"]
+    from training import checkpoint as ckpt
+
+    source = ckpt.load_run(copy / "transformer", "transformer")[1]["tokens"]
+    assert source["dataset"] == str((copy / "dataset").resolve())
+    assert source["tokens"] == str((copy / "tokenizer" / "tokens").resolve())
+    generated = json.loads((copy / "generated" / "predict" / "generated.json").read_text())
+    assert generated["dataset"] == str((copy / "dataset").resolve())
+    assert generated["tokens"] == str((copy / "tokenizer" / "tokens").resolve())

@@ -102,6 +102,13 @@ class TokenCache:
                            code_levels=tuple(self.source.get("code_levels", ())))
 
 
+def _cache_dataset(directory: Path, index: dict) -> Path:
+    """The dataset a cache was encoded from: the one at the same place relative to the cache when there is one
+    (a workdir moved or copied whole keeps using its own), else the path it was given."""
+    near = directory / index["dataset_relative"] if index.get("dataset_relative") else None
+    return near.resolve() if near is not None and (near / "dataset.json").is_file() else Path(index["dataset"])
+
+
 def load_token_cache(path: Path, split: str) -> TokenCache:
     """One split of a token cache with its labels; a missing, truncated or stale cache is a one-line UserError."""
     directory = tokens_dir(path)
@@ -122,7 +129,7 @@ def load_token_cache(path: Path, split: str) -> TokenCache:
         raise UserError(f"{tpath} holds token ids outside [0, {K}) (codebook_size in {ipath.name})")
     if "dataset" not in index:
         raise UserError(f"{ipath} does not name its dataset; run `magvit3d tokenize` again")
-    dataset = Path(index["dataset"])
+    dataset = _cache_dataset(directory, index)
     info = load_dataset_json(dataset)
     packed = load_packed(dataset, split)
     if packed.sample_ids != index["sample_ids"] or index.get("dataset_config_hash") != info["config_hash"]:

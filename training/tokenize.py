@@ -130,6 +130,8 @@ def tokenize_dataset(run: Path, data: Path, *, device="cpu", batch_size: int = 8
         _save_npy(final, tokens)
         write_json_atomic(out_dir / f"{split}_index.json", {
             "split": split, "sample_ids": packed.sample_ids, "dataset": str(data),
+            # (and from here: a workdir moved or copied whole still finds its own dataset)
+            "dataset_relative": os.path.relpath(Path(data).resolve(), out_dir.resolve()),
             "dataset_config_hash": info["config_hash"], "tokenizer_step": saved["step"],
             "codebook_size": K, "shape": list(tokens.shape), "views": info["views"],
             # FSQ: a token id is the mixed-radix number of its per-channel levels (the transformer uses the digits)
