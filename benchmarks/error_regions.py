@@ -6,7 +6,7 @@ GEN: `magvit3d generate --task predict` outputs of the same clips (composited or
 view, the pixels fall in one of three regions, all from the renders:
 
 - object: where the object is in the last given frame or in any predicted frame (the mask PNGs), grown by 4 px
-  (a square);
+  as `magvit3d evaluate` grows its object region (evaluation.metrics.dilate_masks);
 - moved ground: outside that, where the render differs from the last given frame by more than 0.04 (largest
   channel): the object's shadow, mostly;
 - still ground: the rest, where copy-last is all but exact.
@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datagen.dataset import read_mask, sample_dir  # noqa: E402
+from evaluation.metrics import dilate_masks  # noqa: E402
 from training.generated import load_generated  # noqa: E402
 from training.metrics import psnr_from_mse  # noqa: E402
 
@@ -34,20 +35,11 @@ REGIONS = ("object", "moved ground", "still ground")
 MARGIN_PX, MOVED = 4, 0.04
 
 
-def grow(mask: np.ndarray, px: int) -> np.ndarray:
-    """bool (..., H, W) grown by px pixels (a square)."""
-    import torch
-
-    k = 2 * px + 1
-    m = torch.from_numpy(mask.reshape(-1, 1, *mask.shape[-2:]).astype(np.float32))
-    return (torch.nn.functional.max_pool2d(m, k, 1, px).numpy() > 0).reshape(mask.shape)
-
-
 def regions(data: Path, views: list[str], sample_id: int, target: np.ndarray, given: int) -> np.ndarray:
     """int8 (V, T - given, H, W): the region index (REGIONS) of every pixel of the predicted frames."""
     root, T = sample_dir(data, sample_id), target.shape[1]
     obj = np.stack([np.stack([read_mask(root, v, f) for f in range(given - 1, T)]).any(0) for v in views])
-    obj = np.repeat(grow(obj, MARGIN_PX)[:, None], T - given, 1)
+    obj = np.repeat(dilate_masks(obj, MARGIN_PX)[:, None], T - given, 1)
     t = target[:, given:].astype(np.int16)
     moved = np.abs(t - target[:, given - 1:given].astype(np.int16)).max(-1) / 255.0 > MOVED
     return np.where(obj, 0, np.where(moved, 1, 2)).astype(np.int8)
