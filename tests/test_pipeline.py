@@ -271,3 +271,27 @@ def test_a_workdir_copied_elsewhere_is_done_and_retrains_on_its_own_data(finishe
     generated = json.loads((copy / "generated" / "predict" / "generated.json").read_text())
     assert generated["dataset"] == str((copy / "dataset").resolve())
     assert generated["tokens"] == str((copy / "tokenizer" / "tokens").resolve())
+
+
+def test_a_rendered_workdir_copied_without_its_frames_resumes_after_pack(finished, tmp_path, monkeypatch):
+    """benchmarks/gpu_workdir.py (how the GPU check gets data onto a machine without bpy): the copy has the packed
+    dataset but no RGB PNGs and only the render / verify / pack stages; the demo there renders nothing, runs every
+    stage after pack, and reads no RGB PNG."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_workdir import copy_rendered_workdir
+
+    work, _ = finished
+    run_demo(plan(work), progress=False, log=lambda m: None)   # (other tests leave it at other settings)
+    dst = tmp_path / "gpu"
+    r = copy_rendered_workdir(work, dst)
+    assert r["stages"] == ["render", "verify", "pack"]
+    assert not list(dst.rglob("rgb")) and list(dst.rglob("mask")) and (dst / "dataset" / "packed").is_dir()
+    assert sorted(p.name for p in dst.iterdir()) == ["dataset", "demo_state.json"]
+    with pytest.raises(SystemExit, match="exists"):
+        copy_rendered_workdir(work, dst)
+    from datagen import render
+
+    monkeypatch.setattr(render, "render_dataset", lambda *a, **k: pytest.fail("rendered again"))
+    rows = stage_rows(run_demo(plan(dst), progress=False, log=lambda m: None))
+    assert [s for s, row in rows.items() if row["skipped"]] == ["render", "verify", "pack"]
+    assert (dst / "report" / "index.html").is_file()

@@ -342,6 +342,10 @@ class Trainer:
         """Train from self.step to stop_at; returns the summary (also RUN/summary.json, written by rank 0)."""
         t, task = self.t, self.task
         metrics = MetricsLog(self.out, self.step) if self.main else None
+        if self.main and self.step < self.stop_at:   # (says where it runs: `auto` may or may not have found a GPU)
+            ranks = f", DDP over {self.world} ranks" if self.world > 1 else ""
+            self.log(f"{task.label}: training on {self.device.type} ({self.precision}{ranks}), "
+                     f"steps {self.step}..{self.stop_at}")
         bar = step_bar(t.steps, self.step, task.label, self.progress, self.log)
         self.model.train()
         self.t0, stop = time.perf_counter(), GracefulStop()
