@@ -388,7 +388,7 @@ def headline(metrics: dict) -> dict:
     "magvit3d demo --out demo_out -n 64 --set tokenizer.train.steps=300"))
 @option("--config", "-c", "preset", old=["--preset"], default="demo", show_default=True, type=click.Choice(PRESETS),
         help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
-             "demo: 18-26 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
+             "demo: ~20 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
              "ground (the dataset preset; the other stages use demo's); 2d: squares, discs and triangles moving in a "
              "plane under one orthographic camera, 18-23 min on 2 cores; study: the demo at 1024 clips and 5000 "
              "transformer steps, prediction sampled with track guidance 2 (~65-90 min on 2 cores); full: the seed's "
