@@ -666,6 +666,69 @@ def test_a_run_with_track_prefit_fits_the_module_before_training_and_not_on_resu
         config(**{"model.track_frames": 2, "train.track_prefit_steps": -1})
 
 
+def turning_tracks(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 1 view, 8 frames, 3) and family ids (n,): an object moving at a random velocity for the 4 given frames,
+    then on straight (family 0) or back the way it came (family 1): the given frames cannot tell which."""
+    g = torch.Generator().manual_seed(seed)
+    start, velocity = 0.4 + 0.2 * torch.rand(n, 2, generator=g), 0.02 * (torch.rand(n, 2, generator=g) - 0.5)
+    family = (torch.rand(n, generator=g) < 0.5).long()
+    steps = torch.arange(8.0)
+    back = torch.where(steps < 4, steps, 6 - steps)                    # 0 1 2 3 2 1 0 -1
+    s = torch.where(family[:, None] == 1, back, steps)                 # (n, 8)
+    xy = start[:, None] + s[..., None] * velocity[:, None]
+    return torch.cat([xy, torch.ones(n, 8, 1)], -1)[:, None], family
+
+
+def test_track_family_lets_the_motion_module_continue_a_track_by_its_family():
+    """model.track_family: the module reads the condition's family (one-hot; the null id and None read as no
+    family), and prefitting with it (each clip given its family half the time) learns what the given frames cannot
+    show: an object that goes on or turns back is placed by its family, not only by its first frames."""
+    from training.train_transformer import prefit_motion_module
+
+    layout = TokenLayout(codebook_size=4, views=1, t=4, h=8, w=8, num_shapes=1, num_families=2)
+    torch.manual_seed(0)
+    model = MaskedVideoTransformer(TransformerConfig(width=32, depth=1, heads=2, track_frames=4, track_family=True),
+                                   layout)
+    assert model.track_motion[0].in_features == 3 * 4 + 2
+    train, family = turning_tracks(512, 0)
+    out = prefit_motion_module(model, train, 2, steps=400, seed=0, family=family)
+    assert out["err_cells_after_family"] < 0.5 * out["err_cells_after"], out
+    held_out, held_family = turning_tracks(128, 1)
+    null = torch.full((128,), layout.num_families)
+    with torch.no_grad():
+        given = model.predict_track(held_out[:, :, :4], held_family)
+        assert torch.equal(model.predict_track(held_out[:, :, :4], null), model.predict_track(held_out[:, :, :4]))
+        err = {name: model.track_loss(c, held_out, 2)[1]["track_err_cells"].item()
+               for name, c in (("family", given), ("none", model.predict_track(held_out[:, :, :4])))}
+    assert err["family"] < 0.5 * err["none"], err
+    with pytest.raises(ValueError, match="a model with track_family fits its motion module on the clips' family ids"):
+        prefit_motion_module(model, train, 2, steps=1, seed=0)
+    with pytest.raises(UserError, match="model.track_family = true gives the motion module the family of the "
+                                        "generate task's track: set tasks.generate_track = true"):
+        config(**{"model.track_frames": 2, "model.track_family": "true"})
+
+
+def test_ar_kv_cache_reads_the_family_for_the_motion_module():
+    """An AR model with track_family samples a class-conditional clip the same with and without its KV cache (the
+    cache keeps the family fed with the condition), and the family changes where its motion module puts the object."""
+    model, seq = tiny_model("ar", track_frames=2, track_family=True, seed=1, copy_logit=False), random_clips(2, seed=1)
+    nn.init.normal_(model.track_embed[-1].weight, 0.0, 1.0)
+    nn.init.normal_(model.track_motion[0].weight, 0.0, 1.0)
+    track = torch.rand(2, 3, 2, 3)
+    given = given_mask(LAYOUT, "generate", 2)
+    cond = condition(LAYOUT, "generate", torch.tensor([0, 1]), torch.tensor([2, 3]))
+    cached = ar_sample(model, seq, given, cond, generators([0, 1]), temperature=0, track=track)
+    assert torch.equal(cached, ar_sample(model, seq, given, cond, generators([0, 1]), temperature=0, track=track,
+                                         use_cache=False))
+    with torch.no_grad():
+        centres = model.predict_track(track, cond[:, 2])
+        assert not torch.allclose(centres, model.predict_track(track, cond[:, 2] - 1))
+        cache = model.new_cache()
+        logits = model.step(cache, cond, seq[:, :3], track=track)
+        assert torch.equal(cache.centres, centres)
+        assert torch.allclose(logits, model(seq[:, :4], cond, track=track)[:, 3], atol=1e-5)   # predicts x_3
+
+
 def test_track_dropout_gives_some_tracked_clips_no_track_and_the_motion_module_no_loss_on_them(cache, tmp_path):
     """train.track_dropout: the dropped clips are given the all-zero track ("seen nowhere", the branch track
     guidance contrasts with), the others theirs; a run with it trains, and the value is checked."""

@@ -158,6 +158,10 @@ class TransformerConfig:
     # where the object goes is then read from the track, not decoded from code ids. The number of given frames
     # (= tasks.predict_frames); 0 = off
     track_frames: int = 0
+    # the motion module also reads the family label where the task gives one (generate; null elsewhere, so
+    # prediction is not told the family): a class-conditional clip's track is continued as a sinusoid when a
+    # sinusoid is asked for, not only as its first frames suggest. Needs track_frames and tasks.generate_track
+    track_family: bool = False
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
@@ -431,6 +435,9 @@ class TransformerRunConfig:
         if self.tasks.generate_track and not self.model.track_frames:
             raise UserError("tasks.generate_track = true gives the generate task the object's track: set "
                             "model.track_frames = tasks.predict_frames (or tasks.generate_track = false)")
+        if self.model.track_family and not self.tasks.generate_track:
+            raise UserError("model.track_family = true gives the motion module the family of the generate task's "
+                            "track: set tasks.generate_track = true (or model.track_family = false)")
         if self.train.pointer_weight > 0 and not self.model.copy_window:
             raise UserError(f"train.pointer_weight = {self.train.pointer_weight} trains the copy window: set "
                             f"model.copy_window >= 1 (or train.pointer_weight = 0)")

@@ -132,11 +132,13 @@ def guidance_branches(model: MaskedVideoTransformer, cond: torch.Tensor, track: 
     return torch.cat(conds), None if track is None else torch.cat(tracks), scales
 
 
-def track_guidance_weights(model: MaskedVideoTransformer, track: torch.Tensor, radius: float) -> torch.Tensor:
+def track_guidance_weights(model: MaskedVideoTransformer, track: torch.Tensor, radius: float,
+                           family: torch.Tensor | None = None) -> torch.Tensor:
     """track (B, V, K, 3), the tracks the clips are given -> (B, N, 1): per video token exp(-d^2 / (2 radius^2)), d
-    its distance in token cells from the motion module's centre of the object (`predict_track`) in the token's view
-    and latent frame; 0 in a view where the object was never seen in the given frames."""
-    d2 = model.offset_from_centres(model.predict_track(track)).square().sum(-1)             # (B, N)
+    its distance in token cells from the motion module's centre of the object (`predict_track`, given the clips'
+    condition's `family` ids) in the token's view and latent frame; 0 in a view where the object was never seen in
+    the given frames."""
+    d2 = model.offset_from_centres(model.predict_track(track, family)).square().sum(-1)     # (B, N)
     seen = track[..., 2].amax(-1)[:, model.view_index]                                     # (B, N)
     return (torch.exp(-d2 / (2 * radius ** 2)) * seen)[..., None]
 
@@ -187,7 +189,8 @@ def maskgit_sample(model: MaskedVideoTransformer, seq: torch.Tensor, given: torc
     B = len(x)
     cond, track, scales = guidance_branches(model, cond, track, guidance, track_guidance)
     if track_guidance != 1.0 and track_guidance_radius > 0:   # (the track branch is the last)
-        scales[-1] = 1 + (track_guidance - 1) * track_guidance_weights(model, track[:B], track_guidance_radius)
+        scales[-1] = 1 + (track_guidance - 1) * track_guidance_weights(model, track[:B], track_guidance_radius,
+                                                                       cond[:B, 2])
     bias = copy_prior(model.layout, seq, given, copy_bias) if copy_bias else None
     if order == "all":
         return _maskgit_fill(model, x, ~given, cond, gens, steps, temperature, choice_temperature, scales, track, bias)

@@ -85,33 +85,47 @@ def given_track(model: MaskedVideoTransformer, track: torch.Tensor, tasks: torch
 
 
 def prefit_motion_module(model: MaskedVideoTransformer, track: torch.Tensor, latent_frames: int, steps: int,
-                         seed: int, lr: float = 3e-3) -> dict:
+                         seed: int, lr: float = 3e-3, family: torch.Tensor | None = None) -> dict:
     """Fit the motion module (model.track_motion) alone, in place, on the tracks (N, V, T, 3) of every train clip:
     track_loss on the latent frames from `latent_frames` on, full batch, each clip mirrored left-right (x -> 1 - x
-    where seen) half the time, its own AdamW; seeded, leaves the global RNG alone.
-    -> {"steps", "clips", "err_cells_before", "err_cells_after" (unmirrored, in token cells), "seconds"}."""
+    where seen) half the time, its own AdamW; seeded, leaves the global RNG alone. A model with track_family reads
+    the clips' `family` ids (N,) at each step in half the clips, drawn anew, and the null id in the others (predict
+    gives none). -> {"steps", "clips", "err_cells_before", "err_cells_after" (unmirrored, no family, in token cells),
+    with track_family also "err_cells_after_family" (given the family), "seconds"}."""
     t0 = time.perf_counter()
     K, module = model.cfg.track_frames, model.track_motion
-    track = track.to(next(module.parameters()).device, torch.float32)
+    device = next(module.parameters()).device
+    track = track.to(device, torch.float32)
+    null = torch.full((len(track),), model.layout.num_families, device=device)
+    labelled = model.cfg.track_family
+    if labelled and family is None:
+        raise ValueError("a model with track_family fits its motion module on the clips' family ids: pass family")
 
-    def error() -> float:
+    def error(fam: torch.Tensor) -> float:
         with torch.no_grad():
-            return model.track_loss(model.predict_track(track[:, :, :K]), track, latent_frames)[1]["track_err_cells"].item()
+            return model.track_loss(model.predict_track(track[:, :, :K], fam), track,
+                                    latent_frames)[1]["track_err_cells"].item()
 
-    before, gen = error(), torch.Generator().manual_seed(seed)
+    before, gen = error(null), torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
     seen = track[..., 2] > 0
     for _ in range(steps):
-        flip = (torch.rand(len(track), generator=gen) < 0.5).to(track.device)[:, None, None] & seen
+        flip = (torch.rand(len(track), generator=gen) < 0.5).to(device)[:, None, None] & seen
         x = track.clone()
         x[..., 0] = torch.where(flip, 1 - track[..., 0], track[..., 0])
-        loss, _ = model.track_loss(model.predict_track(x[:, :, :K]), x, latent_frames)
+        fam = null
+        if labelled:
+            fam = torch.where((torch.rand(len(track), generator=gen) < 0.5).to(device), family.to(device), null)
+        loss, _ = model.track_loss(model.predict_track(x[:, :, :K], fam), x, latent_frames)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     model.zero_grad(set_to_none=True)
-    return {"steps": steps, "clips": len(track), "err_cells_before": round(before, 4),
-            "err_cells_after": round(error(), 4), "seconds": round(time.perf_counter() - t0, 2)}
+    out = {"steps": steps, "clips": len(track), "err_cells_before": round(before, 4),
+           "err_cells_after": round(error(null), 4)}
+    if labelled:
+        out["err_cells_after_family"] = round(error(family.to(device)), 4)
+    return {**out, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def draw_tasks(weights: dict[str, float], batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -312,12 +326,14 @@ class TransformerTask(TrainTask):
         self.autocast = tr.autocast()
         if t.track_prefit_steps and tr.step == 0:   # (a resumed run has the fitted module in its checkpoint)
             self.prefit = prefit_motion_module(tr.model, self.train_set.track, self.latent_frames,
-                                               t.track_prefit_steps, t.seed)
+                                               t.track_prefit_steps, t.seed, family=self.train_set.family)
             if tr.ema is not None:
                 tr.ema.track_motion.load_state_dict(tr.model.track_motion.state_dict())
             self.log(f"motion module fitted alone on {self.prefit['clips']} train clips' tracks: "
-                     f"{self.prefit['err_cells_before']:.2f} -> {self.prefit['err_cells_after']:.2f} cells off "
-                     f"({t.track_prefit_steps} steps, {self.prefit['seconds']:.1f} s)")
+                     f"{self.prefit['err_cells_before']:.2f} -> {self.prefit['err_cells_after']:.2f} cells off"
+                     + (f" ({self.prefit['err_cells_after_family']:.2f} given the family)"
+                        if "err_cells_after_family" in self.prefit else "")
+                     + f" ({t.track_prefit_steps} steps, {self.prefit['seconds']:.1f} s)")
         self.batches = infinite_loader(self.train_set, t.batch_size, t.seed, t.workers, start_step=tr.step,
                                        rank=tr.rank, world=tr.world)
 

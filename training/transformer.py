@@ -121,6 +121,7 @@ class KVCache:
         self.k = self.v = None
         self.length = 0  # positions (condition + video) already in the cache
         self.centres = None  # the motion module's centres for the clips' track (track_frames): computed once
+        self.family = None   # the family ids of the condition fed on the first call (the motion module reads them)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this layer's new keys/values (B, heads, n, d) after the cached ones; return all of them."""
@@ -259,7 +260,9 @@ class MaskedVideoTransformer(nn.Module):
         if cfg.track_frames:
             K = cfg.track_frames
             # the motion module: a view's given track -> the object's mean centre in each latent frame (track_loss)
-            self.track_motion = nn.Sequential(nn.Linear(3 * K, 4 * W), nn.GELU(), nn.Linear(4 * W, 2 * layout.t))
+            # (+ the family label, one-hot, with track_family)
+            inputs = 3 * K + (layout.num_families if cfg.track_family else 0)
+            self.track_motion = nn.Sequential(nn.Linear(inputs, 4 * W), nn.GELU(), nn.Linear(4 * W, 2 * layout.t))
             # per token: its offset from the object in each given frame (3 numbers each) and from the predicted
             # centre in its own latent frame (2), and how close that is (1)
             self.track_embed = nn.Sequential(nn.Linear(3 * K + 3, W), nn.GELU(), nn.Linear(W, W))
@@ -322,10 +325,12 @@ class MaskedVideoTransformer(nn.Module):
             return track
         return torch.zeros(batch, self.layout.views, self.cfg.track_frames, 3, device=device)
 
-    def predict_track(self, track: torch.Tensor) -> torch.Tensor:
+    def predict_track(self, track: torch.Tensor, family: torch.Tensor | None = None) -> torch.Tensor:
         """The motion module: track (B, V, K, 3), per view and given frame the object's centre (x / W, y / H) and
         visibility -> (B, V, t, 2): the object's predicted mean centre in every latent frame (image fractions),
-        read from the track relative to the last frame it was seen in. Views it was never seen in: zeros."""
+        read from the track relative to the last frame it was seen in. Views it was never seen in: zeros.
+        family (B,): the family ids the clips' condition gives (the null id where it gives none; None: none
+        anywhere), which a model with track_family reads as well."""
         L, K = self.layout, self.cfg.track_frames
         if track.shape[1:] != (L.views, K, 3):
             raise ValueError(f"track {tuple(track.shape)}: expected (B, {L.views}, {K}, 3)")
@@ -333,7 +338,13 @@ class MaskedVideoTransformer(nn.Module):
         last = (seen[..., 0] * torch.arange(1, K + 1, device=track.device)).argmax(-1)   # last frame seen
         anchor = track[..., :2].gather(2, last[..., None, None].expand(-1, -1, 1, 2))    # (B, V, 1, 2)
         rel = (track[..., :2] - anchor) * seen * TRACK_SCALE
-        out = self.track_motion(torch.cat([rel, seen], -1).flatten(2)).view(*track.shape[:2], L.t, 2)
+        x = torch.cat([rel, seen], -1).flatten(2)                               # (B, V, 3K)
+        if self.cfg.track_family:   # one-hot, all zeros for the null id (or no family)
+            if family is None:
+                family = torch.full((len(track),), L.num_families, device=track.device)
+            label = F.one_hot(family.long(), L.num_families + 1)[:, :L.num_families].to(x.dtype)
+            x = torch.cat([x, label[:, None].expand(-1, L.views, -1)], -1)
+        out = self.track_motion(x).view(*track.shape[:2], L.t, 2)
         return (anchor + out / TRACK_SCALE) * seen.amax(2, keepdim=True)
 
     def track_features(self, track: torch.Tensor, pos: slice, centres: torch.Tensor | None = None) -> torch.Tensor:
@@ -450,7 +461,7 @@ class MaskedVideoTransformer(nn.Module):
 
         masked: seq holds MASK where unknown; logits[:, i] predicts x_i from everything visible.
         ar:     logits[:, i] predicts x_i from cond and seq[:, :i] (seq[:, -1] is not read)."""
-        centres = None if track is None or self.track_motion is None else self.predict_track(track)
+        centres = None if track is None or self.track_motion is None else self.predict_track(track, cond[:, 2])
         video = self.embed_video(seq if not self.causal else seq[:, :-1], track=track, centres=centres)
         x = self.drop(torch.cat([self.embed_condition(cond), video], 1))
         rope = self.rope_for(0, x.shape[1])
@@ -532,9 +543,12 @@ class MaskedVideoTransformer(nn.Module):
         centres are computed on the first call and kept in the cache)."""
         assert self.causal, "step() is for the autoregressive architecture"
         parts = [] if cond is None else [self.embed_condition(cond)]
+        if cond is not None:
+            cache.family = cond[:, 2]
         if tokens is not None and tokens.shape[1]:
             if self.track_motion is not None and cache.centres is None:   # the same at every step of a clip
-                cache.centres = self.predict_track(self.track_or_unseen(track, len(tokens), tokens.device))
+                cache.centres = self.predict_track(self.track_or_unseen(track, len(tokens), tokens.device),
+                                                   cache.family)
             parts.append(self.embed_video(tokens, start=0 if cond is not None else cache.length - NUM_COND,
                                           track=track, centres=cache.centres))
         x = torch.cat(parts, 1)
