@@ -154,7 +154,7 @@ def test_the_3d_demo_predicts_with_a_copy_bias_and_no_other_run_does(tmp_path):
 
 def test_the_2d_demo_samples_class_conditional_clips_colder_and_completes_no_view():
     runs = pipeline.demo_runs("2d", 1)
-    assert runs["generate"] == ("generate", "model", 0.8)
+    assert runs["generate"] == ("generate", "model", 0.0)
     assert runs["predict"] == ("predict", "model", 0.0) and "complete-view" not in runs   # argmax, guided near it
     demo = pipeline.demo_runs("demo", 3)   # the 3D demo: every run, prediction at its own temperature (argmax)
     assert demo["predict"] == ("predict", "model", 0.0) and demo.keys() == pipeline.DEMO_RUNS.keys()
@@ -162,7 +162,7 @@ def test_the_2d_demo_samples_class_conditional_clips_colder_and_completes_no_vie
     assert {k: v for k, v in demo.items() if k != "predict"} == {k: v for k, v in pipeline.DEMO_RUNS.items()
                                                                    if k != "predict"}
     assert pipeline.DEMO_RUNS["generate"][2] == 1.0
-    assert (pipeline.generate_temperature("2d"), pipeline.generate_temperature("demo")) == (0.8, 1.0)
+    assert (pipeline.generate_temperature("2d"), pipeline.generate_temperature("demo")) == (0.0, 1.0)
 
 
 def test_the_study_preset_is_the_demo_at_four_times_the_clips_and_more_steps(tmp_path):
