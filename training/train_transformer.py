@@ -100,6 +100,7 @@ def prefit_motion_module(model: MaskedVideoTransformer, track: torch.Tensor, lat
     labelled = model.cfg.track_family
     if labelled and family is None:
         raise ValueError("a model with track_family fits its motion module on the clips' family ids: pass family")
+    family = family.to(device) if labelled else None
 
     def error(fam: torch.Tensor) -> float:
         with torch.no_grad():
@@ -115,7 +116,7 @@ def prefit_motion_module(model: MaskedVideoTransformer, track: torch.Tensor, lat
         x[..., 0] = torch.where(flip, 1 - track[..., 0], track[..., 0])
         fam = null
         if labelled:
-            fam = torch.where((torch.rand(len(track), generator=gen) < 0.5).to(device), family.to(device), null)
+            fam = torch.where((torch.rand(len(track), generator=gen) < 0.5).to(device), family, null)
         loss, _ = model.track_loss(model.predict_track(x[:, :, :K], fam), x, latent_frames)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,7 +125,7 @@ def prefit_motion_module(model: MaskedVideoTransformer, track: torch.Tensor, lat
     out = {"steps": steps, "clips": len(track), "err_cells_before": round(before, 4),
            "err_cells_after": round(error(null), 4)}
     if labelled:
-        out["err_cells_after_family"] = round(error(family.to(device)), 4)
+        out["err_cells_after_family"] = round(error(family), 4)
     return {**out, "seconds": round(time.perf_counter() - t0, 2)}
 
 
