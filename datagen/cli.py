@@ -54,7 +54,7 @@ class FiniteFloat(click.ParamType):
         return number
 
 
-CONFIG_HELP = ("Preset name (tiny, demo, demo-textured, 2d, study, full: datagen/presets/dataset/<name>.toml; "
+CONFIG_HELP = ("Preset name (tiny, demo, demo-textured, 2d, 2d-fast, study, full: datagen/presets/dataset/<name>.toml; "
                "docs/dataset.md#scene-difficulty) or a path to a TOML file. "
                "Flags and --set override it; `magvit3d config show dataset -c NAME` prints it.")
 SET_HELP = "Override any config key, e.g. --set render.samples=16 --set 'objects.shapes=[\"cube\"]'. Repeatable."

@@ -31,8 +31,9 @@ from datagen.spec import DatasetConfig
 from evaluation.configs import load_probe_config
 from training.configs import load_tokenizer_config, load_transformer_config
 
-# demo-textured: a dataset preset, study: dataset, tokenizer and transformer presets; their other kinds use demo's
-PRESETS = ("tiny", "demo", "demo-textured", "full", "2d", "study")
+# demo-textured: a dataset preset, study: dataset, tokenizer and transformer presets; their other kinds use demo's.
+# 2d-fast: a dataset preset (the 2d scene at 32 px); its other kinds use 2d's, and it samples as 2d (SAMPLES_AS)
+PRESETS = ("tiny", "demo", "demo-textured", "full", "2d", "2d-fast", "study")
 STAGE_KINDS = ("dataset", "tokenizer", "transformer", "probe")   # the config kinds `--set KIND.KEY=VALUE` addresses
 STATE_FILE = "demo_state.json"
 # The demo's generated runs: name -> (task, method, sampling temperature); predict is composited over the last given
@@ -63,6 +64,14 @@ PREDICT_COPY_BIAS = {"demo": 1.0}
 # the most likely token shows the requested family in 170 of 192 clips against 150 at 0.8, training seeds 0 and 2;
 # BENCHMARKS.md "The motion module told the family").
 GENERATE_TEMPERATURE = {"2d": 0.0}
+# Presets whose demo samples as another's: 2d-fast was measured with the 2d settings (BENCHMARKS.md "A 2D demo at
+# 32x32 px, with the family").
+SAMPLES_AS = {"2d-fast": "2d"}
+
+
+def _sampling_setting(table: dict, preset: str, default: float) -> float:
+    """`preset`'s entry of one of the sampling tables above (SAMPLES_AS's preset's), else `default`."""
+    return table.get(SAMPLES_AS.get(preset, preset), default)
 
 
 @dataclass
@@ -178,7 +187,7 @@ def load_stage_config(kind: str, source, overrides=()):
 def generate_temperature(preset: str) -> float:
     """The temperature the demo of `preset` samples class-conditional clips at: GENERATE_TEMPERATURE's, else
     DEMO_RUNS'."""
-    return GENERATE_TEMPERATURE.get(preset, DEMO_RUNS["generate"][2])
+    return _sampling_setting(GENERATE_TEMPERATURE, preset, DEMO_RUNS["generate"][2])
 
 
 def demo_runs(preset: str, views: int) -> dict[str, tuple[str, str, float]]:
@@ -187,7 +196,7 @@ def demo_runs(preset: str, views: int) -> dict[str, tuple[str, str, float]]:
     (the 2D experiment)."""
     runs = dict(DEMO_RUNS)
     runs["generate"] = (*runs["generate"][:2], generate_temperature(preset))
-    runs["predict"] = (*runs["predict"][:2], PREDICT_TEMPERATURE.get(preset, DEMO_RUNS["predict"][2]))
+    runs["predict"] = (*runs["predict"][:2], _sampling_setting(PREDICT_TEMPERATURE, preset, DEMO_RUNS["predict"][2]))
     if views < 2:
         del runs["complete-view"]
     return runs
@@ -202,7 +211,7 @@ def demo_track_guidance(preset: str, cfgs: dict, task: str, method: str = "model
     if task == "generate" and cfgs["transformer"].tasks.generate_track:
         return DEMO_TRACK_GUIDANCE
     if task == "predict" and cfgs["transformer"].model.track_frames:
-        return PREDICT_TRACK_GUIDANCE.get(preset, 1.0)
+        return _sampling_setting(PREDICT_TRACK_GUIDANCE, preset, 1.0)
     return 1.0
 
 
@@ -211,14 +220,14 @@ def demo_guidance_radius(preset: str, cfgs: dict, task: str, method: str = "mode
     guided prediction with the masked model, else 0 (the scale on every token)."""
     guided = demo_track_guidance(preset, cfgs, task, method) != 1.0
     if task == "predict" and guided and cfgs["transformer"].model.arch == "masked":
-        return PREDICT_GUIDANCE_RADIUS.get(preset, 0.0)
+        return _sampling_setting(PREDICT_GUIDANCE_RADIUS, preset, 0.0)
     return 0.0
 
 
 def demo_copy_bias(preset: str, cfgs: dict, task: str, method: str = "model") -> float:
     """The copy bias the demo predicts with: PREDICT_COPY_BIAS's for prediction by the masked model, else 0."""
     if task == "predict" and method == "model" and cfgs["transformer"].model.arch == "masked":
-        return PREDICT_COPY_BIAS.get(preset, 0.0)
+        return _sampling_setting(PREDICT_COPY_BIAS, preset, 0.0)
     return 0.0
 
 
@@ -384,6 +393,7 @@ def headline(metrics: dict) -> dict:
     "magvit3d demo --out demo_out                      # what `make demo` runs",
     "magvit3d demo -c tiny --out /tmp/tiny             # tiny settings: checks that every stage runs",
     "magvit3d demo -c 2d --out demo2d                  # the seed's 2D experiment: one view, flat shapes",
+    "magvit3d demo -c 2d-fast --out demo2d_fast        # the same at 32x32 px: under 10 minutes on 2 cores",
     "magvit3d demo -c study --out study                # the longer CPU run the per-family goals are measured on",
     "magvit3d demo -c full --out full_out --device cuda",
     "magvit3d demo --out demo_out -n 64 --set tokenizer.train.steps=300"))
@@ -391,7 +401,8 @@ def headline(metrics: dict) -> dict:
         help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
              "demo: ~20 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
              "ground (the dataset preset; the other stages use demo's); 2d: squares, discs and triangles moving in a "
-             "plane under one orthographic camera, 18-23 min on 2 cores; study: the demo at 1024 clips and 5000 "
+             "plane under one orthographic camera, 18-23 min on 2 cores; 2d-fast: the 2d scene at 32x32 px, 6-9 min "
+             "on 2 cores (class-conditional clips ~70% right instead of ~86%); study: the demo at 1024 clips and 5000 "
              "transformer steps, prediction sampled with track guidance 2 (~65-90 min on 2 cores); full: the seed's "
              "scale, one GPU.")
 @option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,
@@ -433,9 +444,9 @@ def config_group():
     "magvit3d config show dataset > my_rig.toml        # edit it, then: magvit3d render -c my_rig.toml ..."))
 @click.argument("kind", type=click.Choice(STAGE_KINDS), metavar="KIND")
 @click.option("--config", "-c", default="demo", show_default=True,
-              help="Preset name (tiny, demo, demo-textured, 2d, study, full: datagen/presets/KIND/<name>.toml; "
-                   "demo-textured is demo's but for the dataset, study demo's but for the dataset, tokenizer and "
-                   "transformer) or "
+              help="Preset name (tiny, demo, demo-textured, 2d, 2d-fast, study, full: datagen/presets/KIND/<name>.toml; "
+                   "demo-textured is demo's but for the dataset, 2d-fast 2d's but for the dataset, study demo's but "
+                   "for the dataset, tokenizer and transformer) or "
                    "a path to a TOML file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any key, as the commands' --set does. Repeatable.")

@@ -90,7 +90,7 @@ def test_pack_says_when_a_split_is_empty(tmp_path):
     (["train-tokenizer", "--data", "{ds}", "--out", "{tmp}/x", "--device", "tpu"],
      "Invalid value for '--device': 'tpu' is not one of 'auto', 'cpu', 'cuda'."),
     (["config", "show", "model"], "'model' is not one of 'dataset', 'tokenizer', 'transformer', 'probe'"),
-    (["config", "show", "tokenizer", "-c", "huge"], "unknown tokenizer preset 'huge'; allowed: 2d, demo, demo-textured, full, study, tiny"),
+    (["config", "show", "tokenizer", "-c", "huge"], "unknown tokenizer preset 'huge'; allowed: 2d, 2d-fast, demo, demo-textured, full, study, tiny"),
     (["config", "show", "probe", "--set", "train.stepz=1"], "unknown config key 'train.stepz' (did you mean 'steps'?)"),
 ])
 def test_bad_input_one_line_exit_2(fake, tmp_path, args, needle):

@@ -88,7 +88,7 @@ def test_demo_textured_is_a_dataset_preset_that_the_other_kinds_answer_with_demo
     for kind in ("dataset", "tokenizer", "transformer"):
         assert preset_path(kind, "study") == CONFIG_ROOT / kind / "study.toml"
     with pytest.raises(UserError,
-                       match=r"unknown probe preset 'huge'; allowed: 2d, demo, demo-textured, full, study, tiny$"):
+                       match=r"unknown probe preset 'huge'; allowed: 2d, 2d-fast, demo, demo-textured, full, study, tiny$"):
         preset_path("probe", "huge")
 
 

@@ -201,6 +201,27 @@ def test_demo_textured_renders_its_own_dataset_and_trains_with_the_demo_presets(
         assert to_dict(textured[kind]) == to_dict(demo[kind]), kind
 
 
+def test_2d_fast_is_the_2d_scene_at_32_px_trained_and_sampled_as_2d(tmp_path):
+    from datagen.config import to_dict
+
+    fast = pipeline.load_stage_configs(DemoPlan("2d-fast", tmp_path, overrides=split_overrides([])))
+    full = pipeline.load_stage_configs(DemoPlan("2d", tmp_path, overrides=split_overrides([])))
+    assert (fast["dataset"].render.resolution, full["dataset"].render.resolution) == (32, 64)
+    fast_scene, full_scene = to_dict(fast["dataset"]), to_dict(full["dataset"])
+    fast_scene["render"]["resolution"] = 64
+    assert fast_scene == full_scene   # the same scene in world units, only rendered smaller
+    for kind in ("tokenizer", "transformer", "probe"):
+        assert to_dict(fast[kind]) == to_dict(full[kind]), kind
+    # its demo samples every run as the 2d demo does, where a preset it does not name samples with the defaults
+    for task in ("predict", "generate"):
+        assert pipeline.demo_track_guidance("2d-fast", fast, task) == pipeline.demo_track_guidance("2d", full, task)
+        assert pipeline.demo_guidance_radius("2d-fast", fast, task) == pipeline.demo_guidance_radius("2d", full, task)
+        assert pipeline.demo_copy_bias("2d-fast", fast, task) == pipeline.demo_copy_bias("2d", full, task)
+    assert pipeline.demo_runs("2d-fast", 1) == pipeline.demo_runs("2d", 1)
+    assert pipeline.demo_runs("2d-fast", 1)["predict"] == ("predict", "model", 0.0)
+    assert pipeline.demo_track_guidance("tiny", fast, "predict") == 1.0   # the table lookup is by preset, not config
+
+
 def test_bad_set_is_a_one_line_error():
     with pytest.raises(UserError, match="expected KIND.KEY=VALUE with KIND one of dataset, tokenizer"):
         split_overrides(["model.width=3"])
