@@ -203,7 +203,7 @@ def test_sampling_benchmark_evaluates_both_architectures_into_its_own_section(pi
         p = runs[f"eval_{arch}_predict"]
         s, g = p["tasks"]["predict"]["summary"], runs[f"eval_{arch}_generate"]["tasks"]["generate"]["summary"]
         assert p["info"]["temperature"] == 0.5 and p["info"]["composite"] is True and p["info"]["arch"] == arch
-        assert runs[f"eval_{arch}_generate"]["info"]["temperature"] == 1.0   # --config demo: the 3D demo's, not 2d's
+        assert runs[f"eval_{arch}_generate"]["info"]["temperature"] == 0.5   # --config demo: the 3D demo's, not 2d's
         a = ev["archs"][arch]
         assert (a["psnr"], a["object_psnr"], a["ade"], a["ade_pct"]) == tuple(
             s["model"][k] for k in ("psnr", "object_psnr", "ade", "ade_pct"))
@@ -222,7 +222,7 @@ def test_sampling_benchmark_evaluates_both_architectures_into_its_own_section(pi
     assert f"| masked (MAGVIT-style), 4 steps | {a['psnr']:.2f} | {a['object_psnr']:.2f} | {a['ade']:.2f} px " \
            f"({a['ade_pct']:.1f}%) | {100 * a['family_accuracy']:.0f}% |" in section
     assert "| copy last frame |" in section and "| tokenizer ceiling" in section and "1 view x" in section
-    assert "class-conditional generation at temperature 1 and track guidance" in section
+    assert "class-conditional generation at temperature 0.5 and track guidance" in section
 
 
 def test_error_regions_benchmark_splits_the_evaluated_error(pipeline, tmp_path, monkeypatch, capsys):

@@ -152,17 +152,19 @@ def test_the_3d_demo_predicts_with_a_copy_bias_and_no_other_run_does(tmp_path):
     assert pipeline.demo_copy_bias("demo", ar, "predict") == 0.0
 
 
-def test_the_2d_demo_samples_class_conditional_clips_colder_and_completes_no_view():
+def test_the_demos_sample_class_conditional_clips_colder_where_measured_and_2d_completes_no_view():
     runs = pipeline.demo_runs("2d", 1)
     assert runs["generate"] == ("generate", "model", 0.0)
     assert runs["predict"] == ("predict", "model", 0.0) and "complete-view" not in runs   # argmax, guided near it
-    demo = pipeline.demo_runs("demo", 3)   # the 3D demo: every run, prediction at its own temperature (argmax)
+    demo = pipeline.demo_runs("demo", 3)   # the 3D demo: every run; prediction argmax, class-conditional clips at 0.5
     assert demo["predict"] == ("predict", "model", 0.0) and demo.keys() == pipeline.DEMO_RUNS.keys()
-    assert pipeline.demo_runs("study", 3)["predict"] == ("predict", "model", 0.0)   # as the demo, measured on it too
-    assert {k: v for k, v in demo.items() if k != "predict"} == {k: v for k, v in pipeline.DEMO_RUNS.items()
-                                                                   if k != "predict"}
+    assert demo["generate"] == ("generate", "model", 0.5)
+    study = pipeline.demo_runs("study", 3)   # prediction as the demo (measured on it too); class-conditional not
+    assert study["predict"] == ("predict", "model", 0.0) and study["generate"] == ("generate", "model", 1.0)
+    assert {k: v for k, v in demo.items() if k not in ("predict", "generate")} == {
+        k: v for k, v in pipeline.DEMO_RUNS.items() if k not in ("predict", "generate")}
     assert pipeline.DEMO_RUNS["generate"][2] == 1.0
-    assert (pipeline.generate_temperature("2d"), pipeline.generate_temperature("demo")) == (0.0, 1.0)
+    assert [pipeline.generate_temperature(p) for p in ("2d", "2d-fast", "demo", "study", "tiny")] == [0, 0, 0.5, 1, 1]
 
 
 def test_the_study_preset_is_the_demo_at_four_times_the_clips_and_more_steps(tmp_path):
