@@ -234,8 +234,19 @@ def demo_copy_bias(preset: str, cfgs: dict, task: str, method: str = "model") ->
 
 
 def load_stage_configs(plan: DemoPlan) -> dict:
-    """Every stage's config from the preset + overrides; all of them load (and fail) before any work starts."""
-    return {kind: load_stage_config(kind, plan.preset, plan.overrides.get(kind, [])) for kind in STAGE_KINDS}
+    """Every stage's config from the preset + overrides; all of them load (and fail) before any work starts,
+    including whether the tokenizer and the probe take the dataset's frames (a clash would otherwise surface only
+    when their stage starts, minutes of rendering later)."""
+    cfgs = {kind: load_stage_config(kind, plan.preset, plan.overrides.get(kind, [])) for kind in STAGE_KINDS}
+    render = cfgs["dataset"].render
+    for kind, check in (("tokenizer", lambda: cfgs["tokenizer"].model.validate(render.resolution, render.frames)),
+                        ("probe", lambda: cfgs["probe"].model.check_image(render.resolution, render.resolution))):
+        try:
+            check()
+        except UserError as e:
+            raise UserError(f"the {kind} config does not take the dataset's {render.frames} frames of "
+                            f"{render.resolution}x{render.resolution} px: {e}") from None
+    return cfgs
 
 
 def run_demo(plan: DemoPlan, *, progress: bool = True, log=print) -> dict:

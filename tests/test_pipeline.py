@@ -251,6 +251,12 @@ def test_ctrl_c_in_a_stage_says_to_rerun_the_same_command(tmp_path):
     (["--set", "nope"], "expected KIND.KEY=VALUE"),
     (["--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
     (["-n", "0"], "Invalid value for '--num' / '-n': 0 is not in the range x>=1"),
+    # stages that cannot take the dataset's frames fail before anything renders, naming the stage
+    (["-c", "2d-fast", "--set", "dataset.render.resolution=40"],
+     "the probe config does not take the dataset's 16 frames of 40x40 px: 40x40 frames are not a multiple of 16"),
+    (["--set", "dataset.render.frames=18"],
+     "the tokenizer config does not take the dataset's 18 frames of 64x64 px: frames 18 is not a multiple of the "
+     "temporal downsampling factor 4"),
 ])
 def test_demo_bad_input_exit_2_and_nothing_written(tmp_path, args, needle):
     out = subprocess.run([sys.executable, "-m", "datagen.cli", "demo", "--out", str(tmp_path / "w"), *args],
