@@ -48,7 +48,7 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> None:
 # Presets that exist for some kinds only, and the preset the other kinds answer with: demo-textured is the demo's
 # dataset on textured ground (datagen/presets/dataset/demo-textured.toml), trained and probed with the demo's
 # settings, so `magvit3d demo -c demo-textured` and `train-tokenizer -c demo-textured` work as `-c demo` does;
-# 2d-fast is the 2d scene at 32 px, trained and probed with the 2d presets.
+# 2d-fast is the 2d scene at 48 px, trained and probed with the 2d presets.
 PRESET_FALLBACKS = {"demo-textured": "demo", "study": "demo", "2d-fast": "2d"}
 
 

@@ -32,7 +32,7 @@ from evaluation.configs import load_probe_config
 from training.configs import load_tokenizer_config, load_transformer_config
 
 # demo-textured: a dataset preset, study: dataset, tokenizer and transformer presets; their other kinds use demo's.
-# 2d-fast: a dataset preset (the 2d scene at 32 px); its other kinds use 2d's, and it samples as 2d (SAMPLES_AS)
+# 2d-fast: a dataset preset (the 2d scene at 48 px); its other kinds use 2d's, and it samples as 2d (SAMPLES_AS)
 PRESETS = ("tiny", "demo", "demo-textured", "full", "2d", "2d-fast", "study")
 STAGE_KINDS = ("dataset", "tokenizer", "transformer", "probe")   # the config kinds `--set KIND.KEY=VALUE` addresses
 STATE_FILE = "demo_state.json"
@@ -66,8 +66,8 @@ PREDICT_COPY_BIAS = {"demo": 1.0}
 # seeds 0 and 1; 0 gets 239 but draws nearly every clip's object the same magenta: BENCHMARKS.md "Class-conditional
 # 3D clips, colder").
 GENERATE_TEMPERATURE = {"2d": 0.0, "demo": 0.5}
-# Presets whose demo samples as another's: 2d-fast was measured with the 2d settings (BENCHMARKS.md "A 2D demo at
-# 32x32 px, with the family").
+# Presets whose demo samples as another's: 2d-fast was measured with the 2d settings (BENCHMARKS.md "The 2D demo at
+# 48x48 px").
 SAMPLES_AS = {"2d-fast": "2d"}
 
 
@@ -406,7 +406,7 @@ def headline(metrics: dict) -> dict:
     "magvit3d demo --out demo_out                      # what `make demo` runs",
     "magvit3d demo -c tiny --out /tmp/tiny             # tiny settings: checks that every stage runs",
     "magvit3d demo -c 2d --out demo2d                  # the seed's 2D experiment: one view, flat shapes",
-    "magvit3d demo -c 2d-fast --out demo2d_fast        # the same at 32x32 px: under 10 minutes on 2 cores",
+    "magvit3d demo -c 2d-fast --out demo2d_fast        # the same at 48x48 px: under 10 minutes on 2 cores",
     "magvit3d demo -c study --out study                # the longer CPU run the per-family goals are measured on",
     "magvit3d demo -c full --out full_out --device cuda",
     "magvit3d demo --out demo_out -n 64 --set tokenizer.train.steps=300"))
@@ -414,8 +414,8 @@ def headline(metrics: dict) -> dict:
         help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
              "demo: ~20 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
              "ground (the dataset preset; the other stages use demo's); 2d: squares, discs and triangles moving in a "
-             "plane under one orthographic camera, 18-23 min on 2 cores; 2d-fast: the 2d scene at 32x32 px, 6-9 min "
-             "on 2 cores (class-conditional clips ~70% right instead of ~86%); study: the demo at 1024 clips and 5000 "
+             "plane under one orthographic camera, 18-23 min on 2 cores; 2d-fast: the 2d scene at 48x48 px, ~8 min "
+             "on 2 cores, as accurate; study: the demo at 1024 clips and 5000 "
              "transformer steps, prediction sampled with track guidance 2 (~65-90 min on 2 cores); full: the seed's "
              "scale, one GPU.")
 @option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,

@@ -203,12 +203,12 @@ def test_demo_textured_renders_its_own_dataset_and_trains_with_the_demo_presets(
         assert to_dict(textured[kind]) == to_dict(demo[kind]), kind
 
 
-def test_2d_fast_is_the_2d_scene_at_32_px_trained_and_sampled_as_2d(tmp_path):
+def test_2d_fast_is_the_2d_scene_at_48_px_trained_and_sampled_as_2d(tmp_path):
     from datagen.config import to_dict
 
     fast = pipeline.load_stage_configs(DemoPlan("2d-fast", tmp_path, overrides=split_overrides([])))
     full = pipeline.load_stage_configs(DemoPlan("2d", tmp_path, overrides=split_overrides([])))
-    assert (fast["dataset"].render.resolution, full["dataset"].render.resolution) == (32, 64)
+    assert (fast["dataset"].render.resolution, full["dataset"].render.resolution) == (48, 64)
     fast_scene, full_scene = to_dict(fast["dataset"]), to_dict(full["dataset"])
     fast_scene["render"]["resolution"] = 64
     assert fast_scene == full_scene   # the same scene in world units, only rendered smaller
