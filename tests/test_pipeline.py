@@ -164,7 +164,8 @@ def test_the_demos_sample_class_conditional_clips_colder_where_measured_and_2d_c
     assert {k: v for k, v in demo.items() if k not in ("predict", "generate")} == {
         k: v for k, v in pipeline.DEMO_RUNS.items() if k not in ("predict", "generate")}
     assert pipeline.DEMO_RUNS["generate"][2] == 1.0
-    assert [pipeline.generate_temperature(p) for p in ("2d", "2d-fast", "demo", "study", "tiny")] == [0, 0, 0.5, 1, 1]
+    assert [pipeline.generate_temperature(p) for p in ("2d", "2d-fast", "demo", "demo-textured", "study", "tiny")] == [
+        0, 0, 0.5, 0.5, 1, 1]
 
 
 def test_the_study_preset_is_the_demo_at_four_times_the_clips_and_more_steps(tmp_path):
@@ -192,7 +193,7 @@ def test_the_study_preset_is_the_demo_at_four_times_the_clips_and_more_steps(tmp
     assert to_dict(study["probe"]) == to_dict(demo["probe"])
 
 
-def test_demo_textured_renders_its_own_dataset_and_trains_with_the_demo_presets(tmp_path):
+def test_demo_textured_renders_its_own_dataset_and_trains_and_samples_as_the_demo(tmp_path):
     from datagen.config import to_dict
 
     textured = pipeline.load_stage_configs(DemoPlan("demo-textured", tmp_path, overrides=split_overrides([])))
@@ -201,6 +202,12 @@ def test_demo_textured_renders_its_own_dataset_and_trains_with_the_demo_presets(
     assert demo["dataset"].ground.textures == ["plain"]
     for kind in ("tokenizer", "transformer", "probe"):
         assert to_dict(textured[kind]) == to_dict(demo[kind]), kind
+    # sampled as the demo: guided, copy-biased prediction at temperature 0, class-conditional clips at 0.5
+    assert pipeline.demo_runs("demo-textured", 3) == pipeline.demo_runs("demo", 3)
+    assert pipeline.demo_runs("demo-textured", 3)["generate"] == ("generate", "model", 0.5)
+    assert (pipeline.demo_track_guidance("demo-textured", textured, "predict"),
+            pipeline.demo_guidance_radius("demo-textured", textured, "predict"),
+            pipeline.demo_copy_bias("demo-textured", textured, "predict")) == (2.0, 1.5, 1.0)
 
 
 def test_2d_fast_is_the_2d_scene_at_48_px_trained_and_sampled_as_2d(tmp_path):
