@@ -415,9 +415,9 @@ def headline(metrics: dict) -> dict:
 @option("--config", "-c", "preset", old=["--preset"], default="demo", show_default=True, type=click.Choice(PRESETS),
         help="Preset of every stage (datagen/presets/<kind>/<name>.toml). tiny: seconds per stage (tests); "
              "demo: ~20 min on a 2-core CPU, plain ground (CLEVR-like); demo-textured: the demo on textured "
-             "ground (the dataset preset; the other stages use demo's, sampled as the demo); 2d: squares, discs and triangles moving in a "
-             "plane under one orthographic camera, 18-23 min on 2 cores; 2d-fast: the 2d scene at 48x48 px, ~8 min "
-             "on 2 cores, as accurate; study: the demo at 1024 clips and 5000 "
+             "ground (the dataset preset; the other stages use demo's and sample as the demo); 2d: squares, discs "
+             "and triangles moving in a plane under one orthographic camera, 18-23 min on 2 cores; 2d-fast: the 2d "
+             "scene at 48x48 px, ~8 min on 2 cores, about as accurate; study: the demo at 1024 clips and 5000 "
              "transformer steps, prediction sampled with track guidance 2 (~65-90 min on 2 cores); full: the seed's "
              "scale, one GPU.")
 @option("--out", "out", old=["--workdir"], default="demo_out", show_default=True, type=DIR,
