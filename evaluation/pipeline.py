@@ -25,15 +25,15 @@ from pathlib import Path
 import click
 
 from datagen.cli import DIR, Command, DeviceChoice, example, option
-from datagen.config import Interrupted, UserError, check_output_dir, load_config, to_dict, to_toml
+from datagen.config import Interrupted, UserError, check_output_dir, load_config, preset_path, to_dict, to_toml
 from datagen.dataset import read_json, write_json_atomic
 from datagen.spec import DatasetConfig
 from evaluation.configs import load_probe_config
 from training.configs import load_tokenizer_config, load_transformer_config
 
-# demo-textured: a dataset preset, study: dataset, tokenizer and transformer presets; their other kinds use demo's,
-# and demo-textured samples as demo (SAMPLES_AS).
-# 2d-fast: a dataset preset (the 2d scene at 48 px); its other kinds use 2d's, and it samples as 2d (SAMPLES_AS)
+# demo-textured: a dataset preset, study: dataset, tokenizer and transformer presets; their other kinds use demo's.
+# 2d-fast: a dataset preset (the 2d scene at 48 px); its other kinds use 2d's. Both sample as the model they train
+# (_sampling_setting).
 PRESETS = ("tiny", "demo", "demo-textured", "full", "2d", "2d-fast", "study")
 STAGE_KINDS = ("dataset", "tokenizer", "transformer", "probe")   # the config kinds `--set KIND.KEY=VALUE` addresses
 STATE_FILE = "demo_state.json"
@@ -67,15 +67,15 @@ PREDICT_COPY_BIAS = {"demo": 1.0}
 # seeds 0 and 1; 0 gets 239 but draws nearly every clip's object the same magenta: BENCHMARKS.md "Class-conditional
 # 3D clips, colder").
 GENERATE_TEMPERATURE = {"2d": 0.0, "demo": 0.5}
-# Presets whose demo samples as another's: 2d-fast was measured with the 2d settings (BENCHMARKS.md "The 2D demo at
-# 48x48 px"), demo-textured with the demo's against the defaults (ADE -2.2 points at the same PSNR, class-conditional
-# +8.9 points; BENCHMARKS.md "The textured demo, sampled as the demo").
-SAMPLES_AS = {"2d-fast": "2d", "demo-textured": "demo"}
 
 
 def _sampling_setting(table: dict, preset: str, default: float) -> float:
-    """`preset`'s entry of one of the sampling tables above (SAMPLES_AS's preset's), else `default`."""
-    return table.get(SAMPLES_AS.get(preset, preset), default)
+    """The entry of one of the sampling tables above for the transformer preset `preset` trains with, else `default`.
+    The tables hold settings of a trained model, so a dataset-only preset samples as the preset whose model it trains
+    (datagen.config.PRESET_FALLBACKS), as measured for both: 2d-fast with the 2d settings (BENCHMARKS.md "The 2D demo
+    at 48x48 px"), demo-textured with the demo's against the defaults (ADE -2.2 points at the same PSNR,
+    class-conditional +8.9 points; BENCHMARKS.md "The textured demo, sampled as the demo")."""
+    return table.get(preset_path("transformer", preset).stem, default)
 
 
 @dataclass
